@@ -1,0 +1,310 @@
+//! The Envfile: find it, render it, parse it, check it.
+
+pub mod config;
+pub mod diag;
+pub mod render;
+pub mod schema;
+pub mod validate;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::de::DeTable;
+
+pub use config::{BackendKind, Config, Machine, Size};
+use diag::{Diagnostic, EnvfileError, KeyPath, Problem, Seg, Spans, did_you_mean};
+use schema::RawEnvfile;
+
+pub const FILE_NAME: &str = "Envfile";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("no {FILE_NAME} in {} or any directory above it", .0.display())]
+    NotFound(PathBuf),
+    #[error("cannot read {}", .0.display())]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("{}", .0)]
+    Invalid(Box<EnvfileError>),
+}
+
+/// The Envfile for a command: `explicit` if given, else the first `Envfile`
+/// found walking up from `start`.
+pub fn find(start: &Path, explicit: Option<&Path>) -> Result<PathBuf, LoadError> {
+    if let Some(p) = explicit {
+        let p = if p.is_absolute() {
+            p.to_owned()
+        } else {
+            start.join(p)
+        };
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(LoadError::Read(
+                p,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            ))
+        };
+    }
+    let mut dir = Some(start);
+    while let Some(d) = dir {
+        let candidate = d.join(FILE_NAME);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        dir = d.parent();
+    }
+    Err(LoadError::NotFound(start.to_owned()))
+}
+
+/// Read, render, parse and validate the Envfile at `path`.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let source = std::fs::read_to_string(path).map_err(|e| LoadError::Read(path.to_owned(), e))?;
+    let root = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let root = root.canonicalize().unwrap_or(root);
+    let path = root.join(path.file_name().unwrap_or(FILE_NAME.as_ref()));
+    parse(&source, &path, &root)
+        .map_err(|diags| LoadError::Invalid(Box::new(EnvfileError::new(&path, diags))))
+}
+
+/// What the Envfile template sees: `env` (the host environment) and
+/// `project` (`name`, the directory's name; `root`, its path).
+fn template_context(root: &Path) -> minijinja::Value {
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let dir = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    minijinja::context! {
+        env => env,
+        project => minijinja::context! {
+            name => validate::project_name_from_dir(&dir),
+            root => root.display().to_string(),
+        },
+    }
+}
+
+/// Parse Envfile text; `path` and `root` say where it lives.
+pub fn parse(source: &str, path: &Path, root: &Path) -> Result<Config, Vec<Diagnostic>> {
+    let rendered = render::render(source, &template_context(root))
+        .map_err(|e| vec![Diagnostic::in_source(source, e.message, e.line, e.range)])?;
+    let locate = |p: Problem| Diagnostic::locate(source, &rendered, p);
+
+    let table = DeTable::parse(&rendered.text).map_err(|e| {
+        vec![locate(Problem {
+            message: format!("TOML syntax error: {}", e.message()),
+            span: e.span(),
+            help: None,
+        })]
+    })?;
+    let spans = Spans::new(&table);
+    let raw = RawEnvfile::deserialize(toml::de::Deserializer::from(table.clone()))
+        .map_err(|e| vec![locate(explain(e.message(), e.span(), &spans))])?;
+    validate::validate(&raw, &spans, path, root)
+        .map_err(|problems| problems.into_iter().map(locate).collect())
+}
+
+/// Turn serde's wording into the Envfile's: keys, tables, arrays, and a
+/// suggestion for a misspelt key or value.
+fn explain(message: &str, span: Option<std::ops::Range<usize>>, spans: &Spans<'_>) -> Problem {
+    let at = span
+        .as_ref()
+        .map(|s| spans.path_at(s.start))
+        .unwrap_or_default();
+    let (message, help) = if let Some(rest) = message.strip_prefix("unknown field ") {
+        let (word, expected) = split_expected(rest);
+        let table = KeyPath(at.0[..at.0.len().saturating_sub(1)].to_vec());
+        let place = if table.0.is_empty() {
+            "at the top level".to_owned()
+        } else {
+            format!("in `{table}`")
+        };
+        (
+            format!("unknown key `{word}` {place}"),
+            Some(suggest(&word, &expected, "valid keys here")),
+        )
+    } else if let Some(rest) = message.strip_prefix("unknown variant ") {
+        let (word, expected) = split_expected(rest);
+        let key = match at.0.last() {
+            Some(Seg::Key(k)) => format!(" for `{k}`"),
+            _ => String::new(),
+        };
+        (
+            format!("unknown value `{word}`{key}"),
+            Some(suggest(&word, &expected, "the values are")),
+        )
+    } else if let Some(rest) = message.strip_prefix("invalid type: ") {
+        let (found, expected) = rest.split_once(", expected ").unwrap_or((rest, "?"));
+        let key = if at.0.is_empty() {
+            String::new()
+        } else {
+            format!(" for `{at}`")
+        };
+        (
+            format!(
+                "wrong type{key}: expected {}, found {}",
+                type_words(expected),
+                type_words(found)
+            ),
+            None,
+        )
+    } else if let Some(rest) = message.strip_prefix("missing field ") {
+        let place = if at.0.is_empty() {
+            String::new()
+        } else {
+            format!(" in `{at}`")
+        };
+        (format!("missing key {rest}{place}"), None)
+    } else {
+        (message.to_owned(), None)
+    };
+    Problem {
+        message,
+        span,
+        help,
+    }
+}
+
+/// `` `word`, expected one of `a`, `b` `` → ("word", ["a", "b"]).
+fn split_expected(rest: &str) -> (String, Vec<String>) {
+    let ticks = |s: &str| -> Vec<String> {
+        s.split('`')
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .map(|(_, w)| w.to_owned())
+            .collect()
+    };
+    match rest.split_once(", ") {
+        Some((word, expected)) => (
+            ticks(word).into_iter().next().unwrap_or_default(),
+            ticks(expected),
+        ),
+        None => (ticks(rest).into_iter().next().unwrap_or_default(), vec![]),
+    }
+}
+
+fn suggest(word: &str, expected: &[String], list_label: &str) -> String {
+    match did_you_mean(word, expected.iter().map(String::as_str)) {
+        Some(s) => format!("did you mean `{s}`?"),
+        None if expected.is_empty() => "this table takes no keys".to_owned(),
+        None => format!("{list_label}: {}", expected.join(", ")),
+    }
+}
+
+fn type_words(serde_words: &str) -> String {
+    let w = serde_words.trim();
+    let (head, tail) = w.split_once(' ').unwrap_or((w, ""));
+    let base = match head {
+        "i64" | "u64" | "i32" | "u32" | "u16" | "usize" | "integer" => "an integer",
+        "f64" | "f32" | "floating" => "a float",
+        "bool" | "boolean" => "a boolean",
+        "string" | "str" => "a string",
+        "sequence" => "an array",
+        "map" | "struct" => "a table",
+        "a" | "an" => return w.replace("sequence", "array").replace("map", "table"),
+        _ => return w.to_owned(),
+    };
+    let value = tail.trim_start_matches("point ").trim();
+    if value.is_empty() || head == "struct" {
+        base.to_owned()
+    } else {
+        format!("{base} ({})", value.trim_matches('`'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(src: &str) -> Result<Config, Vec<Diagnostic>> {
+        let dir = std::env::temp_dir();
+        parse(src, &dir.join("Envfile"), &dir)
+    }
+
+    fn first_error(src: &str) -> Diagnostic {
+        check(src).unwrap_err().remove(0)
+    }
+
+    #[test]
+    fn defaults_merge_into_machines() {
+        let c = check(
+            r#"
+[defaults]
+box = "debian/bookworm"
+memory = "2GiB"
+env = { A = "1", B = "2" }
+provision = [{ shell = "echo base" }]
+[machines.web]
+memory = "512MiB"
+env = { B = "3" }
+provision = [{ shell = "echo web", name = "web" }]
+[machines.db]
+backend = "container"
+"#,
+        )
+        .unwrap();
+        let web = &c.machines["web"];
+        assert_eq!(web.box_, "debian/bookworm");
+        assert_eq!(web.memory, Size(512 << 20));
+        assert_eq!(web.env["A"], "1");
+        assert_eq!(web.env["B"], "3");
+        assert_eq!(web.provisioners.len(), 2);
+        assert_eq!(web.provisioners[0].name, "shell-1");
+        assert_eq!(web.provisioners[1].name, "web");
+        let db = &c.machines["db"];
+        assert_eq!(db.memory, Size(2 << 30));
+        assert_eq!(db.backend, BackendKind::Container);
+        assert_eq!(c.machine_names().collect::<Vec<_>>(), ["web", "db"]);
+    }
+
+    #[test]
+    fn unknown_key_suggests() {
+        let d = first_error("[machines.web]\nbox = \"x\"\nmemroy = \"1GiB\"\n");
+        assert_eq!(d.line, Some(3));
+        assert_eq!(d.column, Some(1));
+        assert!(
+            d.message.contains("unknown key `memroy` in `machines.web`"),
+            "{}",
+            d.message
+        );
+        assert_eq!(d.help.as_deref(), Some("did you mean `memory`?"));
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let d = first_error("[machines.web]\nbox = \"x\"\ncpus = \"two\"\n");
+        assert_eq!(d.line, Some(3));
+        assert!(
+            d.message.contains(
+                "wrong type for `machines.web.cpus`: expected an integer, found a string"
+            ),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn errors_in_loops_point_at_the_written_line() {
+        let src = "{% for i in range(2) %}\n[machines.n{{ i }}]\nbox = \"x\"\nmemory = \"{{ i }}\"\n{% endfor %}\n";
+        let d = first_error(src);
+        assert_eq!(d.line, Some(4), "{d:?}");
+        assert!(d.message.contains("memory"));
+    }
+
+    #[test]
+    fn several_problems_reported_together() {
+        let errs = check("[machines.a]\nbox = \"x\"\ncpus = 0\nmemory = \"1\"\n").unwrap_err();
+        assert_eq!(errs.len(), 2);
+    }
+
+    #[test]
+    fn cycle_is_reported() {
+        let d = first_error(
+            "[machines.a]\nbox = \"x\"\ndepends_on = [\"b\"]\n[machines.b]\nbox = \"x\"\ndepends_on = [\"a\"]\n",
+        );
+        assert!(d.message.contains("a → b → a"), "{}", d.message);
+        assert_eq!(d.line, Some(3));
+    }
+}
