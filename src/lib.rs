@@ -1,4 +1,13 @@
 //! envup: declarative dev environments — VMs, jails and containers from one
 //! Envfile, provisioned over SSH.
 
+pub mod backend;
+pub mod cli;
 pub mod envfile;
+pub mod host;
+pub mod ops;
+pub mod orchestrate;
+pub mod plan;
+pub mod provision;
+pub mod state;
+pub mod ui;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use indexmap::IndexMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use super::schema::{Accel, Engine, JailNetwork, Protocol, RunPolicy};
 
@@ -41,7 +41,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Qemu,
@@ -99,7 +99,7 @@ pub struct Machine {
     pub jail: JailOptions,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Forward {
     pub guest: u16,
     pub host: u16,
@@ -236,7 +236,7 @@ impl fmt::Display for Size {
         ];
         let best = units
             .iter()
-            .filter(|(_, m)| b >= *m && b % m == 0)
+            .filter(|(_, m)| b >= *m && b.is_multiple_of(*m))
             .min_by_key(|(_, m)| b / m);
         match best {
             Some((unit, m)) => write!(f, "{}{unit}", b / m),
@@ -300,7 +300,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let s = d.as_secs();

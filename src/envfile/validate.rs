@@ -2,7 +2,7 @@
 //! value checked, every problem collected with the path of the value at
 //! fault so it can be shown at its line.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::Duration;
@@ -822,9 +822,8 @@ fn find_cycle(machines: &IndexMap<String, Machine>) -> Option<Vec<String>> {
         None
     }
     let mut marks = HashMap::new();
-    let mut seen = HashSet::new();
     for name in machines.keys() {
-        if seen.insert(name.as_str()) && marks.get(name.as_str()).is_none() {
+        if !marks.contains_key(name.as_str()) {
             let mut stack = Vec::new();
             if let Some(c) = visit(name, machines, &mut marks, &mut stack) {
                 return Some(c);

@@ -1,0 +1,79 @@
+//! The qemu backend: full virtual machines. For now, the host probe.
+
+use std::time::Duration;
+
+use super::Check;
+use crate::host::{first_line, run_with_timeout, which};
+
+nix::ioctl_none_bad!(kvm_get_api_version, 0xAE00);
+
+/// qemu-system, qemu-img, and whether KVM or only TCG can run guests.
+pub fn probe() -> (bool, Vec<Check>) {
+    let mut checks = Vec::new();
+    let mut ready = true;
+    for (prog, pkg) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+    ] {
+        match which(prog) {
+            Some(path) => {
+                let v = run_with_timeout(&path, &["--version"], Duration::from_secs(5))
+                    .map(|o| first_line(&o))
+                    .unwrap_or_else(|e| e);
+                checks.push(Check::ok(prog, v));
+            }
+            None => {
+                ready = false;
+                checks.push(Check::missing(
+                    prog,
+                    "not found on PATH",
+                    format!("apt-get install {pkg}"),
+                ));
+            }
+        }
+    }
+    checks.push(kvm_check());
+    if ready {
+        checks.push(Check::ok(
+            "tcg",
+            "software emulation is always available (slower than KVM)",
+        ));
+    }
+    (ready, checks)
+}
+
+fn kvm_check() -> Check {
+    use std::os::fd::AsRawFd;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(f) => f,
+        Err(e) => {
+            return Check::missing(
+                "kvm",
+                format!("/dev/kvm cannot be opened ({e}); guests will run under TCG"),
+                "enable virtualisation in the firmware or the host VM, and load kvm_intel or kvm_amd",
+            );
+        }
+    };
+    // SAFETY: KVM_GET_API_VERSION takes no argument and only returns a number.
+    let version = unsafe { kvm_get_api_version(file.as_raw_fd()) };
+    match version {
+        Ok(12) => Check::ok(
+            "kvm",
+            "/dev/kvm opens (API 12); `accel = \"auto\"` still falls back to TCG where guests cannot boot under it",
+        ),
+        Ok(v) => Check::missing(
+            "kvm",
+            format!("/dev/kvm reports API {v}, expected 12"),
+            "update the host kernel",
+        ),
+        Err(e) => Check::missing(
+            "kvm",
+            format!("/dev/kvm does not answer ({e})"),
+            "load kvm_intel or kvm_amd",
+        ),
+    }
+}

@@ -1,0 +1,128 @@
+use std::io::Write;
+
+use crate::cli::{App, CliError, ExitCode, InitArgs};
+use crate::envfile::{self, BackendKind, FILE_NAME};
+use crate::state::write_atomic;
+
+/// An Envfile template: its name, what it is, its text, and the box and
+/// backend it uses unless told otherwise.
+struct Template {
+    name: &'static str,
+    about: &'static str,
+    text: &'static str,
+    default_box: &'static str,
+    default_backend: BackendKind,
+}
+
+const TEMPLATES: &[Template] = &[
+    Template {
+        name: "single",
+        about: "one machine",
+        text: include_str!("../../../templates/envfile/single.Envfile"),
+        default_box: "tiny",
+        default_backend: BackendKind::Jail,
+    },
+    Template {
+        name: "web-db",
+        about: "a web server and its database",
+        text: include_str!("../../../templates/envfile/web-db.Envfile"),
+        default_box: "debian/bookworm",
+        default_backend: BackendKind::Container,
+    },
+    Template {
+        name: "ci",
+        about: "a throwaway machine for CI",
+        text: include_str!("../../../templates/envfile/ci.Envfile"),
+        default_box: "tiny",
+        default_backend: BackendKind::Jail,
+    },
+];
+
+pub fn run(app: &App, args: &InitArgs) -> Result<ExitCode, CliError> {
+    let Some(t) = TEMPLATES.iter().find(|t| t.name == args.template) else {
+        let list: Vec<String> = TEMPLATES
+            .iter()
+            .map(|t| format!("{} ({})", t.name, t.about))
+            .collect();
+        return Err(CliError::Usage(format!(
+            "no template named `{}`; the templates are: {}",
+            args.template,
+            list.join(", ")
+        )));
+    };
+    let backend = match &args.backend {
+        Some(b) => BackendKind::from_name(b).ok_or_else(|| {
+            CliError::Usage(format!(
+                "unknown backend `{b}`; the backends are qemu, jail, container"
+            ))
+        })?,
+        None => t.default_backend,
+    };
+    let box_ = args.box_.as_deref().unwrap_or(t.default_box);
+    if box_.trim().is_empty() {
+        return Err(CliError::Usage(
+            "--box needs a box name, path or URL".into(),
+        ));
+    }
+    let text = t
+        .text
+        .replace("@BOX@", &toml::Value::String(box_.to_owned()).to_string())
+        .replace(
+            "@BACKEND@",
+            &toml::Value::String(backend.to_string()).to_string(),
+        );
+
+    let path = app.cwd.join(FILE_NAME);
+    if path.exists() && !args.force {
+        return Err(CliError::Failed(format!(
+            "{} already exists; pass --force to overwrite it",
+            path.display()
+        )));
+    }
+    // The template must make a valid Envfile here before anything is written.
+    envfile::parse(&text, &path, &app.cwd).map_err(|d| {
+        CliError::Failed(format!(
+            "template `{}` does not validate: {}",
+            t.name, d[0].message
+        ))
+    })?;
+    write_atomic(&path, text.as_bytes())?;
+    ignore_state_dir(app)?;
+    if !app.mode.quiet {
+        anstream::println!(
+            "wrote {} from template `{}` ({}); next: `envup up`",
+            path.display(),
+            t.name,
+            t.about
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Make sure `.envup/` is in the project's `.gitignore`.
+fn ignore_state_dir(app: &App) -> Result<(), CliError> {
+    let path = app.cwd.join(".gitignore");
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(CliError::io(format!("read {}", path.display()))(e)),
+    };
+    if existing
+        .lines()
+        .any(|l| matches!(l.trim(), ".envup" | ".envup/" | "/.envup" | "/.envup/"))
+    {
+        return Ok(());
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(CliError::io(format!("open {}", path.display())))?;
+    let sep = if existing.is_empty() || existing.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    writeln!(f, "{sep}.envup/").map_err(CliError::io(format!("write {}", path.display())))?;
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! One file per command; each a few lines over the library.
+
+pub mod boxes;
+pub mod completions;
+pub mod destroy;
+pub mod doctor;
+pub mod exec;
+pub mod global_status;
+pub mod halt;
+pub mod init;
+pub mod lock;
+pub mod plan;
+pub mod port;
+pub mod provision;
+pub mod reload;
+pub mod snapshot;
+pub mod ssh;
+pub mod ssh_config;
+pub mod status;
+pub mod up;
+pub mod upload;
+pub mod validate;
+
+use crate::cli::{App, CliError, ExitCode};
+use crate::envfile::Config;
+use crate::ops::Ops;
+use crate::orchestrate::{self, Graph, Order};
+use crate::state::index::Index;
+use crate::state::{ProjectState, envup_home};
+use crate::ui::{Outcome, Reporter};
+
+/// Run `action` over `selected` machines as a graph, under the project
+/// lock, and turn the outcomes into the command's result.
+pub(crate) fn run_machines<F>(
+    app: &App,
+    config: &Config,
+    selected: &[String],
+    order: Order,
+    jobs: usize,
+    verb: &str,
+    action: F,
+) -> Result<ExitCode, CliError>
+where
+    F: Fn(&Ops<'_>, &str) -> Result<String, crate::ops::OpError> + Sync,
+{
+    let project = app.project(config);
+    let reporter = app.reporter();
+    let _lock = app.lock(&project, &*reporter)?;
+    let index = Index::new(&envup_home()?);
+    let ops = Ops {
+        config,
+        project: &project,
+        index: &index,
+        reporter: &*reporter,
+    };
+    let graph = Graph::new(config, selected, order);
+    let outcomes = orchestrate::run(&graph, jobs, &*reporter, |name| {
+        action(&ops, name).map_err(|e| super::error::chain(&e))
+    });
+    finish(&*reporter, verb, &outcomes)
+}
+
+/// Report the result; fail when any machine did not make it.
+pub(crate) fn finish(
+    reporter: &dyn Reporter,
+    verb: &str,
+    outcomes: &[(String, Outcome)],
+) -> Result<ExitCode, CliError> {
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Failed { .. }))
+        .map(|(m, _)| m.as_str())
+        .collect();
+    let skipped: Vec<&str> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Skipped { .. }))
+        .map(|(m, _)| m.as_str())
+        .collect();
+    let ok = failed.is_empty() && skipped.is_empty();
+    reporter.result(ok, outcomes);
+    if ok {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut msg = format!(
+        "{} of {} machines could not be {verb}",
+        failed.len() + skipped.len(),
+        outcomes.len()
+    );
+    if !failed.is_empty() {
+        msg.push_str(&format!(" (failed: {}", failed.join(", ")));
+        if !skipped.is_empty() {
+            msg.push_str(&format!("; skipped: {}", skipped.join(", ")));
+        }
+        msg.push(')');
+    } else {
+        msg.push_str(&format!(" (skipped: {})", skipped.join(", ")));
+    }
+    Err(CliError::Failed(msg))
+}
+
+/// The machine's recorded state, or an error saying it is not created.
+pub(crate) fn created_machine(
+    project: &ProjectState,
+    name: &str,
+) -> Result<crate::state::MachineState, CliError> {
+    match project.load(name)? {
+        Some(s) if s.status != crate::state::Status::NotCreated => Ok(s),
+        _ => Err(CliError::Failed(format!(
+            "machine `{name}` is not created; `envup up {name}` creates it"
+        ))),
+    }
+}
+
+/// A machine that must be running for SSH to reach it.
+pub(crate) fn running_machine(app: &App, config: &Config, name: &str) -> Result<(), CliError> {
+    super::context::check_machine(config, name)?;
+    let state = created_machine(&app.project(config), name)?;
+    if !state.status.can_provision() {
+        return Err(CliError::Failed(format!(
+            "machine `{name}` is {}; `envup up {name}` starts it",
+            state.status
+        )));
+    }
+    Ok(())
+}

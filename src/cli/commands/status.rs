@@ -1,0 +1,74 @@
+use serde_json::json;
+
+use crate::backend;
+use crate::cli::{App, CliError, ExitCode, MachinesArgs};
+use crate::state::{MachineState, Status};
+use crate::ui::{print_json, style};
+
+pub fn run(app: &App, args: &MachinesArgs) -> Result<ExitCode, CliError> {
+    let config = app.config()?;
+    let selected = app.select(&config, &args.machines)?;
+    let project = app.project(&config);
+    let mut rows = Vec::new();
+    for name in &selected {
+        let m = &config.machines[name];
+        let state = project.load(name)?;
+        let status = state.as_ref().map_or(Status::NotCreated, live_status);
+        rows.push((m, state, status));
+    }
+    if app.mode.json {
+        let machines: Vec<_> = rows
+            .iter()
+            .map(|(m, s, status)| {
+                json!({
+                    "name": m.name,
+                    "status": status,
+                    "backend": s.as_ref().map_or(m.backend, |s| s.backend),
+                    "box": m.box_,
+                    "ssh": s.as_ref().and_then(|s| s.ssh.as_ref()),
+                    "forwards": m.forwards,
+                })
+            })
+            .collect();
+        print_json(
+            &json!({ "project": config.project, "root": config.root, "machines": machines }),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = rows.iter().map(|(m, _, _)| m.name.len()).max().unwrap_or(0);
+    let (b, mc) = (style::BOLD, style::MACHINE);
+    anstream::println!(
+        "{b}project {}{b:#} ({})",
+        config.project,
+        config.root.display()
+    );
+    for (m, s, status) in &rows {
+        let backend = s.as_ref().map_or(m.backend, |s| s.backend);
+        let ssh = s
+            .as_ref()
+            .and_then(|s| s.ssh.as_ref())
+            .filter(|_| *status == Status::Running)
+            .map(|e| format!("  ssh {}:{}", e.host, e.port))
+            .unwrap_or_default();
+        let pad = " ".repeat(width - m.name.len());
+        anstream::println!(
+            "  {mc}{}{mc:#}{pad}  {:<12} {:<10}{ssh}",
+            m.name,
+            status.to_string(),
+            backend.to_string()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The status the backend reports, when this envup has the backend; else
+/// the recorded one.
+pub(crate) fn live_status(state: &MachineState) -> Status {
+    if state.status.is_interrupted() {
+        return state.status;
+    }
+    backend::get(state.backend)
+        .ok()
+        .and_then(|b| b.status(state).ok())
+        .unwrap_or(state.status)
+}

@@ -1,0 +1,218 @@
+//! One machine's recorded state, and the transitions its status may take.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::envfile::BackendKind;
+use crate::envfile::config::Forward;
+
+use super::StateError;
+
+/// The version of the state file's layout; bumped on incompatible changes.
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    NotCreated,
+    /// Creation started and has not finished (or was interrupted).
+    Creating,
+    Stopped,
+    Running,
+    /// Destruction started and has not finished (or was interrupted).
+    Destroying,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NotCreated => "not created",
+            Self::Creating => "creating",
+            Self::Stopped => "stopped",
+            Self::Running => "running",
+            Self::Destroying => "destroying",
+        })
+    }
+}
+
+/// What happens to a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    BeginCreate,
+    Created,
+    Started,
+    Stopped,
+    /// The machine was found dead without envup stopping it.
+    Crashed,
+    BeginDestroy,
+    Destroyed,
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::BeginCreate => "create",
+            Self::Created => "created",
+            Self::Started => "start",
+            Self::Stopped => "stop",
+            Self::Crashed => "crash",
+            Self::BeginDestroy => "destroy",
+            Self::Destroyed => "destroyed",
+        })
+    }
+}
+
+impl Status {
+    /// The one table of allowed transitions.
+    pub fn next(self, event: Event) -> Option<Status> {
+        use Event as E;
+        use Status as S;
+        Some(match (self, event) {
+            (S::NotCreated, E::BeginCreate) => S::Creating,
+            (S::Creating, E::Created) => S::Stopped,
+            (S::Stopped, E::Started) => S::Running,
+            (S::Running, E::Stopped | E::Crashed) => S::Stopped,
+            (S::Creating | S::Stopped | S::Running | S::Destroying, E::BeginDestroy) => {
+                S::Destroying
+            }
+            (S::Destroying, E::Destroyed) => S::NotCreated,
+            _ => return None,
+        })
+    }
+
+    pub fn can_start(self) -> bool {
+        self.next(Event::Started).is_some()
+    }
+
+    pub fn can_stop(self) -> bool {
+        self.next(Event::Stopped).is_some()
+    }
+
+    pub fn can_destroy(self) -> bool {
+        self.next(Event::BeginDestroy).is_some()
+    }
+
+    pub fn can_provision(self) -> bool {
+        self == Status::Running
+    }
+
+    /// An earlier envup stopped half-way through creating or destroying.
+    pub fn is_interrupted(self) -> bool {
+        matches!(self, Status::Creating | Status::Destroying)
+    }
+}
+
+/// The box a machine was created from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoxRef {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+/// How envup reaches a machine over SSH.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineState {
+    pub format: u32,
+    pub name: String,
+    pub backend: BackendKind,
+    pub status: Status,
+    /// The backend's handle on the machine (container id, supervisor pid…).
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default, rename = "box")]
+    pub box_ref: Option<BoxRef>,
+    #[serde(default)]
+    pub ssh: Option<SshEndpoint>,
+    /// The forwards in force.
+    #[serde(default)]
+    pub forwards: Vec<Forward>,
+    /// The machine's settings when it was created or last reloaded.
+    #[serde(default)]
+    pub settings: serde_json::Value,
+    /// Provisioner name → hash of what last ran successfully.
+    #[serde(default)]
+    pub provisioned: BTreeMap<String, String>,
+    /// Seconds since the epoch of the last change.
+    #[serde(default)]
+    pub updated: u64,
+}
+
+impl MachineState {
+    pub fn new(name: &str, backend: BackendKind) -> Self {
+        Self {
+            format: FORMAT,
+            name: name.to_owned(),
+            backend,
+            status: Status::NotCreated,
+            id: None,
+            box_ref: None,
+            ssh: None,
+            forwards: Vec::new(),
+            settings: serde_json::Value::Null,
+            provisioned: BTreeMap::new(),
+            updated: 0,
+        }
+    }
+
+    /// Apply `event`, refusing a transition the table does not allow.
+    pub fn apply(&mut self, event: Event) -> Result<(), StateError> {
+        let next = self
+            .status
+            .next(event)
+            .ok_or_else(|| StateError::Transition {
+                machine: self.name.clone(),
+                from: self.status,
+                event,
+            })?;
+        self.status = next;
+        self.updated = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle() {
+        let mut m = MachineState::new("web", BackendKind::Jail);
+        assert!(!m.status.can_start());
+        m.apply(Event::BeginCreate).unwrap();
+        m.apply(Event::Created).unwrap();
+        assert!(m.status.can_start());
+        m.apply(Event::Started).unwrap();
+        assert!(m.status.can_provision());
+        m.apply(Event::Crashed).unwrap();
+        assert_eq!(m.status, Status::Stopped);
+        m.apply(Event::BeginDestroy).unwrap();
+        m.apply(Event::Destroyed).unwrap();
+        assert_eq!(m.status, Status::NotCreated);
+    }
+
+    #[test]
+    fn refused_transitions() {
+        let mut m = MachineState::new("web", BackendKind::Jail);
+        let e = m.apply(Event::Started).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "machine `web` cannot go from not created on `start`"
+        );
+        assert!(!Status::NotCreated.can_destroy());
+        assert!(Status::Creating.can_destroy());
+        assert!(Status::Creating.is_interrupted());
+        assert!(!Status::Stopped.can_stop());
+    }
+}

@@ -1,0 +1,115 @@
+//! Output for people: a spinner per machine on a terminal, tagged lines
+//! everywhere else.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::style;
+use super::{Outcome, Reporter, Stream};
+
+pub struct Human {
+    quiet: bool,
+    /// Present only when stderr is a terminal.
+    bars: Option<(MultiProgress, Mutex<HashMap<String, ProgressBar>>)>,
+}
+
+impl Human {
+    pub fn new(quiet: bool, terminal: bool) -> Self {
+        let bars = (terminal && !quiet).then(|| {
+            (
+                MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                Mutex::new(HashMap::new()),
+            )
+        });
+        Self { quiet, bars }
+    }
+
+    /// Print a line above the spinners (or plainly on stderr).
+    fn emit(&self, text: String) {
+        match &self.bars {
+            Some((multi, _)) => {
+                let _ = multi.println(&text);
+            }
+            None => anstream::eprintln!("{text}"),
+        }
+    }
+
+    fn tag(machine: &str) -> String {
+        let s = style::MACHINE;
+        format!("{s}{machine}{s:#}")
+    }
+}
+
+impl Reporter for Human {
+    fn step(&self, machine: &str, step: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.bars {
+            Some((multi, bars)) => {
+                let mut bars = bars.lock().expect("bars lock");
+                let bar = bars.entry(machine.to_owned()).or_insert_with(|| {
+                    let b = multi.add(ProgressBar::new_spinner());
+                    b.set_style(
+                        ProgressStyle::with_template("{spinner} {prefix} {msg} {elapsed:.dim}")
+                            .expect("static template"),
+                    );
+                    b.set_prefix(Self::tag(machine));
+                    b.enable_steady_tick(Duration::from_millis(100));
+                    b
+                });
+                bar.set_message(step.to_owned());
+            }
+            None => self.emit(format!("==> {}: {step}", Self::tag(machine))),
+        }
+    }
+
+    fn line(&self, machine: &str, stream: Stream, text: &str) {
+        if self.quiet {
+            return;
+        }
+        let dim = style::DIM;
+        let body = match stream {
+            Stream::Stdout => text.to_owned(),
+            Stream::Stderr => format!("{dim}{text}{dim:#}"),
+        };
+        self.emit(format!("{} | {body}", Self::tag(machine)));
+    }
+
+    fn finished(&self, machine: &str, outcome: &Outcome) {
+        if let Some((_, bars)) = &self.bars
+            && let Some(bar) = bars.lock().expect("bars lock").remove(machine)
+        {
+            bar.finish_and_clear();
+        }
+        let (ok, err, warn) = (style::OK, style::ERROR, style::WARN);
+        let text = match outcome {
+            Outcome::Done { summary } if !self.quiet => {
+                format!("{ok}✓{ok:#} {}: {summary}", Self::tag(machine))
+            }
+            Outcome::Done { .. } => return,
+            Outcome::Failed { error } => {
+                format!("{err}✗{err:#} {}: {error}", Self::tag(machine))
+            }
+            Outcome::Skipped { reason } => {
+                format!("{warn}-{warn:#} {}: skipped: {reason}", Self::tag(machine))
+            }
+        };
+        self.emit(text);
+    }
+
+    fn note(&self, text: &str) {
+        if !self.quiet {
+            self.emit(text.to_owned());
+        }
+    }
+
+    fn result(&self, _ok: bool, _outcomes: &[(String, Outcome)]) {
+        if let Some((multi, _)) = &self.bars {
+            let _ = multi.clear();
+        }
+    }
+}
