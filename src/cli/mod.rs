@@ -246,6 +246,7 @@ pub enum SnapshotCommand {
 #[derive(Debug, Subcommand)]
 pub enum BoxCommand {
     /// Add a box from a catalog name, a URL or a file.
+    #[command(disable_version_flag = true)]
     Add {
         /// A catalog name, a URL, or a path to a .box file.
         source: String,
@@ -256,15 +257,17 @@ pub enum BoxCommand {
         #[arg(long)]
         name: Option<String>,
         /// The version to store it under.
-        #[arg(long)]
+        #[arg(long = "version", id = "box_version", value_name = "V")]
         version: Option<String>,
     },
     /// List stored boxes.
     List,
     /// Remove a stored box.
+    #[command(disable_version_flag = true)]
     Remove {
         name: String,
-        #[arg(long)]
+        /// Only this version.
+        #[arg(long = "version", id = "box_version", value_name = "V")]
         version: Option<String>,
         /// Remove it even if machines use it.
         #[arg(long)]

@@ -58,6 +58,7 @@ pub fn find(start: &Path, explicit: Option<&Path>) -> Result<PathBuf, LoadError>
 
 /// Read, render, parse and validate the Envfile at `path`.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let started = std::time::Instant::now();
     let source = std::fs::read_to_string(path).map_err(|e| LoadError::Read(path.to_owned(), e))?;
     let root = path
         .parent()
@@ -65,8 +66,15 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         .unwrap_or_else(|| PathBuf::from("."));
     let root = root.canonicalize().unwrap_or(root);
     let path = root.join(path.file_name().unwrap_or(FILE_NAME.as_ref()));
-    parse(&source, &path, &root)
-        .map_err(|diags| LoadError::Invalid(Box::new(EnvfileError::new(&path, diags))))
+    let config = parse(&source, &path, &root)
+        .map_err(|diags| LoadError::Invalid(Box::new(EnvfileError::new(&path, diags))))?;
+    tracing::debug!(
+        path = %path.display(),
+        machines = config.machines.len(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "loaded the Envfile"
+    );
+    Ok(config)
 }
 
 /// What the Envfile template sees: `env` (the host environment) and
@@ -203,7 +211,13 @@ fn type_words(serde_words: &str) -> String {
         "string" | "str" => "a string",
         "sequence" => "an array",
         "map" | "struct" => "a table",
-        "a" | "an" => return w.replace("sequence", "array").replace("map", "table"),
+        "a" | "an" => {
+            return match w {
+                "a sequence" => "an array".to_owned(),
+                "a map" => "a table".to_owned(),
+                other => other.to_owned(),
+            };
+        }
         _ => return w.to_owned(),
     };
     let value = tail.trim_start_matches("point ").trim();

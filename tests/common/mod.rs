@@ -1,0 +1,135 @@
+//! Running the built `envup` in a temp project with its own ENVUP_HOME.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub home: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn with_envfile(text: &str) -> Self {
+        let p = Self::new();
+        p.write("Envfile", text);
+        p
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Run {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_envup"));
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("ENVUP_HOME", self.home.path())
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null());
+        Run(c)
+    }
+}
+
+pub struct Run(pub Command);
+
+impl Run {
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.0.env(k, v);
+        self
+    }
+
+    pub fn cwd(mut self, dir: &Path) -> Self {
+        self.0.current_dir(dir);
+        self
+    }
+
+    pub fn out(mut self) -> Done {
+        let o = self.0.output().unwrap();
+        Done(o)
+    }
+}
+
+pub struct Done(pub Output);
+
+impl Done {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+
+    /// Assert the exit code, showing the output when it is wrong.
+    pub fn status(self, code: i32) -> Self {
+        assert_eq!(
+            self.code(),
+            code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+
+    pub fn stderr_has(self, text: &str) -> Self {
+        assert!(
+            self.stderr().contains(text),
+            "stderr lacks {text:?}:\n{}",
+            self.stderr()
+        );
+        self
+    }
+
+    pub fn stdout_has(self, text: &str) -> Self {
+        assert!(
+            self.stdout().contains(text),
+            "stdout lacks {text:?}:\n{}",
+            self.stdout()
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.0.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout()))
+    }
+}
+
+pub const TWO_MACHINES: &str = r#"
+[defaults]
+box = "tiny"
+backend = "jail"
+
+[machines.db]
+forward = [{ guest = 5432, host = 15432 }]
+
+[machines.web]
+depends_on = ["db"]
+primary = true
+forward = [{ guest = 80, host = 8080 }]
+provision = [{ shell = "echo hi", name = "hello" }]
+
+[machines.extra]
+autostart = false
+"#;
