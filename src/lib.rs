@@ -9,5 +9,6 @@ pub mod ops;
 pub mod orchestrate;
 pub mod plan;
 pub mod provision;
+pub mod ssh;
 pub mod state;
 pub mod ui;

@@ -5,6 +5,9 @@
 use crate::backend::{self, Backend, BackendError};
 use crate::envfile::{Config, Machine};
 use crate::plan::{self, Action, ProvisionChoice};
+use crate::provision::{ProvisionError, Runner, content_hash, template_context};
+use crate::ssh::keys::KeyError;
+use crate::ssh::{MachineKeys, Ssh, SshError};
 use crate::state::index::{Entry, Index};
 use crate::state::{Event, MachineState, ProjectState, StateError, Status};
 use crate::ui::Reporter;
@@ -15,10 +18,16 @@ pub enum OpError {
     State(#[from] StateError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
     #[error("machine `{0}` is not running; `envup up {0}` starts it")]
     NotRunning(String),
-    #[error("{0} is not available in this build of envup yet")]
-    NotBuilt(&'static str),
+    #[error("machine `{0}` has no SSH address recorded; `envup reload {0}` starts it again")]
+    NoEndpoint(String),
 }
 
 /// Everything one machine's operation needs.
@@ -64,6 +73,7 @@ impl Ops<'_> {
         let backend = backend::get(m.backend)?;
         let mut state = recorded.unwrap_or_else(|| MachineState::new(name, m.backend));
         let mut done = Vec::new();
+        let mut provision = Vec::new();
         for step in &plan.steps {
             match &step.action {
                 Action::CleanUp => {
@@ -76,7 +86,8 @@ impl Ops<'_> {
                     self.reporter.step(name, "creating");
                     self.apply(&mut state, Event::BeginCreate)?;
                     self.index.record(self.entry(m))?;
-                    let created = backend.create(m, &mut state).and_then(|()| {
+                    let keys = MachineKeys::ensure(&self.project.machine_dir(name), name)?;
+                    let created = backend.create(m, &keys, &mut state).and_then(|()| {
                         self.reporter.step(name, "starting");
                         backend.start(m, &mut state)
                     });
@@ -99,8 +110,12 @@ impl Ops<'_> {
                     self.apply(&mut state, Event::Started)?;
                     done.push("started");
                 }
-                Action::Provision { .. } => return Err(OpError::NotBuilt("provisioning over SSH")),
+                Action::Provision { name } => provision.push(name.clone()),
             }
+        }
+        let n = self.run_provisioners(m, &mut state, &provision)?;
+        if n > 0 {
+            done.push("provisioned");
         }
         Ok(done.join(", "))
     }
@@ -160,11 +175,77 @@ impl Ops<'_> {
         if !state.as_ref().is_some_and(|s| s.status.can_provision()) {
             return Err(OpError::NotRunning(name.into()));
         }
-        let (run, _) = plan::provision_steps(self.machine(name), state.as_ref(), choice);
-        if run.is_empty() {
-            return Ok("nothing to provision".into());
+        let mut state = state.expect("checked above");
+        let m = self.machine(name);
+        let (run, _) = plan::provision_steps(m, Some(&state), choice);
+        let names: Vec<String> = run
+            .into_iter()
+            .filter_map(|s| match s.action {
+                Action::Provision { name } => Some(name),
+                _ => None,
+            })
+            .collect();
+        match self.run_provisioners(m, &mut state, &names)? {
+            0 => Ok("nothing to provision".into()),
+            1 => Ok("ran 1 provisioner".into()),
+            n => Ok(format!("ran {n} provisioners")),
         }
-        Err(OpError::NotBuilt("provisioning over SSH"))
+    }
+
+    /// Run the named provisioners over one SSH session, recording each
+    /// one's hash as soon as it succeeds.
+    fn run_provisioners(
+        &self,
+        m: &Machine,
+        state: &mut MachineState,
+        names: &[String],
+    ) -> Result<usize, OpError> {
+        if names.is_empty() {
+            return Ok(0);
+        }
+        let dir = self.project.machine_dir(&m.name);
+        let keys = MachineKeys::ensure(&dir, &m.name)?;
+        let ep = state
+            .ssh
+            .clone()
+            .ok_or_else(|| OpError::NoEndpoint(m.name.clone()))?;
+        let console = dir.join("console.log");
+        self.reporter.step(&m.name, "waiting for SSH");
+        let ssh = Ssh::wait(
+            &ep,
+            &keys,
+            m.boot_timeout,
+            console.exists().then_some(console.as_path()),
+        )?;
+        let states: Vec<(String, Option<MachineState>)> = self
+            .config
+            .machine_names()
+            .map(|n| (n.to_owned(), self.project.load(n).ok().flatten()))
+            .collect();
+        let mut runner = Runner {
+            ssh: &ssh,
+            machine: m,
+            reporter: self.reporter,
+            scope: template_context(self.config, &states, &m.name),
+            log: Runner::open_log(&dir.join("provision.log")),
+        };
+        for n in names {
+            let p = m
+                .provisioners
+                .iter()
+                .find(|p| &p.name == n)
+                .expect("planned from this machine");
+            self.reporter.step(&m.name, &format!("provisioning {n}"));
+            let hash = content_hash(p).map_err(|source| ProvisionError::Read {
+                name: p.name.clone(),
+                path: p.kind.host_path().unwrap_or(&dir).to_path_buf(),
+                source,
+            })?;
+            runner.run(p)?;
+            state.provisioned.insert(n.clone(), hash);
+            self.save(state)?;
+        }
+        Ok(names.len())
     }
 
     fn entry(&self, m: &Machine) -> Entry {

@@ -11,6 +11,7 @@ pub mod qemu;
 use serde::Serialize;
 
 use crate::envfile::{BackendKind, Machine};
+use crate::ssh::MachineKeys;
 use crate::state::{MachineState, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +26,15 @@ pub enum BackendError {
 /// methods that say the backend does not support them.
 pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
-    /// Create the machine; record its id and endpoints in `state`.
-    fn create(&self, m: &Machine, state: &mut MachineState) -> Result<(), BackendError>;
+    /// Create the machine, with `keys` placed before its first boot (the
+    /// client key authorized for its SSH user, the host key for its sshd);
+    /// record its id and SSH endpoint in `state`.
+    fn create(
+        &self,
+        m: &Machine,
+        keys: &MachineKeys,
+        state: &mut MachineState,
+    ) -> Result<(), BackendError>;
     fn start(&self, m: &Machine, state: &mut MachineState) -> Result<(), BackendError>;
     /// Stop gracefully, or at once when `force`.
     fn stop(&self, state: &MachineState, force: bool) -> Result<(), BackendError>;

@@ -110,6 +110,40 @@ impl App {
     }
 }
 
+/// A usage error for a provisioner name that none of `machines` has.
+pub fn check_provisioners(
+    config: &Config,
+    machines: &[String],
+    names: &[String],
+) -> Result<(), CliError> {
+    let known: Vec<&str> = machines
+        .iter()
+        .flat_map(|m| {
+            config.machines[m]
+                .provisioners
+                .iter()
+                .map(|p| p.name.as_str())
+        })
+        .collect();
+    for n in names {
+        if !known.contains(&n.as_str()) {
+            let hint = did_you_mean(n, known.iter().copied())
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            return Err(CliError::Usage(format!(
+                "no provisioner named `{n}` on {}{hint}; the provisioners are: {}",
+                machines.join(", "),
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A usage error for a machine name the Envfile does not have.
 pub fn check_machine(config: &Config, name: &str) -> Result<(), CliError> {
     if config.machines.contains_key(name) {

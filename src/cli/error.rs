@@ -22,6 +22,8 @@ pub enum CliError {
     State(#[from] StateError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Ssh(#[from] crate::ssh::SshError),
     /// The command line names something that is not there (exit 2).
     #[error("{0}")]
     Usage(String),

@@ -2,8 +2,8 @@
 //! error that maps to an exit code.
 
 pub mod commands;
-mod context;
-mod error;
+pub mod context;
+pub mod error;
 
 use std::path::PathBuf;
 

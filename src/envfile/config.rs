@@ -152,6 +152,15 @@ pub enum ProvisionKind {
 }
 
 impl ProvisionKind {
+    /// The host file or directory it reads, if any.
+    pub fn host_path(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Shell { .. } => None,
+            Self::Script { path, .. } => Some(path),
+            Self::File { src, .. } => Some(src),
+        }
+    }
+
     pub fn word(&self) -> &'static str {
         match self {
             Self::Shell { .. } => "shell",

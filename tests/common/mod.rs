@@ -133,3 +133,4 @@ provision = [{ shell = "echo hi", name = "hello" }]
 [machines.extra]
 autostart = false
 "#;
+pub mod sshd;

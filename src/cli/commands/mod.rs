@@ -111,15 +111,31 @@ pub(crate) fn created_machine(
     }
 }
 
-/// A machine that must be running for SSH to reach it.
-pub(crate) fn running_machine(app: &App, config: &Config, name: &str) -> Result<(), CliError> {
+/// A machine that must be running for SSH to reach it: its state and keys.
+pub(crate) fn running_machine(
+    app: &App,
+    config: &Config,
+    name: &str,
+) -> Result<(crate::state::MachineState, crate::ssh::MachineKeys), CliError> {
     super::context::check_machine(config, name)?;
-    let state = created_machine(&app.project(config), name)?;
+    let project = app.project(config);
+    let state = created_machine(&project, name)?;
     if !state.status.can_provision() {
         return Err(CliError::Failed(format!(
             "machine `{name}` is {}; `envup up {name}` starts it",
             state.status
         )));
     }
-    Ok(())
+    let keys = crate::ssh::MachineKeys::ensure(&project.machine_dir(name), name)
+        .map_err(|e| CliError::Failed(super::error::chain(&e)))?;
+    Ok((state, keys))
+}
+
+/// Log in to a running machine.
+pub(crate) fn connect(app: &App, config: &Config, name: &str) -> Result<crate::ssh::Ssh, CliError> {
+    let (state, keys) = running_machine(app, config, name)?;
+    let ep = state
+        .ssh
+        .ok_or_else(|| CliError::Failed(format!("machine `{name}` has no SSH address recorded")))?;
+    crate::ssh::Ssh::connect(&ep, &keys, std::time::Duration::from_secs(10)).map_err(CliError::from)
 }

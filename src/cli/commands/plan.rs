@@ -5,6 +5,7 @@ use crate::ui::{print_json, style};
 pub fn run(app: &App, args: &PlanArgs) -> Result<ExitCode, CliError> {
     let config = app.config()?;
     let selected = app.select_with_dependencies(&config, &args.machines)?;
+    crate::cli::context::check_provisioners(&config, &selected, &args.provision_with)?;
     let project = app.project(&config);
     let choice = ProvisionChoice {
         skip_all: args.no_provision,

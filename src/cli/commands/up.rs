@@ -5,6 +5,7 @@ use crate::plan::ProvisionChoice;
 pub fn run(app: &App, args: &UpArgs) -> Result<ExitCode, CliError> {
     let config = app.config()?;
     let selected = app.select_with_dependencies(&config, &args.machines)?;
+    crate::cli::context::check_provisioners(&config, &selected, &args.provision_with)?;
     if args.locked {
         return Err(CliError::NotBuilt("Envfile.lock (`--locked`)"));
     }

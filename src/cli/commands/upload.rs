@@ -1,5 +1,6 @@
 use crate::cli::{App, CliError, ExitCode, UploadArgs};
 
+/// Copy a file (to DST) or a directory (into DST), modes kept.
 pub fn run(app: &App, args: &UploadArgs) -> Result<ExitCode, CliError> {
     let config = app.config()?;
     if !args.src.exists() {
@@ -8,6 +9,15 @@ pub fn run(app: &App, args: &UploadArgs) -> Result<ExitCode, CliError> {
             args.src.display()
         )));
     }
-    super::running_machine(app, &config, &args.machine)?;
-    Err(CliError::NotBuilt("SSH access"))
+    let ssh = super::connect(app, &config, &args.machine)?;
+    ssh.upload(&args.src, &args.dst, false)?;
+    if !app.mode.quiet {
+        anstream::println!(
+            "uploaded {} to {}:{}",
+            args.src.display(),
+            args.machine,
+            args.dst
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
