@@ -327,7 +327,7 @@ impl Ssh {
             flags = PollFlags::POLLIN;
         }
         let mut fds = [PollFd::new(self.tcp.as_fd(), flags)];
-        let _ = poll(&mut fds, PollTimeout::from(50u16));
+        let _ = poll(&mut fds, PollTimeout::from(10u16));
     }
 
     /// Run `command`; fail unless it exits 0. Returns its stdout.
