@@ -2,6 +2,7 @@
 //! Envfile, provisioned over SSH.
 
 pub mod backend;
+pub mod boxes;
 pub mod cli;
 pub mod envfile;
 pub mod host;

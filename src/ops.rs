@@ -2,7 +2,12 @@
 //! plan's steps carried out through its backend, with the machine's state
 //! written after every step and the host index kept in step.
 
+use std::sync::Mutex;
+
 use crate::backend::{self, Backend, BackendError};
+use crate::boxes::lock::{LockEntry, Lockfile};
+use crate::boxes::resolve::Resolver;
+use crate::boxes::{BoxError, Store};
 use crate::envfile::{Config, Machine};
 use crate::plan::{self, Action, ProvisionChoice};
 use crate::provision::{ProvisionError, Runner, content_hash, template_context};
@@ -18,6 +23,8 @@ pub enum OpError {
     State(#[from] StateError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Box(#[from] BoxError),
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error(transparent)]
@@ -36,6 +43,11 @@ pub struct Ops<'a> {
     pub project: &'a ProjectState,
     pub index: &'a Index,
     pub reporter: &'a dyn Reporter,
+    pub store: &'a Store,
+    /// Envfile.lock as it was when the command started.
+    pub lock: &'a Lockfile,
+    /// Lock entries for the boxes this command resolved.
+    pub resolved: Mutex<Vec<(String, LockEntry)>>,
 }
 
 impl Ops<'_> {
@@ -83,14 +95,33 @@ impl Ops<'_> {
                     state = MachineState::new(name, m.backend);
                 }
                 Action::Create => {
+                    self.reporter.step(name, "getting the box");
+                    let resolver = Resolver {
+                        store: self.store,
+                        root: &self.config.root,
+                        reporter: self.reporter,
+                    };
+                    let locked = self.lock.valid_entry(name, &m.box_, m.box_version.as_ref());
+                    let (stored, entry) = resolver.resolve(m, locked)?;
+                    state.box_ref = Some(crate::state::machine::BoxRef {
+                        name: stored.meta.name.clone(),
+                        version: stored.meta.version.clone(),
+                        sha256: stored.digest.clone(),
+                    });
+                    self.resolved
+                        .lock()
+                        .expect("resolved lock")
+                        .push((name.to_owned(), entry));
                     self.reporter.step(name, "creating");
                     self.apply(&mut state, Event::BeginCreate)?;
                     self.index.record(self.entry(m))?;
                     let keys = MachineKeys::ensure(&self.project.machine_dir(name), name)?;
-                    let created = backend.create(m, &keys, &mut state).and_then(|()| {
-                        self.reporter.step(name, "starting");
-                        backend.start(m, &mut state)
-                    });
+                    let created = backend
+                        .create(m, &stored, &keys, &mut state)
+                        .and_then(|()| {
+                            self.reporter.step(name, "starting");
+                            backend.start(m, &mut state)
+                        });
                     if let Err(e) = created {
                         if !keep_on_error {
                             let _ = self.destroy_with(&*backend, &mut state);

@@ -10,6 +10,7 @@ pub mod qemu;
 
 use serde::Serialize;
 
+use crate::boxes::StoredBox;
 use crate::envfile::{BackendKind, Machine};
 use crate::ssh::MachineKeys;
 use crate::state::{MachineState, Status};
@@ -26,12 +27,14 @@ pub enum BackendError {
 /// methods that say the backend does not support them.
 pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
-    /// Create the machine, with `keys` placed before its first boot (the
+    /// Create the machine from the stored box (read-only: a machine's own
+    /// changes go to a layer of its own), with `keys` placed before its first boot (the
     /// client key authorized for its SSH user, the host key for its sshd);
     /// record its id and SSH endpoint in `state`.
     fn create(
         &self,
         m: &Machine,
+        stored: &StoredBox,
         keys: &MachineKeys,
         state: &mut MachineState,
     ) -> Result<(), BackendError>;

@@ -24,6 +24,10 @@ pub enum CliError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Ssh(#[from] crate::ssh::SshError),
+    #[error(transparent)]
+    Box(#[from] crate::boxes::BoxError),
+    #[error(transparent)]
+    Lock(#[from] crate::boxes::lock::LockError),
     /// The command line names something that is not there (exit 2).
     #[error("{0}")]
     Usage(String),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::style;
-use super::{Outcome, Reporter, Stream};
+use super::{Outcome, Reporter, Stream, Transfer};
 
 pub struct Human {
     quiet: bool,
@@ -107,9 +107,98 @@ impl Reporter for Human {
         }
     }
 
+    fn transfer(&self, what: &str, total: Option<u64>) -> Box<dyn Transfer> {
+        if self.quiet {
+            return Box::new(Lines {
+                what: None,
+                start: std::time::Instant::now(),
+                done: Default::default(),
+            });
+        }
+        match &self.bars {
+            Some((multi, _)) => {
+                let bar = multi.add(match total {
+                    Some(t) => ProgressBar::new(t),
+                    None => ProgressBar::new_spinner(),
+                });
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                    )
+                    .expect("static template")
+                    .progress_chars("=> "),
+                );
+                bar.set_message(short(what));
+                Box::new(Bar(bar))
+            }
+            None => {
+                let size = total
+                    .map(|t| format!(" ({})", human_bytes(t)))
+                    .unwrap_or_default();
+                self.emit(format!("downloading {what}{size}"));
+                Box::new(Lines {
+                    what: Some(what.to_owned()),
+                    start: std::time::Instant::now(),
+                    done: Default::default(),
+                })
+            }
+        }
+    }
+
     fn result(&self, _ok: bool, _outcomes: &[(String, Outcome)]) {
         if let Some((multi, _)) = &self.bars {
             let _ = multi.clear();
+        }
+    }
+}
+
+fn short(url: &str) -> String {
+    url.rsplit('/').next().unwrap_or(url).to_owned()
+}
+
+pub fn human_bytes(n: u64) -> String {
+    let n = n as f64;
+    for (unit, m) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= m as f64 {
+            return format!("{:.1} {unit}", n / m as f64);
+        }
+    }
+    format!("{n} B")
+}
+
+struct Bar(ProgressBar);
+
+impl Transfer for Bar {
+    fn set(&self, done: u64) {
+        self.0.set_position(done);
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Off a terminal: one line when it ends.
+struct Lines {
+    what: Option<String>,
+    start: std::time::Instant,
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl Transfer for Lines {
+    fn set(&self, done: u64) {
+        self.done.store(done, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn finish(&self) {
+        if let Some(what) = &self.what {
+            let secs = self.start.elapsed().as_secs_f64().max(0.001);
+            let done = self.done.load(std::sync::atomic::Ordering::Relaxed);
+            anstream::eprintln!(
+                "got {what}: {} in {secs:.1}s ({}/s)",
+                human_bytes(done),
+                human_bytes((done as f64 / secs) as u64)
+            );
         }
     }
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use serde_json::json;
 
-use super::{Outcome, Reporter, Stream};
+use super::{Outcome, Reporter, Stream, Transfer};
 
 pub struct Json;
 
@@ -37,6 +37,14 @@ impl Reporter for Json {
         self.emit(json!({ "event": "note", "message": text }));
     }
 
+    fn transfer(&self, what: &str, total: Option<u64>) -> Box<dyn Transfer> {
+        self.emit(json!({ "event": "download", "url": what, "total": total }));
+        Box::new(JsonTransfer {
+            url: what.to_owned(),
+            done: Default::default(),
+        })
+    }
+
     fn result(&self, ok: bool, outcomes: &[(String, Outcome)]) {
         let machines: serde_json::Map<String, serde_json::Value> = outcomes
             .iter()
@@ -48,5 +56,21 @@ impl Reporter for Json {
             })
             .collect();
         self.emit(json!({ "event": "result", "ok": ok, "machines": machines }));
+    }
+}
+
+struct JsonTransfer {
+    url: String,
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl Transfer for JsonTransfer {
+    fn set(&self, done: u64) {
+        self.done.store(done, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn finish(&self) {
+        let bytes = self.done.load(std::sync::atomic::Ordering::Relaxed);
+        Json.emit(json!({ "event": "downloaded", "url": self.url, "bytes": bytes }));
     }
 }

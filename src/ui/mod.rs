@@ -7,7 +7,7 @@ mod json;
 
 use std::io::IsTerminal;
 
-pub use human::Human;
+pub use human::{Human, human_bytes};
 pub use json::Json;
 
 /// Which output stream of a machine a line came from.
@@ -48,6 +48,24 @@ pub trait Reporter: Send + Sync {
     fn note(&self, text: &str);
     /// The command ended; the last event.
     fn result(&self, ok: bool, outcomes: &[(String, Outcome)]);
+    /// A transfer of `total` bytes (when known) begins.
+    fn transfer(&self, _what: &str, _total: Option<u64>) -> Box<dyn Transfer> {
+        Box::new(NoTransfer)
+    }
+}
+
+/// Progress of one transfer.
+pub trait Transfer {
+    /// Bytes done so far.
+    fn set(&self, done: u64);
+    fn finish(&self);
+}
+
+struct NoTransfer;
+
+impl Transfer for NoTransfer {
+    fn set(&self, _: u64) {}
+    fn finish(&self) {}
 }
 
 /// How output should look.

@@ -133,4 +133,6 @@ provision = [{ shell = "echo hi", name = "hello" }]
 [machines.extra]
 autostart = false
 "#;
+pub mod boxes;
+pub mod http;
 pub mod sshd;

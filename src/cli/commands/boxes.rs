@@ -1,8 +1,248 @@
-use crate::cli::{App, BoxCommand, CliError, ExitCode};
+use std::collections::HashMap;
 
-pub fn run(_app: &App, cmd: &BoxCommand) -> Result<ExitCode, CliError> {
-    Err(CliError::NotBuilt(match cmd {
-        BoxCommand::Build { .. } => "building boxes",
-        _ => "the box store",
-    }))
+use serde_json::json;
+
+use crate::boxes::resolve::Resolver;
+use crate::boxes::store::Naming;
+use crate::boxes::{Store, StoredBox};
+use crate::cli::{App, BoxCommand, CliError, ExitCode};
+use crate::state::index::Index;
+use crate::state::{MachineState, envup_home, read_json};
+use crate::ui::{print_json, style};
+
+/// Digest → the machines (`project/machine`) created from that box.
+pub(crate) fn boxes_in_use() -> Result<HashMap<String, Vec<String>>, CliError> {
+    let mut used: HashMap<String, Vec<String>> = HashMap::new();
+    for e in Index::new(&envup_home()?).entries()? {
+        if let Ok(Some(st)) = read_json::<MachineState>(&e.state_dir.join("state.json"))
+            && let Some(b) = st.box_ref
+        {
+            used.entry(b.sha256)
+                .or_default()
+                .push(format!("{}/{}", e.project, e.machine));
+        }
+    }
+    Ok(used)
+}
+
+fn store() -> Result<Store, CliError> {
+    Ok(Store::new(&envup_home()?))
+}
+
+fn size_on_disk(b: &StoredBox) -> u64 {
+    b.manifest.total_size()
+}
+
+fn describe(b: &StoredBox) -> String {
+    let backends: Vec<&str> = b.manifest.backends().iter().map(|k| k.name()).collect();
+    format!(
+        "{} {} (sha256:{}…, serves {})",
+        b.meta.name,
+        b.meta.version,
+        &b.digest[..12],
+        backends.join(", ")
+    )
+}
+
+pub fn run(app: &App, cmd: &BoxCommand) -> Result<ExitCode, CliError> {
+    match cmd {
+        BoxCommand::Add {
+            source,
+            checksum,
+            name,
+            version,
+        } => {
+            let store = store()?;
+            let reporter = app.reporter();
+            let resolver = Resolver {
+                store: &store,
+                root: &app.cwd,
+                reporter: &*reporter,
+            };
+            let naming = Naming {
+                name: name.clone(),
+                version: version.clone(),
+            };
+            let b = resolver.add(source, checksum.as_deref(), &naming)?;
+            if app.mode.json {
+                print_json(
+                    &json!({ "event": "result", "ok": true, "box": b.meta, "sha256": b.digest }),
+                );
+            } else if !app.mode.quiet {
+                anstream::println!("added {}", describe(&b));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BoxCommand::List => {
+            let boxes = store()?.list()?;
+            let used = boxes_in_use()?;
+            if app.mode.json {
+                let v: Vec<_> = boxes
+                    .iter()
+                    .map(|b| json!({
+                        "name": b.meta.name, "version": b.meta.version, "sha256": b.digest,
+                        "size": size_on_disk(b), "backends": b.manifest.backends(),
+                        "source": b.meta.source, "machines": used.get(&b.digest).cloned().unwrap_or_default(),
+                    }))
+                    .collect();
+                print_json(&v);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if boxes.is_empty() {
+                anstream::println!("no boxes stored; `envup box add` adds one");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let bold = style::BOLD;
+            let wn = boxes
+                .iter()
+                .map(|b| b.meta.name.len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            let wv = boxes
+                .iter()
+                .map(|b| b.meta.version.len())
+                .max()
+                .unwrap_or(7)
+                .max(7);
+            anstream::println!(
+                "{bold}{:<wn$}  {:<wv$}  {:<12}  {:>10}  {:<21}  machines{bold:#}",
+                "name",
+                "version",
+                "sha256",
+                "size",
+                "backends"
+            );
+            for b in &boxes {
+                let backends: Vec<&str> = b.manifest.backends().iter().map(|k| k.name()).collect();
+                let machines = used
+                    .get(&b.digest)
+                    .map(|m| m.join(", "))
+                    .unwrap_or_else(|| "-".into());
+                anstream::println!(
+                    "{:<wn$}  {:<wv$}  {:<12}  {:>10}  {:<21}  {machines}",
+                    b.meta.name,
+                    b.meta.version,
+                    &b.digest[..12],
+                    crate::ui::human_bytes(size_on_disk(b)),
+                    backends.join(",")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BoxCommand::Remove {
+            name,
+            version,
+            force,
+        } => {
+            let store = store()?;
+            let matches: Vec<StoredBox> = store
+                .list()?
+                .into_iter()
+                .filter(|b| {
+                    &b.meta.name == name && version.as_ref().is_none_or(|v| &b.meta.version == v)
+                })
+                .collect();
+            if matches.is_empty() {
+                let what = version
+                    .as_ref()
+                    .map(|v| format!("`{name}` {v}"))
+                    .unwrap_or_else(|| format!("`{name}`"));
+                return Err(CliError::Failed(format!(
+                    "no stored box {what}; `envup box list` shows what is stored"
+                )));
+            }
+            let used = boxes_in_use()?;
+            for b in &matches {
+                if let Some(machines) = used.get(&b.digest)
+                    && !force
+                {
+                    return Err(CliError::Failed(format!(
+                        "{} is used by {}; destroy them first, or pass --force",
+                        describe(b),
+                        machines.join(", ")
+                    )));
+                }
+            }
+            for b in &matches {
+                store.remove(b)?;
+                if !app.mode.quiet {
+                    anstream::println!("removed {}", describe(b));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BoxCommand::Prune => {
+            let store = store()?;
+            let used = boxes_in_use()?;
+            let mut newest: Vec<&str> = Vec::new();
+            let boxes = store.list()?;
+            let mut removed = 0;
+            for b in &boxes {
+                // list() puts each name's newest version first.
+                let keep_newest = !newest.contains(&b.meta.name.as_str());
+                if keep_newest {
+                    newest.push(&b.meta.name);
+                }
+                if keep_newest || used.contains_key(&b.digest) {
+                    continue;
+                }
+                store.remove(b)?;
+                removed += 1;
+                if !app.mode.quiet {
+                    anstream::println!("removed {}", describe(b));
+                }
+            }
+            let leftovers = store.clean_leftovers()?;
+            if !app.mode.quiet {
+                anstream::println!(
+                    "pruned {removed} box{} and {leftovers} leftover download{}",
+                    if removed == 1 { "" } else { "es" },
+                    if leftovers == 1 { "" } else { "s" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BoxCommand::Verify { name } => {
+            let store = store()?;
+            let boxes: Vec<StoredBox> = store
+                .list()?
+                .into_iter()
+                .filter(|b| name.as_ref().is_none_or(|n| &b.meta.name == n))
+                .collect();
+            if boxes.is_empty() {
+                return Err(CliError::Failed(match name {
+                    Some(n) => format!("no stored box `{n}`"),
+                    None => "no boxes stored".into(),
+                }));
+            }
+            let mut bad = 0;
+            let (ok, err) = (style::OK, style::ERROR);
+            for b in &boxes {
+                let wrong = store.verify(b)?;
+                if wrong.is_empty() {
+                    if !app.mode.quiet {
+                        anstream::println!("{ok}ok{ok:#}       {}", describe(b));
+                    }
+                } else {
+                    bad += 1;
+                    for (artifact, actual) in wrong {
+                        let expected = &b.manifest.artifacts[&artifact].sha256;
+                        anstream::println!(
+                            "{err}damaged{err:#}  {}: `{artifact}` should hash to {expected}, but hashes to {actual}",
+                            describe(b)
+                        );
+                    }
+                }
+            }
+            if bad > 0 {
+                return Err(CliError::Failed(format!(
+                    "{bad} stored box{} damaged; `envup box remove` it and add it again",
+                    if bad == 1 { " is" } else { "es are" }
+                )));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BoxCommand::Build { .. } => Err(CliError::NotBuilt("building boxes")),
+    }
 }

@@ -21,6 +21,8 @@ pub mod up;
 pub mod upload;
 pub mod validate;
 
+use crate::boxes::Store;
+use crate::boxes::lock::Lockfile;
 use crate::cli::{App, CliError, ExitCode};
 use crate::envfile::Config;
 use crate::ops::Ops;
@@ -46,17 +48,33 @@ where
     let project = app.project(config);
     let reporter = app.reporter();
     let _lock = app.lock(&project, &*reporter)?;
-    let index = Index::new(&envup_home()?);
+    let home = envup_home()?;
+    let index = Index::new(&home);
+    let store = Store::new(&home);
+    let lock = Lockfile::read(&config.root)?;
     let ops = Ops {
         config,
         project: &project,
         index: &index,
         reporter: &*reporter,
+        store: &store,
+        lock: &lock,
+        resolved: Default::default(),
     };
     let graph = Graph::new(config, selected, order);
     let outcomes = orchestrate::run(&graph, jobs, &*reporter, |name| {
         action(&ops, name).map_err(|e| super::error::chain(&e))
     });
+    // Pin what this command resolved.
+    let resolved = ops.resolved.into_inner().expect("resolved lock");
+    if !resolved.is_empty() {
+        let mut lock = lock;
+        let before = lock.clone();
+        lock.machines.extend(resolved);
+        if lock != before {
+            lock.write(&config.root)?;
+        }
+    }
     finish(&*reporter, verb, &outcomes)
 }
 

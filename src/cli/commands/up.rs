@@ -7,7 +7,23 @@ pub fn run(app: &App, args: &UpArgs) -> Result<ExitCode, CliError> {
     let selected = app.select_with_dependencies(&config, &args.machines)?;
     crate::cli::context::check_provisioners(&config, &selected, &args.provision_with)?;
     if args.locked {
-        return Err(CliError::NotBuilt("Envfile.lock (`--locked`)"));
+        // Every machine `up` may create must be pinned already.
+        let lock = crate::boxes::lock::Lockfile::read(&config.root)?;
+        let missing: Vec<&str> = selected
+            .iter()
+            .filter(|n| {
+                let m = &config.machines[n.as_str()];
+                lock.valid_entry(n, &m.box_, m.box_version.as_ref())
+                    .is_none()
+            })
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(CliError::Failed(format!(
+                "--locked: Envfile.lock does not pin a box for {} (or no longer fits the Envfile); run `envup lock` and check it in",
+                missing.join(", ")
+            )));
+        }
     }
     let choice = ProvisionChoice {
         skip_all: args.no_provision,

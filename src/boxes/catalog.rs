@@ -1,0 +1,243 @@
+//! Catalogs: JSON in the shape of Vagrant's box metadata, so that Vagrant
+//! catalogs work as they are.
+//!
+//! ```json
+//! { "name": "debian/bookworm",
+//!   "versions": [ { "version": "12.8.0",
+//!     "providers": [ { "name": "envup", "url": "https://…/bookworm-12.8.0.box",
+//!                      "checksum_type": "sha256", "checksum": "…",
+//!                      "architecture": "amd64", "mirrors": ["https://…"] } ] } ] }
+//! ```
+//!
+//! Provider `envup` is an envup box (any backend it has artifacts for);
+//! `libvirt` serves qemu and `lxc` serves jail and container. Providers of one
+//! version with the same checksum are mirrors of each other, as are the
+//! URLs in `mirrors`.
+
+use serde::Deserialize;
+
+use super::store::lenient_version;
+use crate::envfile::BackendKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot read the catalog {location}: {reason}")]
+    Read { location: String, reason: String },
+    #[error("the catalog {location} is not valid box metadata: {reason}")]
+    Invalid { location: String, reason: String },
+    #[error("the catalog for `{name}` has no version{} with a box for the {backend} backend on {arch}{}", .req.as_ref().map(|r| format!(" matching `{r}`")).unwrap_or_default(), if .versions.is_empty() { String::new() } else { format!(" (it has {})", .versions.join(", ")) })]
+    NoMatch {
+        name: String,
+        req: Option<String>,
+        backend: BackendKind,
+        arch: String,
+        versions: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Catalog {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub versions: Vec<CatalogVersion>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CatalogVersion {
+    pub version: String,
+    #[serde(default)]
+    pub providers: Vec<Provider>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Provider {
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub checksum_type: Option<String>,
+    #[serde(default)]
+    pub checksum: Option<String>,
+    #[serde(default)]
+    pub architecture: Option<String>,
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+}
+
+/// What a catalog offers for one machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    pub name: String,
+    pub version: String,
+    pub provider: String,
+    /// The URL and its mirrors, in order.
+    pub urls: Vec<String>,
+    /// The sha256 the catalog promises, when it gives one.
+    pub sha256: Option<String>,
+}
+
+/// The host's architecture in the names catalogs use.
+pub fn host_arch() -> &'static str {
+    std::env::consts::ARCH
+}
+
+fn same_arch(a: &str, b: &str) -> bool {
+    fn norm(s: &str) -> &str {
+        match s {
+            "amd64" | "x86_64" => "x86_64",
+            "arm64" | "aarch64" => "aarch64",
+            other => other,
+        }
+    }
+    norm(a) == norm(b)
+}
+
+fn provider_serves(provider: &str, backend: BackendKind) -> bool {
+    match provider {
+        "envup" => true,
+        "libvirt" => backend == BackendKind::Qemu,
+        "lxc" => matches!(backend, BackendKind::Jail | BackendKind::Container),
+        _ => false,
+    }
+}
+
+impl Catalog {
+    pub fn parse(text: &str, location: &str) -> Result<Catalog, CatalogError> {
+        serde_json::from_str(text).map_err(|e| CatalogError::Invalid {
+            location: location.into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The newest version meeting `req` with a provider for `backend` on
+    /// `arch`; an `envup` provider is preferred over a Vagrant one.
+    pub fn choose(
+        &self,
+        req: Option<&semver::VersionReq>,
+        backend: BackendKind,
+        arch: &str,
+    ) -> Result<Choice, CatalogError> {
+        let mut versions: Vec<(&CatalogVersion, semver::Version)> = self
+            .versions
+            .iter()
+            .filter_map(|v| lenient_version(&v.version).map(|s| (v, s)))
+            .filter(|(_, s)| req.is_none_or(|r| r.matches(s)))
+            .collect();
+        versions.sort_by(|a, b| b.1.cmp(&a.1));
+        for (v, _) in versions {
+            let fits: Vec<&Provider> = v
+                .providers
+                .iter()
+                .filter(|p| provider_serves(&p.name, backend))
+                .filter(|p| {
+                    p.architecture
+                        .as_deref()
+                        .is_none_or(|a| a == "unknown" || same_arch(a, arch))
+                })
+                .collect();
+            let Some(best) = fits
+                .iter()
+                .find(|p| p.name == "envup")
+                .or_else(|| fits.first())
+            else {
+                continue;
+            };
+            let sha256 = match (best.checksum_type.as_deref(), &best.checksum) {
+                (Some("sha256") | None, Some(c)) => Some(c.to_ascii_lowercase()),
+                _ => None,
+            };
+            let mut urls = vec![best.url.clone()];
+            urls.extend(best.mirrors.iter().cloned());
+            for p in &fits {
+                if p.name == best.name
+                    && p.url != best.url
+                    && sha256.is_some()
+                    && p.checksum.as_ref().map(|c| c.to_ascii_lowercase()) == sha256
+                {
+                    urls.push(p.url.clone());
+                    urls.extend(p.mirrors.iter().cloned());
+                }
+            }
+            urls.dedup();
+            return Ok(Choice {
+                name: self.name.clone(),
+                version: v.version.clone(),
+                provider: best.name.clone(),
+                urls,
+                sha256,
+            });
+        }
+        Err(CatalogError::NoMatch {
+            name: self.name.clone(),
+            req: req.map(ToString::to_string),
+            backend,
+            arch: arch.into(),
+            versions: self.versions.iter().map(|v| v.version.clone()).collect(),
+        })
+    }
+}
+
+/// Read a catalog from a URL (`http`, `https`, `file`) or a path.
+pub fn load(location: &str) -> Result<Catalog, CatalogError> {
+    let read_err = |reason: String| CatalogError::Read {
+        location: location.into(),
+        reason,
+    };
+    let text = if location.starts_with("http://") || location.starts_with("https://") {
+        let resp = reqwest::blocking::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(15))
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .expect("the HTTP client builds")
+            .get(location)
+            .send()
+            .map_err(|e| read_err(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(read_err(format!("HTTP {}", resp.status())));
+        }
+        resp.text().map_err(|e| read_err(e.to_string()))?
+    } else {
+        let path = location.strip_prefix("file://").unwrap_or(location);
+        std::fs::read_to_string(path).map_err(|e| read_err(e.to_string()))?
+    };
+    Catalog::parse(&text, location)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VAGRANT: &str = r#"{
+      "name": "acme/base", "description": "Vagrant-shaped",
+      "versions": [
+        { "version": "1.2.0", "status": "active", "providers": [
+          { "name": "virtualbox", "url": "http://x/vb.box" },
+          { "name": "libvirt", "url": "http://x/lv.box", "checksum_type": "sha256", "checksum": "AA11", "architecture": "amd64" } ] },
+        { "version": "1.10.0", "providers": [
+          { "name": "lxc", "url": "http://x/lxc.box", "checksum_type": "sha256", "checksum": "bb22" },
+          { "name": "lxc", "url": "http://mirror/lxc.box", "checksum_type": "sha256", "checksum": "bb22" },
+          { "name": "envup", "url": "http://x/e.box", "checksum_type": "sha256", "checksum": "cc33", "architecture": "arm64" } ] },
+        { "version": "2.0.0", "providers": [ { "name": "virtualbox", "url": "http://x/new.box" } ] }
+      ] }"#;
+
+    #[test]
+    fn chooses_newest_fitting_version_and_provider() {
+        let c = Catalog::parse(VAGRANT, "t").unwrap();
+        let q = c.choose(None, BackendKind::Qemu, "x86_64").unwrap();
+        assert_eq!(
+            (q.version.as_str(), q.provider.as_str()),
+            ("1.2.0", "libvirt")
+        );
+        assert_eq!(q.sha256.as_deref(), Some("aa11"));
+        let j = c.choose(None, BackendKind::Jail, "x86_64").unwrap();
+        assert_eq!((j.version.as_str(), j.provider.as_str()), ("1.10.0", "lxc"));
+        assert_eq!(j.urls, ["http://x/lxc.box", "http://mirror/lxc.box"]);
+        let arm = c.choose(None, BackendKind::Jail, "aarch64").unwrap();
+        assert_eq!(arm.provider, "envup");
+        let req = semver::VersionReq::parse("<1.5").unwrap();
+        let e = c
+            .choose(Some(&req), BackendKind::Container, "x86_64")
+            .unwrap_err();
+        assert!(e.to_string().contains("matching `<1.5`"), "{e}");
+    }
+}

@@ -1,0 +1,80 @@
+//! Boxes: the `.box` format, the content-addressed store, verified and
+//! resumable downloads, catalogs in Vagrant's shape, Vagrant box imports,
+//! and resolving an Envfile's `box` to stored bytes.
+
+pub mod archive;
+pub mod catalog;
+pub mod download;
+pub mod lock;
+pub mod manifest;
+pub mod resolve;
+pub mod store;
+pub mod vagrant;
+
+use std::path::{Path, PathBuf};
+
+pub use store::{Store, StoredBox};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BoxError {
+    #[error("cannot {what} {}", .path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{source_name} is not a usable box")]
+    Archive {
+        source_name: String,
+        #[source]
+        error: archive::ArchiveError,
+    },
+    #[error("{what} does not match its checksum: expected sha256 {expected}, got {actual}")]
+    Checksum {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(transparent)]
+    Download(#[from] download::DownloadError),
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
+    #[error("envup cannot use {0}")]
+    Unsupported(String),
+    #[error("no box `{name}`{}: {tried}", .req.as_ref().map(|r| format!(" matching `{r}`")).unwrap_or_default())]
+    NotFound {
+        name: String,
+        req: Option<String>,
+        tried: String,
+    },
+    #[error(
+        "box `{name}` {version} serves {serves}, but machine `{machine}` uses the {backend} backend"
+    )]
+    WrongBackend {
+        name: String,
+        version: String,
+        serves: String,
+        machine: String,
+        backend: String,
+    },
+    #[error("`--checksum {0}` is not sha256:<64 hex digits>")]
+    BadChecksum(String),
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+}
+
+pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BoxError {
+    let path = path.to_owned();
+    move |source| BoxError::Io { what, path, source }
+}
+
+/// `sha256:HEX` (or bare HEX) → HEX.
+pub fn parse_checksum(s: &str) -> Result<String, BoxError> {
+    let hex = s.strip_prefix("sha256:").unwrap_or(s).to_ascii_lowercase();
+    if manifest::is_hex_digest(&hex) {
+        Ok(hex)
+    } else {
+        Err(BoxError::BadChecksum(s.to_owned()))
+    }
+}

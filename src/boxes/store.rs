@@ -1,0 +1,298 @@
+//! The box store: boxes unpacked once, under the sha256 of the box file.
+//!
+//! ```text
+//! $ENVUP_HOME/boxes-v1/
+//!   <sha256>/box.toml, artifacts…, meta.json   one box, read-only to machines
+//!   tmp/                                       unpacking in progress
+//!   downloads/<key>.part                       downloads to resume
+//! ```
+//!
+//! A box appears under its digest only when it is whole and checked: it is
+//! unpacked into `tmp/` and renamed into place, so a failed or interrupted
+//! add leaves nothing behind in the store.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::archive::{self, ArchiveError};
+use super::manifest::Manifest;
+use super::vagrant;
+use super::{BoxError, io_err};
+
+/// Where a box came from, and the name and version it is stored under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub name: String,
+    pub version: String,
+    /// The URL or path it was added from.
+    pub source: String,
+    /// Seconds since the epoch.
+    pub added: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredBox {
+    pub digest: String,
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub meta: Meta,
+}
+
+impl StoredBox {
+    /// The path of an artifact (`rootfs`, `disk`, `kernel`, `initrd`).
+    pub fn artifact(&self, name: &str) -> Option<PathBuf> {
+        self.manifest
+            .artifacts
+            .get(name)
+            .map(|a| self.dir.join(&a.path))
+    }
+
+    pub fn version(&self) -> Option<semver::Version> {
+        lenient_version(&self.meta.version)
+    }
+}
+
+/// A version as semver, padding `12` and `12.8` to `12.0.0` and `12.8.0`.
+pub fn lenient_version(v: &str) -> Option<semver::Version> {
+    let v = v.trim().trim_start_matches('v');
+    semver::Version::parse(v).ok().or_else(|| {
+        let parts: Vec<&str> = v.split('.').collect();
+        match parts.len() {
+            1 => semver::Version::parse(&format!("{v}.0.0")).ok(),
+            2 => semver::Version::parse(&format!("{v}.0")).ok(),
+            _ => None,
+        }
+    })
+}
+
+/// Name and version given on the command line or by a catalog, which win
+/// over what the box says of itself.
+#[derive(Debug, Clone, Default)]
+pub struct Naming {
+    pub name: Option<String>,
+    pub version: Option<String>,
+}
+
+pub struct Store {
+    root: PathBuf,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Store {
+    pub fn new(home: &Path) -> Self {
+        Self {
+            root: home.join("boxes-v1"),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn downloads(&self) -> PathBuf {
+        self.root.join("downloads")
+    }
+
+    fn tmp(&self) -> Result<tempfile::TempDir, BoxError> {
+        let dir = self.root.join("tmp");
+        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        tempfile::Builder::new()
+            .prefix("unpack-")
+            .tempdir_in(&dir)
+            .map_err(io_err("create a directory in", &dir))
+    }
+
+    fn load(&self, dir: &Path) -> Option<StoredBox> {
+        let digest = dir.file_name()?.to_str()?.to_owned();
+        if !super::manifest::is_hex_digest(&digest) {
+            return None;
+        }
+        let manifest =
+            Manifest::parse(&std::fs::read_to_string(dir.join("box.toml")).ok()?).ok()?;
+        let meta: Meta =
+            serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
+        Some(StoredBox {
+            digest,
+            dir: dir.to_owned(),
+            manifest,
+            meta,
+        })
+    }
+
+    /// The stored box with this digest.
+    pub fn get(&self, digest: &str) -> Option<StoredBox> {
+        if !super::manifest::is_hex_digest(digest) {
+            return None;
+        }
+        self.load(&self.root.join(digest))
+    }
+
+    /// Every stored box, by name then newest version first.
+    pub fn list(&self) -> Result<Vec<StoredBox>, BoxError> {
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_err("read", &self.root)(e)),
+        };
+        for e in entries.flatten() {
+            if let Some(b) = self.load(&e.path()) {
+                out.push(b);
+            }
+        }
+        out.sort_by(|a, b| {
+            a.meta
+                .name
+                .cmp(&b.meta.name)
+                .then_with(|| b.version().cmp(&a.version()))
+        });
+        Ok(out)
+    }
+
+    /// The newest stored box called `name` whose version meets `req`.
+    pub fn find(
+        &self,
+        name: &str,
+        req: Option<&semver::VersionReq>,
+    ) -> Result<Option<StoredBox>, BoxError> {
+        Ok(self.list()?.into_iter().find(|b| {
+            b.meta.name == name && req.is_none_or(|r| b.version().is_some_and(|v| r.matches(&v)))
+        }))
+    }
+
+    /// Add the box file at `path` (an envup box, or a Vagrant libvirt or lxc
+    /// box), checking it against `expected` when given.
+    pub fn add_file(
+        &self,
+        path: &Path,
+        expected: Option<&str>,
+        naming: &Naming,
+        source: &str,
+    ) -> Result<StoredBox, BoxError> {
+        if let Some(d) = expected
+            && let Some(b) = self.get(d)
+        {
+            return Ok(b);
+        }
+        let tmp = self.tmp()?;
+        let unpacked = if vagrant::is_vagrant_box(path).map_err(io_err("read", path))? {
+            vagrant::import(path, tmp.path(), naming)?
+        } else {
+            archive::unpack_file(path, tmp.path()).map_err(|e| match e {
+                ArchiveError::Read(err) => io_err("read", path)(err),
+                other => BoxError::Archive {
+                    source_name: source.to_owned(),
+                    error: other,
+                },
+            })?
+        };
+        if let Some(exp) = expected
+            && exp != unpacked.digest
+        {
+            return Err(BoxError::Checksum {
+                what: source.to_owned(),
+                expected: exp.to_owned(),
+                actual: unpacked.digest,
+            });
+        }
+        let meta = Meta {
+            name: naming
+                .name
+                .clone()
+                .unwrap_or_else(|| unpacked.manifest.name.clone()),
+            version: naming
+                .version
+                .clone()
+                .unwrap_or_else(|| unpacked.manifest.version.clone()),
+            source: source.to_owned(),
+            added: now(),
+        };
+        let meta_path = tmp.path().join("meta.json");
+        std::fs::write(
+            &meta_path,
+            serde_json::to_vec_pretty(&meta).expect("meta serializes"),
+        )
+        .map_err(io_err("write", &meta_path))?;
+        let dest = self.root.join(&unpacked.digest);
+        let staged = tmp.keep();
+        match std::fs::rename(&staged, &dest) {
+            Ok(()) => {}
+            // Someone stored the same bytes meanwhile: theirs will do.
+            Err(_) if dest.join("box.toml").exists() => {
+                let _ = std::fs::remove_dir_all(&staged);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staged);
+                return Err(io_err("move into place", &dest)(e));
+            }
+        }
+        self.get(&unpacked.digest).ok_or_else(|| {
+            io_err("read back", &dest)(std::io::Error::other("stored box is unreadable"))
+        })
+    }
+
+    /// Remove a stored box. It disappears from the store at once (a rename),
+    /// then its files are deleted.
+    pub fn remove(&self, b: &StoredBox) -> Result<(), BoxError> {
+        let tmp = self.tmp()?;
+        let grave = tmp.path().join("removed");
+        std::fs::rename(&b.dir, &grave).map_err(io_err("remove", &b.dir))?;
+        drop(tmp);
+        Ok(())
+    }
+
+    /// Hash a stored box's artifacts again; the names of those that differ
+    /// from box.toml, with what they hash to now.
+    pub fn verify(&self, b: &StoredBox) -> Result<Vec<(String, String)>, BoxError> {
+        let mut bad = Vec::new();
+        for (name, a) in &b.manifest.artifacts {
+            let p = b.dir.join(&a.path);
+            let actual = match archive::sha256_file(&p) {
+                Ok(d) => d,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "(missing)".into(),
+                Err(e) => return Err(io_err("read", &p)(e)),
+            };
+            if actual != a.sha256 {
+                bad.push((name.clone(), actual));
+            }
+        }
+        Ok(bad)
+    }
+
+    /// Remove what interrupted adds and downloads left behind more than an
+    /// hour ago (younger ones may belong to an envup still at work).
+    pub fn clean_leftovers(&self) -> Result<usize, BoxError> {
+        let hour = std::time::Duration::from_secs(3600);
+        let mut n = 0;
+        for dir in [self.root.join("tmp"), self.downloads()] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > hour);
+                if old {
+                    let p = e.path();
+                    let res = if p.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
+                    res.map_err(io_err("remove", &p))?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,202 @@
+//! Vagrant boxes: a `libvirt` box (a qcow2 `box.img`) becomes a qemu box; an
+//! `lxc` box (a `rootfs.tar.gz`) becomes a jail and container box.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::path::Path;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::archive::{ArchiveError, Unpacked, damaged, entry_path, hashing_pipe, hex, kind_name};
+use super::manifest::{Artifact, Manifest, is_plain_relative};
+use super::store::Naming;
+use super::{BoxError, io_err};
+
+/// A Vagrant box is a tar (often gzipped); an envup box is zstd.
+pub fn is_vagrant_box(path: &Path) -> io::Result<bool> {
+    let mut head = [0u8; 262];
+    let mut f = File::open(path)?;
+    let mut n = 0;
+    while n < head.len() {
+        let r = f.read(&mut head[n..])?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+    }
+    let gzip = n >= 2 && head[..2] == [0x1f, 0x8b];
+    let tar = n >= 262 && &head[257..262] == b"ustar";
+    Ok(gzip || tar)
+}
+
+#[derive(Deserialize)]
+struct VagrantMetadata {
+    provider: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+fn copy_hashed(mut from: impl Read, to: &Path) -> Result<(String, u64), BoxError> {
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(io_err("write", to))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = from.read(&mut buf).map_err(|e| BoxError::Archive {
+            source_name: "Vagrant box".into(),
+            error: damaged(e),
+        })?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(io_err("write", to))?;
+        size += n as u64;
+    }
+    Ok((hex(&h.finalize()), size))
+}
+
+/// Import the Vagrant box at `path` into `dest` as an envup box.
+pub fn import(path: &Path, dest: &Path, naming: &Naming) -> Result<Unpacked, BoxError> {
+    let arch_err = |error| BoxError::Archive {
+        source_name: path.display().to_string(),
+        error,
+    };
+    let f = File::open(path).map_err(io_err("read", path))?;
+    let (reader, hasher) = hashing_pipe(BufReader::new(f));
+    let mut reader = BufReader::new(reader);
+    let gz = {
+        use std::io::BufRead;
+        let head = reader.fill_buf().map_err(|e| arch_err(damaged(e)))?;
+        head.len() >= 2 && head[..2] == [0x1f, 0x8b]
+    };
+    let inner: Box<dyn Read> = if gz {
+        Box::new(flate2::read::GzDecoder::new(reader))
+    } else {
+        Box::new(reader)
+    };
+    let mut archive = tar::Archive::new(inner);
+    let mut metadata = None;
+    let mut artifacts: IndexMap<String, Artifact> = IndexMap::new();
+    for entry in archive.entries().map_err(|e| arch_err(damaged(e)))? {
+        let entry = entry.map_err(|e| arch_err(damaged(e)))?;
+        let p = entry_path(&entry).map_err(arch_err)?;
+        let kind = entry.header().entry_type();
+        if kind == tar::EntryType::Directory || p.is_empty() || p == "." {
+            continue;
+        }
+        if !is_plain_relative(&p) {
+            return Err(arch_err(ArchiveError::Unexpected(p)));
+        }
+        if kind != tar::EntryType::Regular {
+            return Err(arch_err(ArchiveError::NotAFile {
+                path: p,
+                kind: kind_name(kind),
+            }));
+        }
+        match p.as_str() {
+            "metadata.json" => {
+                let mut text = String::new();
+                entry
+                    .take(1 << 20)
+                    .read_to_string(&mut text)
+                    .map_err(|e| arch_err(damaged(e)))?;
+                let m: VagrantMetadata = serde_json::from_str(&text).map_err(|e| {
+                    arch_err(ArchiveError::Damaged(format!(
+                        "metadata.json is not valid: {e}"
+                    )))
+                })?;
+                metadata = Some(m);
+            }
+            "box.img" => {
+                let (sha256, size) = copy_hashed(entry, &dest.join("disk.qcow2"))?;
+                artifacts.insert(
+                    "disk".into(),
+                    Artifact {
+                        path: "disk.qcow2".into(),
+                        sha256,
+                        size,
+                        format: Some("qcow2".into()),
+                    },
+                );
+            }
+            "rootfs.tar.gz" => {
+                let (sha256, size) = copy_hashed(
+                    flate2::read::GzDecoder::new(entry),
+                    &dest.join("rootfs.tar"),
+                )?;
+                artifacts.insert(
+                    "rootfs".into(),
+                    Artifact {
+                        path: "rootfs.tar".into(),
+                        sha256,
+                        size,
+                        format: None,
+                    },
+                );
+            }
+            _ => {} // Vagrantfile, info.json, lxc-config…: not needed
+        }
+    }
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| arch_err(damaged(e)))?;
+    drop(rest);
+    let digest = hasher
+        .join()
+        .expect("hashing thread")
+        .map_err(io_err("read", path))?;
+    let metadata =
+        metadata.ok_or_else(|| arch_err(ArchiveError::NoManifest("(no metadata.json)".into())))?;
+    let (wanted, user) = match metadata.provider.as_str() {
+        "libvirt" => ("disk", "vagrant"),
+        "lxc" => ("rootfs", "root"),
+        other => {
+            return Err(BoxError::Unsupported(format!(
+                "a Vagrant box for the `{other}` provider: envup imports `libvirt` (qemu) and `lxc` (jail, container) boxes"
+            )));
+        }
+    };
+    if metadata
+        .format
+        .as_deref()
+        .is_some_and(|f| wanted == "disk" && f != "qcow2")
+    {
+        return Err(BoxError::Unsupported(format!(
+            "a libvirt box in `{}` format (envup reads qcow2)",
+            metadata.format.unwrap_or_default()
+        )));
+    }
+    artifacts.retain(|k, _| k == wanted);
+    if artifacts.is_empty() {
+        let file = if wanted == "disk" {
+            "box.img"
+        } else {
+            "rootfs.tar.gz"
+        };
+        return Err(arch_err(ArchiveError::Missing(file.into())));
+    }
+    let name = naming.name.clone().ok_or_else(|| {
+        BoxError::Unsupported(
+            "a Vagrant box does not carry its name: pass --name (a catalog gives it one)".into(),
+        )
+    })?;
+    let manifest = Manifest {
+        name,
+        version: naming.version.clone().unwrap_or_else(|| "0.0.0".into()),
+        arch: "x86_64".into(),
+        ssh_user: user.into(),
+        description: Some(format!("imported from a Vagrant {} box", metadata.provider)),
+        artifacts,
+        boot: None,
+    };
+    let text = manifest.to_toml();
+    Manifest::parse(&text).map_err(|e| arch_err(e.into()))?;
+    std::fs::write(dest.join("box.toml"), text).map_err(io_err("write", dest))?;
+    Ok(Unpacked { manifest, digest })
+}
