@@ -3,6 +3,7 @@
 //! and resolving an Envfile's `box` to stored bytes.
 
 pub mod archive;
+pub mod build;
 pub mod catalog;
 pub mod download;
 pub mod lock;
@@ -62,6 +63,8 @@ pub enum BoxError {
     BadChecksum(String),
     #[error(transparent)]
     Lock(#[from] lock::LockError),
+    #[error(transparent)]
+    Build(#[from] build::BuildError),
 }
 
 pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BoxError {

@@ -243,6 +243,34 @@ pub fn run(app: &App, cmd: &BoxCommand) -> Result<ExitCode, CliError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        BoxCommand::Build { .. } => Err(CliError::NotBuilt("building boxes")),
+        BoxCommand::Build { recipe, output } => {
+            let r =
+                crate::boxes::build::find_recipe(recipe).map_err(crate::boxes::BoxError::from)?;
+            let out = output.clone().unwrap_or_else(|| {
+                app.cwd
+                    .join(format!("{}-{}.box", r.name.replace('/', "-"), r.version))
+            });
+            let reporter = app.reporter();
+            let started = std::time::Instant::now();
+            let (_, digest) = crate::boxes::build::build(&r, &out, &*reporter)
+                .map_err(crate::boxes::BoxError::from)?;
+            let stored = store()?.add_file(
+                &out,
+                Some(&digest),
+                &Naming::default(),
+                &out.display().to_string(),
+            )?;
+            if !app.mode.quiet {
+                anstream::println!(
+                    "built {} in {:.0}s: {} ({}); stored as {}",
+                    r.name,
+                    started.elapsed().as_secs_f64(),
+                    out.display(),
+                    crate::ui::human_bytes(std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0)),
+                    describe(&stored)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
