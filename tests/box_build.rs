@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Project;
 use common::sshd::free_port;
@@ -205,75 +204,9 @@ fn tiny_boots_under_tcg() -> Result<(), Failed> {
     let (_, boxfile) = tiny();
     let dir = tempfile::tempdir().unwrap();
     unpack(boxfile, dir.path());
-    let d = dir.path();
-    let overlay = d.join("overlay.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(d.join("disk.qcow2"))
-        .arg(&overlay)
-        .status()
-        .unwrap();
-    check(st.success(), "qemu-img create")?;
-    let port = free_port();
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-m",
-            "256",
-            "-display",
-            "none",
-            "-nodefaults",
-            "-no-user-config",
-        ])
-        .args(["-bios", "/usr/share/qemu/qboot.rom", "-serial"])
-        .arg(format!("file:{}", d.join("console.log").display()))
-        .arg("-kernel")
-        .arg(d.join("vmlinux"))
-        .arg("-initrd")
-        .arg(d.join("initrd.img"))
-        .args(["-append", "root=/dev/vda rw console=ttyS0 quiet"])
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
-        .args([
-            "-netdev",
-            &format!("user,id=n,hostfwd=tcp:127.0.0.1:{port}-:22"),
-            "-device",
-            "virtio-net-pci,netdev=n,romfile=",
-            "-device",
-            "virtio-rng-pci",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let mut banner = false;
-    while start.elapsed() < Duration::from_secs(90) && !banner {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            use std::io::Read;
-            s.set_read_timeout(Some(Duration::from_secs(2))).ok();
-            let mut b = [0u8; 4];
-            banner = s.read_exact(&mut b).is_ok() && &b == b"SSH-";
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = qemu.kill();
-    let _ = qemu.wait();
-    let console = std::fs::read_to_string(d.join("console.log")).unwrap_or_default();
-    check(
-        banner,
-        format!(
-            "no SSH banner within 90s; console:\n{}",
-            console
-                .lines()
-                .rev()
-                .take(15)
-                .collect::<Vec<_>>()
-                .join("\n")
-        ),
-    )
+    common::qemu::boot_to_banner(dir.path(), Duration::from_secs(90))
+        .map(|_| ())
+        .map_err(Failed::from)
 }
 
 fn debian_bookworm_builds() -> Result<(), Failed> {

@@ -731,3 +731,54 @@ fn prune_keeps_the_newest_version() {
     assert_eq!(j.as_array().unwrap().len(), 1);
     assert_eq!(j[0]["version"], "1.10.0");
 }
+
+#[test]
+fn a_box_in_use_is_kept_unless_forced() {
+    let p = Project::new();
+    let b = make_box(
+        p.path(),
+        "acme/tiny",
+        "1.0.0",
+        &[("rootfs", "rootfs.tar", &rootfs_bytes("u"))],
+    );
+    let digest = sha256(&b);
+    p.cmd(&["box", "add", b.to_str().unwrap()]).out().status(0);
+    // A machine created from it, as a backend records one: its state names
+    // the box, the host index names the machine.
+    let root = p.path().join("proj");
+    let project = envup::state::ProjectState::new(root.join(".envup"));
+    let mut st = envup::state::MachineState::new("web", envup::envfile::BackendKind::Jail);
+    st.apply(envup::state::Event::BeginCreate).unwrap();
+    st.apply(envup::state::Event::Created).unwrap();
+    st.box_ref = Some(envup::state::machine::BoxRef {
+        name: "acme/tiny".into(),
+        version: "1.0.0".into(),
+        sha256: digest.clone(),
+    });
+    project.save(&st).unwrap();
+    envup::state::index::Index::new(p.home.path())
+        .record(envup::state::index::Entry {
+            project: "proj".into(),
+            root: root.clone(),
+            machine: "web".into(),
+            backend: "jail".into(),
+            state_dir: project.machine_dir("web"),
+        })
+        .unwrap();
+    let j = p.cmd(&["--json", "box", "list"]).out().status(0).json();
+    assert_eq!(j[0]["machines"], serde_json::json!(["proj/web"]));
+    p.cmd(&["box", "remove", "acme/tiny"])
+        .out()
+        .status(1)
+        .stderr_has("is used by proj/web");
+    p.cmd(&["box", "prune"]).out().status(0);
+    assert_eq!(
+        store_entries(&p),
+        [format!("/{digest}")],
+        "prune keeps what machines use"
+    );
+    p.cmd(&["box", "remove", "acme/tiny", "--force"])
+        .out()
+        .status(0);
+    assert!(store_entries(&p).is_empty());
+}

@@ -20,8 +20,9 @@ use std::process::{Command, Stdio};
 
 use serde::Deserialize;
 
-use super::archive::{ArchiveError, pack};
+use super::archive::pack;
 use super::manifest::{Artifact, Boot, Manifest};
+use super::{BoxError, io_err as io};
 use crate::envfile::Size;
 use crate::ui::Reporter;
 
@@ -40,20 +41,6 @@ pub enum BuildError {
     Missing { tool: String, hint: String },
     #[error("box builds need root (packages unpack with their owners, mkfs reads every file)")]
     NotRoot,
-    #[error("cannot {what} {}", .path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Archive(#[from] ArchiveError),
-}
-
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError {
-    let path = path.to_owned();
-    move |source| BuildError::Io { what, path, source }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,7 +106,7 @@ const BUILTIN: &[(&str, &str)] = &[
 ];
 
 /// A recipe by name (`tiny`), or from a path to a `.toml` file.
-pub fn find_recipe(name: &str) -> Result<Recipe, BuildError> {
+pub fn find_recipe(name: &str) -> Result<Recipe, BoxError> {
     let (label, text) = match BUILTIN.iter().find(|(n, _)| *n == name) {
         Some((n, text)) => (format!("`{n}`"), (*text).to_owned()),
         None if name.ends_with(".toml") => {
@@ -131,7 +118,7 @@ pub fn find_recipe(name: &str) -> Result<Recipe, BuildError> {
         }
         None => {
             let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
-            return Err(BuildError::NoRecipe(name.into(), names.join(", ")));
+            return Err(BuildError::NoRecipe(name.into(), names.join(", ")).into());
         }
     };
     let r: Recipe = toml::from_str(&text)
@@ -140,7 +127,8 @@ pub fn find_recipe(name: &str) -> Result<Recipe, BuildError> {
         return Err(BuildError::BadRecipe(
             label,
             "[rootfs] needs either `packages` or `debootstrap`".into(),
-        ));
+        )
+        .into());
     }
     if let Some(vm) = &r.vm {
         Size::parse(&vm.disk_size)
@@ -149,7 +137,7 @@ pub fn find_recipe(name: &str) -> Result<Recipe, BuildError> {
     Ok(r)
 }
 
-fn run(step: &str, cmd: &mut Command) -> Result<String, BuildError> {
+fn run(step: &str, cmd: &mut Command) -> Result<String, BoxError> {
     tracing::debug!("{step}: {cmd:?}");
     let out = cmd
         .stdin(Stdio::null())
@@ -171,17 +159,19 @@ fn run(step: &str, cmd: &mut Command) -> Result<String, BuildError> {
         return Err(BuildError::Step {
             step: step.into(),
             detail: Some(format!("{}; {}", out.status, tail.join(" / "))),
-        });
+        }
+        .into());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn need(tool: &str, package: &str) -> Result<(), BuildError> {
+fn need(tool: &str, package: &str) -> Result<(), BoxError> {
     if crate::host::which(tool).is_none() {
         return Err(BuildError::Missing {
             tool: tool.into(),
             hint: format!("apt-get install {package}"),
-        });
+        }
+        .into());
     }
     Ok(())
 }
@@ -227,7 +217,7 @@ fn host_mirror(suite: &str) -> Option<String> {
 }
 
 /// `packages` and everything they depend on (not what they recommend).
-fn with_dependencies(packages: &[String]) -> Result<Vec<String>, BuildError> {
+fn with_dependencies(packages: &[String]) -> Result<Vec<String>, BoxError> {
     let out = run(
         "resolving package dependencies",
         Command::new("apt-cache")
@@ -252,7 +242,7 @@ fn with_dependencies(packages: &[String]) -> Result<Vec<String>, BuildError> {
 }
 
 /// Download packages into `dir`; returns the .deb files.
-fn download(step: &str, packages: &[String], dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
+fn download(step: &str, packages: &[String], dir: &Path) -> Result<Vec<PathBuf>, BoxError> {
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     // apt's sandbox user cannot write into a private temp dir; it is only a download.
     run(
@@ -263,13 +253,14 @@ fn download(step: &str, packages: &[String], dir: &Path) -> Result<Vec<PathBuf>,
             .current_dir(dir),
     )
     .map_err(|e| match e {
-        BuildError::Step { step, detail } => BuildError::Step {
+        BoxError::Build(BuildError::Step { step, detail }) => BuildError::Step {
             step,
             detail: Some(format!(
                 "{} (are the package lists current? `apt-get update`)",
                 detail.unwrap_or_default()
             )),
-        },
+        }
+        .into(),
         other => other,
     })?;
     let mut debs: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -282,7 +273,7 @@ fn download(step: &str, packages: &[String], dir: &Path) -> Result<Vec<PathBuf>,
     Ok(debs)
 }
 
-fn unpack_debs(debs: &[PathBuf], into: &Path) -> Result<(), BuildError> {
+fn unpack_debs(debs: &[PathBuf], into: &Path) -> Result<(), BoxError> {
     for deb in debs {
         run(
             &format!(
@@ -296,7 +287,7 @@ fn unpack_debs(debs: &[PathBuf], into: &Path) -> Result<(), BuildError> {
 }
 
 /// The kernel image package a metapackage stands for.
-fn kernel_package(name: &str) -> Result<String, BuildError> {
+fn kernel_package(name: &str) -> Result<String, BoxError> {
     let out = run(
         "finding the kernel package",
         Command::new("apt-cache").args(["depends", name]),
@@ -310,7 +301,7 @@ fn kernel_package(name: &str) -> Result<String, BuildError> {
 }
 
 /// Set every file's time to `epoch`, so the tar and the disk repeat.
-fn set_times(root: &Path, epoch: u64) -> Result<(), BuildError> {
+fn set_times(root: &Path, epoch: u64) -> Result<(), BoxError> {
     run(
         "setting file times",
         Command::new("find").arg(root).args([
@@ -328,7 +319,7 @@ fn set_times(root: &Path, epoch: u64) -> Result<(), BuildError> {
 
 /// A tar of `root`, entries sorted, times and owners as on disk. Device
 /// nodes, fifos and sockets stay out: each backend makes its own /dev.
-fn tar_dir(root: &Path, out: &Path) -> Result<(), BuildError> {
+fn tar_dir(root: &Path, out: &Path) -> Result<(), BoxError> {
     use std::os::unix::fs::FileTypeExt;
     let file = std::fs::File::create(out).map_err(io("write", out))?;
     let mut b = tar::Builder::new(std::io::BufWriter::new(file));
@@ -369,7 +360,7 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<(
 
 /// Write a newc cpio archive of `root` (sorted, times at `epoch`, owned by
 /// root), gzip-compressed: an initramfs.
-fn cpio_gz(root: &Path, out: &Path, epoch: u64) -> Result<(), BuildError> {
+fn cpio_gz(root: &Path, out: &Path, epoch: u64) -> Result<(), BoxError> {
     use std::os::unix::fs::MetadataExt;
     let mut paths = Vec::new();
     collect(root, root, &mut paths).map_err(io("read", root))?;
@@ -434,7 +425,7 @@ fn cpio_gz(root: &Path, out: &Path, epoch: u64) -> Result<(), BuildError> {
 
 /// Unpack the ELF kernel inside an xz-compressed bzImage; `Ok(false)` when
 /// the image is not of that kind.
-fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<bool, BuildError> {
+fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<bool, BoxError> {
     const XZ: &[u8] = b"\xfd7zXZ\x00";
     let bytes = std::fs::read(bzimage).map_err(io("read", bzimage))?;
     let Some(offset) = bytes.windows(XZ.len()).position(|w| w == XZ) else {
@@ -465,7 +456,7 @@ fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<bool, BuildError> {
 }
 
 /// Modules (by name) and everything they depend on, from `modules.dep`.
-fn module_closure(modules_dir: &Path, wanted: &[String]) -> Result<Vec<String>, BuildError> {
+fn module_closure(modules_dir: &Path, wanted: &[String]) -> Result<Vec<String>, BoxError> {
     let dep_file = modules_dir.join("modules.dep");
     let text = std::fs::read_to_string(&dep_file).map_err(io("read", &dep_file))?;
     let mut deps: HashMap<String, (String, Vec<String>)> = HashMap::new();
@@ -532,9 +523,9 @@ pub fn build(
     recipe: &Recipe,
     out: &Path,
     reporter: &dyn Reporter,
-) -> Result<(Manifest, String), BuildError> {
+) -> Result<(Manifest, String), BoxError> {
     if !nix::unistd::geteuid().is_root() {
-        return Err(BuildError::NotRoot);
+        return Err(BuildError::NotRoot.into());
     }
     need("apt-get", "apt")?;
     need("dpkg-deb", "dpkg")?;
@@ -808,7 +799,10 @@ pub fn build(
     }
 
     step("writing the box");
-    let (manifest, digest) = pack(&manifest, &art, out)?;
+    let (manifest, digest) = pack(&manifest, &art, out).map_err(|error| BoxError::Archive {
+        source_name: out.display().to_string(),
+        error,
+    })?;
     Ok((manifest, digest))
 }
 
@@ -822,7 +816,10 @@ mod tests {
             let r = find_recipe(name).unwrap();
             assert!(r.vm.is_some(), "{name} serves qemu");
         }
-        assert!(matches!(find_recipe("nope"), Err(BuildError::NoRecipe(..))));
+        assert!(matches!(
+            find_recipe("nope"),
+            Err(BoxError::Build(BuildError::NoRecipe(..)))
+        ));
     }
 
     #[test]

@@ -135,4 +135,10 @@ autostart = false
 "#;
 pub mod boxes;
 pub mod http;
+pub mod qemu;
+
+/// True when `program` is not on PATH.
+pub fn host_lacks(program: &str) -> bool {
+    envup::host::which(program).is_none()
+}
 pub mod sshd;

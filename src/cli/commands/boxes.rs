@@ -244,16 +244,14 @@ pub fn run(app: &App, cmd: &BoxCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         BoxCommand::Build { recipe, output } => {
-            let r =
-                crate::boxes::build::find_recipe(recipe).map_err(crate::boxes::BoxError::from)?;
+            let r = crate::boxes::build::find_recipe(recipe)?;
             let out = output.clone().unwrap_or_else(|| {
                 app.cwd
                     .join(format!("{}-{}.box", r.name.replace('/', "-"), r.version))
             });
             let reporter = app.reporter();
             let started = std::time::Instant::now();
-            let (_, digest) = crate::boxes::build::build(&r, &out, &*reporter)
-                .map_err(crate::boxes::BoxError::from)?;
+            let (_, digest) = crate::boxes::build::build(&r, &out, &*reporter)?;
             let stored = store()?.add_file(
                 &out,
                 Some(&digest),
