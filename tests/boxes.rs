@@ -782,3 +782,25 @@ fn a_box_in_use_is_kept_unless_forced() {
         .status(0);
     assert!(store_entries(&p).is_empty());
 }
+
+#[test]
+fn box_add_json_is_an_event_stream() {
+    let p = Project::new();
+    let server = Server::start();
+    let b = make_box(
+        p.path(),
+        "acme/tiny",
+        "1.0.0",
+        &[("rootfs", "rootfs.tar", &rootfs_bytes("j"))],
+    );
+    let url = server.put("/j.box", std::fs::read(&b).unwrap(), Mode::Normal);
+    let out = p.cmd(&["--json", "box", "add", &url]).out().status(0);
+    let events: Vec<serde_json::Value> = out
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["event"], "download");
+    assert_eq!(events.last().unwrap()["event"], "result");
+    assert_eq!(events.last().unwrap()["sha256"], sha256(&b).as_str());
+}
