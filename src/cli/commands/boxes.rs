@@ -65,9 +65,10 @@ pub fn run(app: &App, cmd: &BoxCommand) -> Result<ExitCode, CliError> {
             };
             let b = resolver.add(source, checksum.as_deref(), &naming)?;
             if app.mode.json {
-                print_json(
-                    &json!({ "event": "result", "ok": true, "box": b.meta, "sha256": b.digest }),
-                );
+                // The last event of the stream (downloads come before it).
+                let result =
+                    json!({ "event": "result", "ok": true, "box": b.meta, "sha256": b.digest });
+                anstream::println!("{result}");
             } else if !app.mode.quiet {
                 anstream::println!("added {}", describe(&b));
             }
