@@ -91,10 +91,6 @@ impl Store {
         }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn downloads(&self) -> PathBuf {
         self.root.join("downloads")
     }
@@ -153,17 +149,6 @@ impl Store {
                 .then_with(|| b.version().cmp(&a.version()))
         });
         Ok(out)
-    }
-
-    /// The newest stored box called `name` whose version meets `req`.
-    pub fn find(
-        &self,
-        name: &str,
-        req: Option<&semver::VersionReq>,
-    ) -> Result<Option<StoredBox>, BoxError> {
-        Ok(self.list()?.into_iter().find(|b| {
-            b.meta.name == name && req.is_none_or(|r| b.version().is_some_and(|v| r.matches(&v)))
-        }))
     }
 
     /// Add the box file at `path` (an envup box, or a Vagrant libvirt or lxc

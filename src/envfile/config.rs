@@ -183,10 +183,6 @@ impl Size {
         self.0
     }
 
-    pub fn mib(self) -> u64 {
-        self.0 / Self::MIB
-    }
-
     /// Parse `"512MiB"`, `"1.5GiB"`, `"2GB"`, `"100B"`.
     pub fn parse(s: &str) -> Result<Size, String> {
         let t = s.trim();

@@ -98,16 +98,6 @@ impl MachineKeys {
             .to_string()
     }
 
-    /// The raw ed25519 host key (32 secret then 32 public bytes), for
-    /// servers that want their own key format (dropbear).
-    pub fn host_ed25519_keypair(&self) -> Option<[u8; 64]> {
-        let kp = self.host.key_data().ed25519()?;
-        let mut out = [0u8; 64];
-        out[..32].copy_from_slice(kp.private.as_ref());
-        out[32..].copy_from_slice(kp.public.as_ref());
-        Some(out)
-    }
-
     pub fn host_public(&self) -> &PublicKey {
         self.host.public_key()
     }
@@ -157,6 +147,5 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let c = MachineKeys::ensure(other.path(), "web").unwrap();
         assert_ne!(a.host_fingerprint(), c.host_fingerprint(), "no shared keys");
-        assert_eq!(a.host_ed25519_keypair().unwrap().len(), 64);
     }
 }
