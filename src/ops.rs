@@ -65,6 +65,26 @@ impl Ops<'_> {
         self.save(state)
     }
 
+    /// The machine's state, corrected by what its backend sees: a machine
+    /// recorded as running whose backend finds it gone is recorded as
+    /// stopped (it crashed, or was killed outside envup).
+    fn load_observed(&self, name: &str) -> Result<Option<MachineState>, OpError> {
+        let mut recorded = self.project.load(name)?;
+        if let Some(s) = recorded.as_mut()
+            && s.status == Status::Running
+            && let Ok(b) = backend::get(s.backend)
+            && b.status(s).ok() == Some(Status::Stopped)
+        {
+            self.reporter.line(
+                name,
+                crate::ui::Stream::Stderr,
+                "note: the machine had stopped without envup",
+            );
+            self.apply(s, Event::Crashed)?;
+        }
+        Ok(recorded)
+    }
+
     /// Bring a machine to its desired state: the steps of `plan_up`.
     pub fn up(
         &self,
@@ -73,7 +93,7 @@ impl Ops<'_> {
         keep_on_error: bool,
     ) -> Result<String, OpError> {
         let m = self.machine(name);
-        let recorded = self.project.load(name)?;
+        let recorded = self.load_observed(name)?;
         let plan = plan::plan_up(m, recorded.as_ref(), choice);
         for note in &plan.notes {
             self.reporter
@@ -84,6 +104,7 @@ impl Ops<'_> {
         }
         let backend = backend::get(m.backend)?;
         let mut state = recorded.unwrap_or_else(|| MachineState::new(name, m.backend));
+        state.dir = Some(self.project.machine_dir(name));
         let mut done = Vec::new();
         let mut provision = Vec::new();
         for step in &plan.steps {
@@ -93,6 +114,7 @@ impl Ops<'_> {
                         .step(name, "cleaning up an interrupted machine");
                     self.destroy_with(&*backend, &mut state)?;
                     state = MachineState::new(name, m.backend);
+                    state.dir = Some(self.project.machine_dir(name));
                 }
                 Action::Create => {
                     self.reporter.step(name, "getting the box");
@@ -153,7 +175,7 @@ impl Ops<'_> {
 
     /// Stop a machine; a machine that is not running is left as it is.
     pub fn halt(&self, name: &str, force: bool) -> Result<String, OpError> {
-        let Some(mut state) = self.project.load(name)? else {
+        let Some(mut state) = self.load_observed(name)? else {
             return Ok("not created".into());
         };
         if !state.status.can_stop() {
@@ -202,7 +224,7 @@ impl Ops<'_> {
 
     /// Run provisioners on a running machine.
     pub fn provision(&self, name: &str, choice: &ProvisionChoice) -> Result<String, OpError> {
-        let state = self.project.load(name)?;
+        let state = self.load_observed(name)?;
         if !state.as_ref().is_some_and(|s| s.status.can_provision()) {
             return Err(OpError::NotRunning(name.into()));
         }

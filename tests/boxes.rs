@@ -607,7 +607,7 @@ fn lock_pins_and_update_moves_on() {
     );
     p.write(
         "Envfile",
-        "[machines.web]\nbox = \"acme/tiny\"\nbackend = \"jail\"\n",
+        "[machines.web]\nbox = \"acme/tiny\"\nbackend = \"container\"\n",
     );
     let cats = format!("{}/cat", server.base);
 
@@ -653,7 +653,7 @@ fn lock_pins_and_update_moves_on() {
     // box_version that the pin no longer meets: the pin is stale.
     p.write(
         "Envfile",
-        "[machines.web]\nbox = \"acme/tiny\"\nbox_version = \"<1.1\"\nbackend = \"jail\"\n",
+        "[machines.web]\nbox = \"acme/tiny\"\nbox_version = \"<1.1\"\nbackend = \"container\"\n",
     );
     p.cmd(&["up", "--locked"])
         .out()

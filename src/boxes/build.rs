@@ -105,6 +105,14 @@ const BUILTIN: &[(&str, &str)] = &[
     ),
 ];
 
+/// The built-in recipe that makes the box called `box_name`, if any.
+pub fn recipe_for_box(box_name: &str) -> Option<Recipe> {
+    BUILTIN
+        .iter()
+        .filter_map(|(n, _)| find_recipe(n).ok())
+        .find(|r| r.name == box_name)
+}
+
 /// A recipe by name (`tiny`), or from a path to a `.toml` file.
 pub fn find_recipe(name: &str) -> Result<Recipe, BoxError> {
     let (label, text) = match BUILTIN.iter().find(|(n, _)| *n == name) {

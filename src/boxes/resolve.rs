@@ -179,6 +179,30 @@ impl Resolver<'_> {
             return Ok(b);
         }
         tried.push("not in the box store".into());
+        // A box envup has a recipe for is built on the way.
+        if let Some(recipe) = super::build::recipe_for_box(name) {
+            self.reporter.note(&format!(
+                "box `{name}` is not stored; building it from its recipe"
+            ));
+            let out = self
+                .store
+                .root_dir()
+                .join(format!(".build-{}.box", std::process::id()));
+            let built = super::build::build(&recipe, &out, self.reporter);
+            let result = built.and_then(|(_, digest)| {
+                self.store.add_file(
+                    &out,
+                    Some(&digest),
+                    &Naming::default(),
+                    &format!("recipe {name}"),
+                )
+            });
+            let _ = std::fs::remove_file(&out);
+            let b = result?;
+            if backend.is_none_or(|k| b.manifest.serves(k)) {
+                return Ok(b);
+            }
+        }
         Err(BoxError::NotFound {
             name: name.to_owned(),
             req: req.map(ToString::to_string),

@@ -91,6 +91,11 @@ impl Store {
         }
     }
 
+    /// The store's own directory.
+    pub fn root_dir(&self) -> &Path {
+        &self.root
+    }
+
     pub fn downloads(&self) -> PathBuf {
         self.root.join("downloads")
     }

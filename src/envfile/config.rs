@@ -107,7 +107,7 @@ pub struct Forward {
     pub protocol: Protocol,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Share {
     /// Absolute host path.
     pub host: PathBuf,

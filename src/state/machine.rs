@@ -145,6 +145,10 @@ pub struct MachineState {
     /// Seconds since the epoch of the last change.
     #[serde(default)]
     pub updated: u64,
+    /// The machine's state directory (where backends keep their files);
+    /// known from where the state was read, not stored in it.
+    #[serde(skip)]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 impl MachineState {
@@ -161,6 +165,7 @@ impl MachineState {
             settings: serde_json::Value::Null,
             provisioned: BTreeMap::new(),
             updated: 0,
+            dir: None,
         }
     }
 

@@ -117,7 +117,10 @@ impl ProjectState {
     /// The machine's recorded state; `None` when it was never created here.
     pub fn load(&self, name: &str) -> Result<Option<MachineState>, StateError> {
         let path = self.state_file(name);
-        let state: Option<MachineState> = read_json(&path)?;
+        let mut state: Option<MachineState> = read_json(&path)?;
+        if let Some(s) = &mut state {
+            s.dir = Some(self.machine_dir(name));
+        }
         if let Some(s) = &state
             && s.format > machine::FORMAT
         {

@@ -116,10 +116,12 @@ impl Done {
     }
 }
 
+/// Machines on a backend this build does not have yet (container), so
+/// commands run without creating anything.
 pub const TWO_MACHINES: &str = r#"
 [defaults]
 box = "tiny"
-backend = "jail"
+backend = "container"
 
 [machines.db]
 forward = [{ guest = 5432, host = 15432 }]

@@ -13,7 +13,11 @@ pub fn run(app: &App, args: &PlanArgs) -> Result<ExitCode, CliError> {
     };
     let mut plans = Vec::new();
     for name in &selected {
-        let state = project.load(name)?;
+        // Plan from what the backend sees, as `up` does.
+        let state = project.load(name)?.map(|mut s| {
+            s.status = super::status::live_status(&s);
+            s
+        });
         plans.push(plan_up(&config.machines[name], state.as_ref(), &choice));
     }
     if app.mode.json {

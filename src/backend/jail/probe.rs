@@ -1,9 +1,8 @@
-//! The jail backend: namespaces, overlayfs and cgroups on Linux. For now,
-//! the host probe.
+//! What the jail backend needs from the host (`envup doctor`).
 
 use std::time::Duration;
 
-use super::Check;
+use crate::backend::Check;
 use crate::host::{run_with_timeout, which};
 
 /// Which cgroup hierarchies the host mounts.
@@ -132,6 +131,14 @@ pub fn probe() -> (bool, Vec<Check>) {
         )
     });
 
+    checks.push(match which("pasta") {
+        Some(_) => Check::ok("pasta", "forwards ports into private jail networks"),
+        None => Check::missing(
+            "pasta",
+            "not found on PATH (needed for network = \"private\")",
+            "apt-get install passt",
+        ),
+    });
     let ready = checks.iter().all(|c| c.ok);
     (ready, checks)
 }

@@ -1,0 +1,135 @@
+//! A cgroup per jail with its cpus, memory and pids limits, on cgroup v1
+//! (one hierarchy per controller) or v2 (one unified hierarchy).
+
+use std::path::{Path, PathBuf};
+
+use super::probe::CgroupLayout;
+
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    /// The jail's directory in each hierarchy it is limited in.
+    dirs: Vec<PathBuf>,
+}
+
+fn write(path: &Path, value: &str) -> Result<(), String> {
+    std::fs::write(path, value)
+        .map_err(|e| format!("cannot write {value:?} to {}: {e}", path.display()))
+}
+
+impl Cgroup {
+    /// The cgroup directories `name` has (or would have) on this host.
+    pub fn dirs_for(name: &str) -> Vec<PathBuf> {
+        let layout = CgroupLayout::from_mountinfo(
+            &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+        );
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for c in ["memory", "pids", "cpu"] {
+            if let Some((_, mount)) = layout.v1.iter().find(|(ctl, _)| ctl == c) {
+                let d = Path::new(mount).join("envup").join(name);
+                if !dirs.contains(&d) {
+                    dirs.push(d);
+                }
+            }
+        }
+        if dirs.is_empty()
+            && let Some(v2) = &layout.v2
+        {
+            dirs.push(Path::new(v2).join("envup").join(name));
+        }
+        dirs
+    }
+
+    /// Create the jail's cgroup and set its limits.
+    pub fn create(name: &str, cpus: u32, memory: u64, pids: u64) -> Result<Cgroup, String> {
+        let dirs = Self::dirs_for(name);
+        if dirs.is_empty() {
+            return Err(
+                "no cgroup hierarchy with the memory, pids and cpu controllers is mounted".into(),
+            );
+        }
+        for d in &dirs {
+            let parent = d.parent().expect("under envup/");
+            std::fs::create_dir_all(d)
+                .map_err(|e| format!("cannot create cgroup {}: {e}", d.display()))?;
+            let hierarchy = parent.parent().expect("under a mount").to_path_buf();
+            let is_v2 =
+                hierarchy.join("cgroup.controllers").exists() && !hierarchy.join("tasks").exists();
+            if is_v2 {
+                // Hand the controllers down to envup/ and to the jail.
+                let _ = write(
+                    &hierarchy.join("cgroup.subtree_control"),
+                    "+memory +pids +cpu",
+                );
+                let _ = write(&parent.join("cgroup.subtree_control"), "+memory +pids +cpu");
+                write(&d.join("memory.max"), &memory.to_string())?;
+                write(&d.join("pids.max"), &pids.to_string())?;
+                write(
+                    &d.join("cpu.max"),
+                    &format!("{} 100000", u64::from(cpus) * 100_000),
+                )?;
+                continue;
+            }
+            if d.join("memory.limit_in_bytes").exists() {
+                write(&d.join("memory.limit_in_bytes"), &memory.to_string())?;
+            }
+            if d.join("pids.max").exists() {
+                write(&d.join("pids.max"), &pids.to_string())?;
+            }
+            if d.join("cpu.cfs_quota_us").exists() {
+                write(&d.join("cpu.cfs_period_us"), "100000")?;
+                write(
+                    &d.join("cpu.cfs_quota_us"),
+                    &(u64::from(cpus) * 100_000).to_string(),
+                )?;
+            }
+        }
+        Ok(Cgroup { dirs })
+    }
+
+    /// Put process `pid` (and so everything it starts) into the cgroup.
+    pub fn add(&self, pid: i32) -> Result<(), String> {
+        for d in &self.dirs {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL every process in the jail's cgroup, and wait until it is empty.
+    pub fn kill_all(name: &str) {
+        for d in Self::dirs_for(name) {
+            for _ in 0..100 {
+                let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+                let pids: Vec<i32> = procs
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect();
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Remove the jail's cgroup directories (they must be empty of processes).
+    pub fn remove_dirs(name: &str) {
+        for d in Self::dirs_for(name) {
+            for _ in 0..50 {
+                if std::fs::remove_dir(&d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            // envup/ itself goes once no jail uses it (it fails while one does).
+            if let Some(parent) = d.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
+}

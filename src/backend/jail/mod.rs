@@ -1,0 +1,353 @@
+//! The jail backend on Linux: mount, pid, uts, ipc and network namespaces,
+//! an overlayfs over the stored box rootfs, `pivot_root`, a fresh /proc, a
+//! minimal /dev, a read-only /sys, cgroup limits, and pasta for the private
+//! network's forwarded ports. A small supervisor process (this same binary,
+//! `envup __jail-supervise DIR`) keeps each jail and outlives the command
+//! that started it.
+
+mod cgroup;
+pub mod probe;
+mod supervisor;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Backend, BackendError};
+use crate::boxes::StoredBox;
+use crate::envfile::config::{Forward, JailNetwork, Share};
+use crate::envfile::{BackendKind, Machine};
+use crate::ssh::MachineKeys;
+use crate::state::machine::SshEndpoint;
+use crate::state::{MachineState, Status};
+
+pub use probe::probe;
+pub use supervisor::supervise;
+
+/// How long a graceful halt may take before the jail is killed.
+pub const HALT_DEADLINE: Duration = Duration::from_secs(10);
+/// The pids limit every jail gets.
+pub const PIDS_MAX: u64 = 1024;
+
+/// What the supervisor needs to start a jail; written at create.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JailConfig {
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub merged: PathBuf,
+    pub hostname: String,
+    pub cpus: u32,
+    pub memory: u64,
+    pub pids: u64,
+    pub network: JailNetwork,
+    pub ssh_port: u16,
+    pub forwards: Vec<Forward>,
+    pub shares: Vec<Share>,
+    /// Names the jail's cgroup and network namespace on the host.
+    pub id: String,
+}
+
+pub struct JailBackend;
+
+fn failed(what: impl std::fmt::Display) -> BackendError {
+    BackendError::Failed(what.to_string())
+}
+
+fn jail_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("jail")
+}
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> Result<u16, BackendError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| failed(format!("cannot find a free port: {e}")))?;
+    Ok(l.local_addr().map_err(failed)?.port())
+}
+
+/// The box's rootfs unpacked once, beside its artifacts in the store; every
+/// jail from the box uses it read-only as its lower layer.
+fn lower_dir(stored: &StoredBox) -> Result<PathBuf, BackendError> {
+    let dir = stored.dir.join("rootfs");
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let tar_path = stored
+        .artifact("rootfs")
+        .ok_or_else(|| failed(format!("box `{}` has no rootfs", stored.meta.name)))?;
+    let lock = crate::state::lock::FileLock::acquire(
+        &stored.dir.join(".rootfs.lock"),
+        Duration::from_secs(300),
+        &|_| {},
+    )
+    .map_err(|_| failed("cannot lock the box's rootfs for unpacking"))?;
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix(".rootfs-")
+        .tempdir_in(&stored.dir)
+        .map_err(failed)?;
+    let f = std::fs::File::open(&tar_path)
+        .map_err(|e| failed(format!("cannot read {}: {e}", tar_path.display())))?;
+    let mut a = tar::Archive::new(std::io::BufReader::new(f));
+    a.set_preserve_permissions(true);
+    a.set_preserve_ownerships(true);
+    a.set_preserve_mtime(true);
+    a.set_unpack_xattrs(true);
+    a.unpack(tmp.path()).map_err(|e| {
+        failed(format!(
+            "cannot unpack the rootfs of `{}`: {e}",
+            stored.meta.name
+        ))
+    })?;
+    std::fs::rename(tmp.keep(), &dir).map_err(failed)?;
+    drop(lock);
+    Ok(dir)
+}
+
+fn write_private(path: &Path, text: &str, mode: u32) -> Result<(), BackendError> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).map_err(failed)?;
+    }
+    std::fs::write(path, text)
+        .map_err(|e| failed(format!("cannot write {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(failed)
+}
+
+/// (pid, start time) of a process, from /proc.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The supervisor recorded in the state, if it is still running and still
+/// ours (same pid and start time, running our supervise command).
+fn live_supervisor(state: &MachineState) -> Option<i32> {
+    let id = state.id.as_deref()?;
+    let (pid, start) = id.split_once(':')?;
+    let pid: i32 = pid.parse().ok()?;
+    let start: u64 = start.parse().ok()?;
+    if start_time(pid)? != start {
+        return None;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline)
+        .contains("__jail-supervise")
+        .then_some(pid)
+}
+
+impl Backend for JailBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Jail
+    }
+
+    fn create(
+        &self,
+        m: &Machine,
+        stored: &StoredBox,
+        keys: &MachineKeys,
+        state: &mut MachineState,
+    ) -> Result<(), BackendError> {
+        if stored.manifest.ssh_user != "root" {
+            return Err(failed(format!(
+                "box `{}` logs in as `{}`; the jail backend places keys for root only so far",
+                stored.meta.name, stored.manifest.ssh_user
+            )));
+        }
+        let lower = lower_dir(stored)?;
+        let dir = jail_dir(&state_dir(state)?);
+        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir_all(d).map_err(failed)?;
+        }
+        // What the machine finds on first boot: its keys, name and resolver.
+        write_private(
+            &upper.join("etc/ssh/ssh_host_ed25519_key"),
+            &keys.host_private_pem(),
+            0o600,
+        )?;
+        std::fs::create_dir_all(upper.join("root/.ssh")).map_err(failed)?;
+        std::fs::set_permissions(
+            upper.join("root/.ssh"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .map_err(failed)?;
+        write_private(
+            &upper.join("root/.ssh/authorized_keys"),
+            &format!("{}\n", keys.authorized_key()),
+            0o600,
+        )?;
+        write_private(
+            &upper.join("etc/hostname"),
+            &format!("{}\n", m.hostname),
+            0o644,
+        )?;
+        if let Ok(resolv) = std::fs::read_to_string("/etc/resolv.conf") {
+            let _ = std::fs::remove_file(upper.join("etc/resolv.conf"));
+            write_private(&upper.join("etc/resolv.conf"), &resolv, 0o644)?;
+        }
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(dir.as_os_str().as_encoded_bytes());
+        let id = format!("envup-{}", &crate::boxes::archive::hex(&digest)[..12]);
+        let port = free_port()?;
+        let cfg = JailConfig {
+            lower,
+            upper,
+            work,
+            merged,
+            hostname: m.hostname.clone(),
+            cpus: m.cpus,
+            memory: m.memory.bytes(),
+            pids: PIDS_MAX,
+            network: m.jail.network,
+            ssh_port: if m.jail.network == JailNetwork::Host {
+                22
+            } else {
+                port
+            },
+            forwards: m.forwards.clone(),
+            shares: m.shares.clone(),
+            id,
+        };
+        crate::state::write_json(&dir.join("jail.json"), &cfg).map_err(failed)?;
+        state.ssh = Some(SshEndpoint {
+            host: "127.0.0.1".into(),
+            port: cfg.ssh_port,
+            user: "root".into(),
+        });
+        state.forwards = m.forwards.clone();
+        Ok(())
+    }
+
+    fn start(&self, _m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
+        if live_supervisor(state).is_some() {
+            return Ok(());
+        }
+        let dir = jail_dir(&state_dir(state)?);
+        let log = dir.join("supervisor.log");
+        let pidfile = dir.join("supervisor.pid");
+        let _ = std::fs::remove_file(&pidfile);
+        let exe = std::env::current_exe().map_err(failed)?;
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(failed)?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("__jail-supervise")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().map_err(failed)?)
+            .stderr(logf);
+        // SAFETY: setsid is async-signal-safe; the supervisor leaves the
+        // command's session so it outlives it and its terminal.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| failed(format!("cannot start the jail supervisor: {e}")))?;
+        let started = Instant::now();
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&pidfile)
+                && let Some((pid, start)) = text.trim().split_once(' ')
+            {
+                state.id = Some(format!("{pid}:{start}"));
+                // The supervisor lives on; nobody waits for it here.
+                std::mem::forget(child);
+                return Ok(());
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let last: Vec<&str> = tail.lines().rev().take(5).collect();
+                return Err(failed(format!(
+                    "the jail supervisor stopped ({st}): {}",
+                    last.into_iter().rev().collect::<Vec<_>>().join(" / ")
+                )));
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                return Err(failed(format!(
+                    "the jail supervisor did not start; see {}",
+                    log.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn stop(&self, state: &MachineState, force: bool) -> Result<(), BackendError> {
+        let Some(pid) = live_supervisor(state) else {
+            return Ok(());
+        };
+        let sig = if force {
+            nix::sys::signal::Signal::SIGINT
+        } else {
+            nix::sys::signal::Signal::SIGTERM
+        };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        let deadline = Instant::now() + HALT_DEADLINE + Duration::from_secs(5);
+        while live_supervisor(state).is_some() {
+            if Instant::now() > deadline {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                std::thread::sleep(Duration::from_millis(100));
+                if let Ok(cfg) = read_config(state) {
+                    cgroup::Cgroup::kill_all(&cfg.id);
+                    supervisor::clean_up(&cfg);
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    fn destroy(&self, state: &MachineState) -> Result<(), BackendError> {
+        self.stop(state, true)?;
+        if let Ok(cfg) = read_config(state) {
+            cgroup::Cgroup::kill_all(&cfg.id);
+            supervisor::clean_up(&cfg);
+        }
+        let dir = jail_dir(&state_dir(state)?);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(failed(format!("cannot remove {}: {e}", dir.display())))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn status(&self, state: &MachineState) -> Result<Status, BackendError> {
+        Ok(match state.status {
+            Status::Running if live_supervisor(state).is_none() => Status::Stopped,
+            other => other,
+        })
+    }
+}
+
+/// The machine's state directory; the backend keeps its files under it.
+fn state_dir(state: &MachineState) -> Result<PathBuf, BackendError> {
+    state
+        .dir
+        .clone()
+        .ok_or_else(|| failed("the machine's state does not say where its directory is"))
+}
+
+fn read_config(state: &MachineState) -> Result<JailConfig, BackendError> {
+    let p = jail_dir(&state_dir(state)?).join("jail.json");
+    crate::state::read_json(&p)
+        .map_err(failed)?
+        .ok_or_else(|| failed(format!("{} is missing", p.display())))
+}

@@ -1,0 +1,368 @@
+//! The jail supervisor: `envup __jail-supervise DIR`. It creates the jail's
+//! cgroup, clones the jail's init into new namespaces, connects the private
+//! network (pasta), waits for init, and cleans up after it. SIGTERM halts
+//! the jail gracefully (init is asked to power off, then killed after a
+//! deadline); SIGINT kills it at once.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::cgroup::Cgroup;
+use super::{HALT_DEADLINE, JailConfig};
+use crate::envfile::config::{JailNetwork, Protocol};
+
+/// 0: run; 1: halt gracefully; 2: kill now.
+static REQUEST: AtomicU8 = AtomicU8::new(0);
+
+extern "C" fn on_signal(sig: i32) {
+    let want = if sig == Signal::SIGINT as i32 { 2 } else { 1 };
+    REQUEST.fetch_max(want, Ordering::SeqCst);
+}
+
+fn netns_path(cfg: &JailConfig) -> std::path::PathBuf {
+    Path::new("/run/netns").join(&cfg.id)
+}
+
+/// Remove what a jail leaves on the host: its netns name and cgroup.
+pub fn clean_up(cfg: &JailConfig) {
+    let ns = netns_path(cfg);
+    let _ = umount2(&ns, MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_file(&ns);
+    Cgroup::remove_dirs(&cfg.id);
+}
+
+/// Inside the new namespaces: the root filesystem, then init.
+fn enter(cfg: &JailConfig, ready: std::os::fd::OwnedFd) -> isize {
+    // If the supervisor dies, so does the jail: no orphaned jails.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // Wait until the supervisor has put us in the cgroup and the network.
+    let mut b = [0u8; 1];
+    let _ = nix::unistd::read(&ready, &mut b);
+    match setup_root(cfg) {
+        Ok(()) => {
+            let init = ["/sbin/init", "/usr/sbin/init", "/lib/systemd/systemd"]
+                .into_iter()
+                .find(|p| Path::new(p).exists())
+                .unwrap_or("/sbin/init");
+            let env = [
+                c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                c"container=envup",
+                c"TERM=linux",
+            ];
+            let path = std::ffi::CString::new(init).expect("no NUL");
+            let err = nix::unistd::execve(&path, &[&path], &env);
+            eprintln!("cannot start {init} in the jail: {err:?}");
+            127
+        }
+        Err(e) => {
+            eprintln!("cannot set up the jail's root: {e}");
+            126
+        }
+    }
+}
+
+fn setup_root(cfg: &JailConfig) -> Result<(), String> {
+    let m = &cfg.merged;
+    let e = |what: &str| {
+        let what = what.to_owned();
+        move |err: nix::Error| format!("{what}: {err}")
+    };
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(e("making mounts private"))?;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        cfg.lower.display(),
+        cfg.upper.display(),
+        cfg.work.display()
+    );
+    mount(
+        Some("overlay"),
+        m,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(e("mounting the overlay"))?;
+    for s in &cfg.shares {
+        let target = m.join(s.guest.trim_start_matches('/'));
+        std::fs::create_dir_all(&target).map_err(|err| format!("share {}: {err}", s.guest))?;
+        mount(
+            Some(&s.host),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(e("binding a share"))?;
+        if s.read_only {
+            mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(e("making a share read-only"))?;
+        }
+    }
+    for d in ["proc", "dev", "sys", "tmp", "run"] {
+        let _ = std::fs::create_dir_all(m.join(d));
+    }
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("proc"),
+        &m.join("proc"),
+        Some("proc"),
+        nosuid,
+        None::<&str>,
+    )
+    .map_err(e("mounting /proc"))?;
+    mount(
+        Some("sysfs"),
+        &m.join("sys"),
+        Some("sysfs"),
+        nosuid | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(e("mounting /sys"))?;
+    let dev = m.join("dev");
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=65536k"),
+    )
+    .map_err(e("mounting /dev"))?;
+    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let target = dev.join(node);
+        std::fs::write(&target, b"").map_err(|err| format!("/dev/{node}: {err}"))?;
+        mount(
+            Some(&Path::new("/dev").join(node)),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(e("binding a device"))?;
+    }
+    std::fs::create_dir_all(dev.join("pts")).map_err(|err| err.to_string())?;
+    mount(
+        Some("devpts"),
+        &dev.join("pts"),
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=620,gid=5"),
+    )
+    .map_err(e("mounting /dev/pts"))?;
+    std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx")).map_err(|err| err.to_string())?;
+    std::fs::create_dir_all(dev.join("shm")).map_err(|err| err.to_string())?;
+    mount(
+        Some("tmpfs"),
+        &dev.join("shm"),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .map_err(e("mounting /dev/shm"))?;
+    nix::unistd::sethostname(&cfg.hostname).map_err(e("setting the hostname"))?;
+    nix::unistd::chdir(m).map_err(e("entering the root"))?;
+    std::fs::create_dir_all(m.join(".envup-oldroot")).map_err(|err| err.to_string())?;
+    nix::unistd::pivot_root(".", ".envup-oldroot").map_err(e("pivot_root"))?;
+    nix::unistd::chdir("/").map_err(e("chdir /"))?;
+    umount2("/.envup-oldroot", MntFlags::MNT_DETACH).map_err(e("detaching the host's root"))?;
+    let _ = std::fs::remove_dir("/.envup-oldroot");
+    Ok(())
+}
+
+/// Give the jail's network namespace a name, and start pasta on it with the
+/// SSH port and the forwards.
+fn connect_network(cfg: &JailConfig, child: Pid) -> Result<Child, String> {
+    std::fs::create_dir_all("/run/netns").map_err(|e| format!("/run/netns: {e}"))?;
+    let ns = netns_path(cfg);
+    std::fs::write(&ns, b"").map_err(|e| format!("{}: {e}", ns.display()))?;
+    mount(
+        Some(&format!("/proc/{child}/ns/net")[..]),
+        &ns,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("naming the network namespace: {e}"))?;
+    let mut cmd = Command::new("pasta");
+    cmd.args(["--foreground", "--quiet", "--runas", "0", "--config-net"]);
+    cmd.args(["-t", &format!("127.0.0.1/{}:22", cfg.ssh_port)]);
+    for f in &cfg.forwards {
+        let flag = if f.protocol == Protocol::Udp {
+            "-u"
+        } else {
+            "-t"
+        };
+        let addr = if f.host_ip.is_unspecified() {
+            String::new()
+        } else {
+            format!("{}/", f.host_ip)
+        };
+        cmd.args([flag, &format!("{addr}{}:{}", f.host, f.guest)]);
+    }
+    cmd.args(["--netns", &cfg.id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    // SAFETY: prctl is async-signal-safe; pasta dies with the supervisor.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| format!("cannot start pasta (apt-get install passt): {e}"))
+}
+
+/// Run one jail until it ends. Returns the process exit code.
+pub fn supervise(dir: &Path) -> i32 {
+    let cfg: JailConfig = match crate::state::read_json(&dir.join("jail.json")) {
+        Ok(Some(c)) => c,
+        other => {
+            eprintln!("cannot read {}/jail.json: {other:?}", dir.display());
+            return 1;
+        }
+    };
+    let handler = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only stores into an atomic.
+    unsafe {
+        let _ = sigaction(Signal::SIGTERM, &handler);
+        let _ = sigaction(Signal::SIGINT, &handler);
+        let _ = sigaction(
+            Signal::SIGHUP,
+            &SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty()),
+        );
+    }
+    // Whatever an earlier supervisor of this jail left running goes first.
+    Cgroup::kill_all(&cfg.id);
+    clean_up(&cfg);
+    let cg = match Cgroup::create(&cfg.id, cfg.cpus, cfg.memory, cfg.pids) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let (ready_r, ready_w) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pipe: {e}");
+            return 1;
+        }
+    };
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    if cfg.network == JailNetwork::Private {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    let mut stack = vec![0u8; 1 << 20];
+    let mut ready_r = Some(ready_r);
+    let child_cfg = cfg.clone();
+    // SAFETY: the supervisor has no other threads, and without CLONE_VM the
+    // child gets its own copy of memory, as after fork.
+    let child = unsafe {
+        nix::sched::clone(
+            Box::new(move || enter(&child_cfg, ready_r.take().expect("entered once"))),
+            &mut stack,
+            flags,
+            Some(Signal::SIGCHLD as i32),
+        )
+    };
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot create the jail's namespaces: {e}");
+            clean_up(&cfg);
+            return 1;
+        }
+    };
+    let fail = |msg: String| {
+        eprintln!("{msg}");
+        let _ = kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        clean_up(&cfg);
+        1
+    };
+    if let Err(e) = cg.add(child.as_raw()) {
+        return fail(e);
+    }
+    let mut pasta = None;
+    if cfg.network == JailNetwork::Private {
+        match connect_network(&cfg, child) {
+            Ok(p) => pasta = Some(p),
+            Err(e) => return fail(e),
+        }
+    }
+    if nix::unistd::write(&ready_w, b"x").is_err() {
+        return fail("cannot release the jail's init".into());
+    }
+    drop(ready_w);
+    let me = std::process::id() as i32;
+    let started = super::start_time(me).unwrap_or(0);
+    let pidfile = dir.join("supervisor.pid");
+    if let Err(e) = crate::state::write_atomic(&pidfile, format!("{me} {started}\n").as_bytes()) {
+        return fail(e.to_string());
+    }
+
+    // Wait for init; pass halt requests on.
+    let mut asked_at: Option<Instant> = None;
+    let code = loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, c)) => break c,
+            Ok(WaitStatus::Signaled(..)) => break 0,
+            _ => {}
+        }
+        match REQUEST.load(Ordering::SeqCst) {
+            2 => {
+                let _ = kill(child, Signal::SIGKILL);
+            }
+            1 if asked_at.is_none() => {
+                // Power off: busybox init on SIGUSR2, systemd on SIGRTMIN+4.
+                let _ = kill(child, Signal::SIGUSR2);
+                let rtmin4 = nix::libc::SIGRTMIN() + 4;
+                // SAFETY: sending a signal number to a pid we own.
+                unsafe {
+                    nix::libc::kill(child.as_raw(), rtmin4);
+                }
+                asked_at = Some(Instant::now());
+            }
+            1 if asked_at.is_some_and(|t| t.elapsed() > HALT_DEADLINE) => {
+                let _ = kill(child, Signal::SIGKILL);
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if let Some(mut p) = pasta {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    clean_up(&cfg);
+    let _ = std::fs::remove_file(&pidfile);
+    code
+}

@@ -1,0 +1,343 @@
+//! The jail backend for real: `envup up` on the `tiny` box (built on the
+//! way), provisioning, exec, halt, up, destroy, and what a jail cannot do.
+//! Ignored, with the reason, where jails cannot run.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::Project;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn unavailable() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("jails need root".into());
+    }
+    for (tool, pkg) in [
+        ("pasta", "passt"),
+        ("unshare", "util-linux"),
+        ("apt-get", "apt"),
+        ("mkfs.ext4", "e2fsprogs"),
+    ] {
+        if common::host_lacks(tool) {
+            return Some(format!("{tool} is missing (apt-get install {pkg})"));
+        }
+    }
+    None
+}
+
+/// One ENVUP_HOME with `tiny` in its store, shared by the tests.
+fn home() -> &'static tempfile::TempDir {
+    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
+    HOME.get_or_init(|| {
+        let h = tempfile::tempdir().unwrap();
+        let p = Project::new();
+        p.cmd(&[
+            "-q",
+            "box",
+            "build",
+            "tiny",
+            "-o",
+            p.path().join("t.box").to_str().unwrap(),
+        ])
+        .env("ENVUP_HOME", h.path().to_str().unwrap())
+        .out()
+        .status(0);
+        h
+    })
+}
+
+fn project(envfile: &str) -> Project {
+    Project::with_envfile(envfile)
+}
+
+fn envup(p: &Project, args: &[&str]) -> common::Done {
+    p.cmd(args)
+        .env("ENVUP_HOME", home().path().to_str().unwrap())
+        .out()
+}
+
+fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
+    if cond {
+        Ok(())
+    } else {
+        Err(what.into().into())
+    }
+}
+
+fn exec(p: &Project, machine: &str, script: &str) -> String {
+    envup(p, &["exec", machine, "--", "sh", "-c", script])
+        .status(0)
+        .stdout()
+}
+
+/// The host names (cgroup, netns) of the project's jails.
+fn jail_ids(p: &Project) -> Vec<String> {
+    let dir = p.path().join(".envup/machines");
+    std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read(e.path().join("jail/jail.json")).ok())
+                .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .filter_map(|v| v["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Destroy the project's machines, then check nothing of them is left.
+fn destroy_and_check(p: &Project) -> Result<(), Failed> {
+    let ids = jail_ids(p);
+    check(!ids.is_empty(), "no jails to destroy")?;
+    envup(p, &["destroy", "-f"]).status(0);
+    nothing_left(p, &ids)
+}
+
+/// Nothing of the machines is left on the host.
+fn nothing_left(p: &Project, ids: &[String]) -> Result<(), Failed> {
+    let dir = p.path().join(".envup/machines");
+    for m in ["web", "a", "b", "many"] {
+        check(
+            !dir.join(m).exists(),
+            format!("state directory of {m} left"),
+        )?;
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    check(
+        !mounts.contains(p.path().to_str().unwrap()),
+        "a mount is left",
+    )?;
+    let procs = std::process::Command::new("pgrep")
+        .args(["-af", p.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    check(
+        procs.stdout.is_empty(),
+        format!("processes left: {}", String::from_utf8_lossy(&procs.stdout)),
+    )?;
+    for id in ids {
+        check(
+            !Path::new("/run/netns").join(id).exists(),
+            format!("netns {id} left"),
+        )?;
+        for c in ["memory", "pids", "cpu,cpuacct", "unified"] {
+            let d = Path::new("/sys/fs/cgroup").join(c).join("envup").join(id);
+            check(!d.exists(), format!("cgroup {} left", d.display()))?;
+        }
+    }
+    Ok(())
+}
+
+const TINY: &str = "[machines.web]\nbox = \"tiny\"\nbackend = \"jail\"\nmemory = \"256MiB\"\n";
+
+fn lifecycle() -> Result<(), Failed> {
+    let p = project(&format!(
+        "{TINY}provision = [{{ name = \"hi\", shell = \"echo provisioned > /root/p\" }}]\n"
+    ));
+    envup(&p, &["up"]).status(0);
+    check(
+        exec(&p, "web", "cat /root/p") == "provisioned\n",
+        "provisioner did not run",
+    )?;
+    check(exec(&p, "web", "hostname") == "web\n", "hostname")?;
+    exec(&p, "web", "echo kept > /root/data");
+    envup(&p, &["halt"]).status(0);
+    let j = envup(&p, &["--json", "status"]).status(0).json();
+    check(j["machines"][0]["status"] == "stopped", j.to_string())?;
+    envup(&p, &["up"]).status(0);
+    check(
+        exec(&p, "web", "cat /root/data") == "kept\n",
+        "data lost across halt and up",
+    )?;
+    // Killed by hand: the machine shows as stopped, and up brings it back.
+    let st: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(p.path().join(".envup/machines/web/state.json")).unwrap(),
+    )
+    .unwrap();
+    let pid: i32 = st["id"]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let j = envup(&p, &["--json", "status"]).status(0).json();
+    check(
+        j["machines"][0]["status"] == "stopped",
+        format!("after kill: {j}"),
+    )?;
+    envup(&p, &["up"]).status(0);
+    check(
+        exec(&p, "web", "cat /root/data") == "kept\n",
+        "data lost after the supervisor died",
+    )?;
+    destroy_and_check(&p)
+}
+
+fn http_get(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn two_jails_serve_port_80() -> Result<(), Failed> {
+    let (p1, p2) = (common::sshd::free_port(), common::sshd::free_port());
+    let p = project(&format!(
+        "[defaults]\nbox = \"tiny\"\nbackend = \"jail\"\nmemory = \"128MiB\"\n\
+         provision = [{{ shell = \"mkdir -p /www && hostname > /www/index.html && httpd -p 80 -h /www\" }}]\n\
+         [machines.a]\nforward = [{{ guest = 80, host = {p1} }}]\n[machines.b]\nforward = [{{ guest = 80, host = {p2} }}]\n"
+    ));
+    envup(&p, &["up", "--jobs", "2"]).status(0);
+    check(
+        http_get(p1).ends_with("a\n"),
+        format!("a: {}", http_get(p1)),
+    )?;
+    check(
+        http_get(p2).ends_with("b\n"),
+        format!("b: {}", http_get(p2)),
+    )?;
+    // One box, one lower layer: a write in `a` stays in `a`.
+    exec(&p, "a", "echo mine > /bin/only-in-a");
+    check(
+        exec(&p, "b", "test -e /bin/only-in-a && echo yes || echo no") == "no\n",
+        "a's write reached b",
+    )?;
+    let lowers: Vec<_> = std::fs::read_dir(home().path().join("boxes-v1"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("rootfs/bin/busybox").exists())
+        .collect();
+    check(lowers.len() == 1, "the rootfs was unpacked more than once")?;
+    check(
+        !lowers[0].path().join("rootfs/bin/only-in-a").exists(),
+        "a jail wrote into the shared lower layer",
+    )?;
+    destroy_and_check(&p)
+}
+
+fn jail_cannot_see_or_exceed() -> Result<(), Failed> {
+    let secret = Path::new("/tmp/envup-host-secret-for-jail-test");
+    std::fs::write(secret, "secret").unwrap();
+    let p = project(
+        "[defaults]\nbox = \"tiny\"\nbackend = \"jail\"\n[machines.web]\nmemory = \"64MiB\"\n[machines.many]\nmemory = \"1GiB\"\n",
+    );
+    envup(&p, &["up", "--jobs", "2"]).status(0);
+    let pids: usize = exec(&p, "web", "ls /proc | grep -c '^[0-9]'")
+        .trim()
+        .parse()
+        .unwrap();
+    check(pids < 20, format!("the jail sees {pids} processes"))?;
+    check(
+        exec(
+            &p,
+            "web",
+            "cat /tmp/envup-host-secret-for-jail-test 2>/dev/null || echo unseen",
+        ) == "unseen\n",
+        "a host path is visible",
+    )?;
+    // The memory limit is the Envfile's, on the jail's own cgroup.
+    let limit = exec(
+        &p,
+        "web",
+        "cat /proc/self/cgroup | grep -E 'memory' | cut -d: -f3",
+    );
+    let on_host = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{}/memory.limit_in_bytes",
+        limit.trim()
+    ))
+    .unwrap_or_default();
+    check(
+        on_host.trim() == (64u64 << 20).to_string(),
+        format!("memory limit {on_host:?} for {limit:?}"),
+    )?;
+    // More than 64 MiB in memory: killed, not granted.
+    let out = envup(
+        &p,
+        &[
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}",
+        ],
+    );
+    check(
+        out.code() != 0,
+        "allocating 200 MB under a 64 MiB limit succeeded",
+    )?;
+    // The pids limit stops a fork storm (in a jail with memory to spare):
+    // the shell dies when it cannot fork, and the host's cgroup counts the
+    // refusals.
+    let storm = envup(
+        &p,
+        &[
+            "exec",
+            "many",
+            "--",
+            "sh",
+            "-c",
+            "for i in $(seq 1 1500); do sleep 3 & done",
+        ],
+    );
+    check(
+        storm.code() != 0,
+        "1500 processes fitted under a pids limit of 1024",
+    )?;
+    let cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(p.path().join(".envup/machines/many/jail/jail.json")).unwrap(),
+    )
+    .unwrap();
+    let cg = Path::new("/sys/fs/cgroup/pids/envup").join(cfg["id"].as_str().unwrap());
+    if cg.exists() {
+        let max = std::fs::read_to_string(cg.join("pids.max")).unwrap();
+        check(
+            max.trim() == envup::backend::jail::PIDS_MAX.to_string(),
+            format!("pids.max {max}"),
+        )?;
+        let events = std::fs::read_to_string(cg.join("pids.events")).unwrap();
+        let refused: u64 = events
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        check(refused > 0, format!("no fork was refused: {events}"))?;
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = std::fs::remove_file(secret);
+    destroy_and_check(&p)
+}
+
+type TestFn = fn() -> Result<(), Failed>;
+
+fn main() {
+    let args = Arguments::from_args();
+    let skip = unavailable();
+    if let Some(why) = &skip {
+        eprintln!("skipping the jail tests: {why}");
+    }
+    let tests: Vec<(&str, TestFn)> = vec![
+        ("lifecycle", lifecycle),
+        ("two_jails_serve_port_80", two_jails_serve_port_80),
+        ("jail_cannot_see_or_exceed", jail_cannot_see_or_exceed),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(n, f)| Trial::test(n, f).with_ignored_flag(skip.is_some()))
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
