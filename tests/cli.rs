@@ -413,9 +413,17 @@ fn doctor_reports_every_backend() {
     // Exit 0 exactly when some backend can run machines here.
     let j = p.cmd(&["--json", "doctor"]).out().json();
     assert_eq!(j.as_array().unwrap().len(), 3);
-    let usable = j.as_array().unwrap().iter().any(|b| b["host_ready"] == true && b["built"] == true);
+    let usable = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["host_ready"] == true && b["built"] == true);
     assert_eq!(out.code(), if usable { 0 } else { 1 });
-    assert_eq!(j[1]["built"], cfg!(target_os = "linux"), "the jail backend is built on Linux");
+    assert_eq!(
+        j[1]["built"],
+        cfg!(target_os = "linux"),
+        "the jail backend is built on Linux"
+    );
     assert!(
         j[0]["checks"]
             .as_array()

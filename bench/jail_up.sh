@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One jail from `envup up` to provisioned, against the raw baseline measured
+# in the same run: unshare + chroot of the same rootfs + its SSH server,
+# until the first SSH command returns. Also four jails with --jobs 4, and
+# the supervisor's resident memory. Prints figures; needs root.
+# Targets: one jail <= 1.5x the baseline; four <= 2x one; supervisor <= 5 MB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "jail_up bench skipped: needs root"; exit 0; }
+command -v pasta >/dev/null || scripts/install-deps
+cargo build --release --locked -q
+bin="$PWD/target/release/envup"
+work=$(mktemp -d /var/tmp/envup-bench-XXXX)
+export ENVUP_HOME="$work/home"
+cleanup() {
+  for d in "$work"/p*; do [ -f "$d/Envfile" ] && (cd "$d" && "$bin" -q destroy -f >/dev/null 2>&1 || true); done
+  umount -l "$work/raw/dev" 2>/dev/null || true
+  pkill -f "dropbear -F -E -s -p $RAWPORT" 2>/dev/null || true
+  rm -rf "$work"
+}
+RAWPORT=$((20000 + RANDOM % 20000))
+trap cleanup EXIT
+"$bin" -q box build tiny -o "$work/tiny.box"
+digest=$(sha256sum "$work/tiny.box" | cut -d' ' -f1)
+ms() { python3 -c "import sys; print(f'{float(sys.argv[1])*1000:7.0f} ms')" "$1"; }
+now() { date +%s.%N; }
+
+# Baseline: the same rootfs, unshare + chroot, tiny's start-up, dropbear.
+mkdir -p "$work/raw"
+tar -xf "$ENVUP_HOME/boxes-v1/$digest/rootfs.tar" -C "$work/raw"
+ssh-keygen -q -t ed25519 -N "" -f "$work/hk"; ssh-keygen -q -t ed25519 -N "" -f "$work/ck"
+cp "$work/hk" "$work/raw/etc/ssh/ssh_host_ed25519_key"; cp "$work/ck.pub" "$work/raw/root/.ssh/authorized_keys"
+mount --bind /dev "$work/raw/dev"
+t0=$(now)
+unshare --mount --pid --uts --fork --kill-child --mount-proc="$work/raw/proc" chroot "$work/raw" /bin/sh -c \
+  "/etc/init.d/rcS; exec /usr/sbin/dropbear -F -E -s -p $RAWPORT -r /etc/dropbear/dropbear_ed25519_host_key" >/dev/null 2>&1 &
+until ssh -q -i "$work/ck" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -p $RAWPORT root@127.0.0.1 true 2>/dev/null; do sleep 0.01; done
+t1=$(now)
+raw=$(python3 -c "print($t1-$t0)")
+
+envfile() { # $1: number of machines
+  echo '[defaults]'; echo 'box = "tiny"'; echo 'backend = "jail"'; echo 'memory = "128MiB"'
+  echo 'provision = [{ shell = "true", run = "always" }]'
+  for i in $(seq 1 "$1"); do echo "[machines.m$i]"; done
+}
+one() { mkdir -p "$work/p$1"; envfile "$2" > "$work/p$1/Envfile"; cd "$work/p$1"; t0=$(now); "$bin" -q up --jobs 4; t1=$(now); cd - >/dev/null; python3 -c "print($t1-$t0)"; }
+# The box's rootfs is unpacked into the store on first use; do that first.
+one warm 1 >/dev/null
+t_one=$(one 1 1)
+t_four=$(one 4 4)
+sup=$(cut -d' ' -f1 "$work/p1/.envup/machines/m1/jail/supervisor.pid")
+rss=$(awk '/VmRSS/ {print $2}' "/proc/$sup/status")
+
+echo "one jail, up to provisioned (tiny):"
+echo "  raw: unshare + chroot + dropbear, first SSH command $(ms "$raw")"
+echo "  envup up                                           $(ms "$t_one")   ratio $(python3 -c "print(f'{$t_one/$raw:.2f}x')")   target <= 1.5x"
+echo "  envup up, four jails, --jobs 4                     $(ms "$t_four")   $(python3 -c "print(f'{$t_four/$t_one:.2f}x')") one   target <= 2x"
+echo "  supervisor resident memory                         $((rss / 1024)) MB ($rss kB)   target <= 5 MB"
