@@ -35,21 +35,8 @@ fn main() {
     for _ in 0..3 {
         let t = Instant::now();
         let st = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg",
-                "-m",
-                "256",
-                "-display",
-                "none",
-                "-nodefaults",
-                "-no-user-config",
-                "-bios",
-                "/usr/share/qemu/qboot.rom",
-                "-S",
-                "-monitor",
-                "stdio",
-            ])
+            .args(common::qemu::BASE_ARGS)
+            .args(["-S", "-monitor", "stdio"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

@@ -72,8 +72,7 @@ impl Ops<'_> {
         let mut recorded = self.project.load(name)?;
         if let Some(s) = recorded.as_mut()
             && s.status == Status::Running
-            && let Ok(b) = backend::get(s.backend)
-            && b.status(s).ok() == Some(Status::Stopped)
+            && backend::observed_status(s) == Status::Stopped
         {
             self.reporter.line(
                 name,
@@ -270,16 +269,25 @@ impl Ops<'_> {
             m.boot_timeout,
             console.exists().then_some(console.as_path()),
         )?;
-        let states: Vec<(String, Option<MachineState>)> = self
-            .config
-            .machine_names()
-            .map(|n| (n.to_owned(), self.project.load(n).ok().flatten()))
-            .collect();
+        // Only templated provisioners need the other machines' states.
+        let scope = if names
+            .iter()
+            .any(|n| m.provisioners.iter().any(|p| &p.name == n && p.template))
+        {
+            let states: Vec<(String, Option<MachineState>)> = self
+                .config
+                .machine_names()
+                .map(|n| (n.to_owned(), self.project.load(n).ok().flatten()))
+                .collect();
+            template_context(self.config, &states, &m.name)
+        } else {
+            minijinja::Value::UNDEFINED
+        };
         let mut runner = Runner {
             ssh: &ssh,
             machine: m,
             reporter: self.reporter,
-            scope: template_context(self.config, &states, &m.name),
+            scope,
             log: Runner::open_log(&dir.join("provision.log")),
         };
         for n in names {

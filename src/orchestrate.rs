@@ -44,7 +44,8 @@ impl Graph {
         Self { names, before }
     }
 
-    /// Build a graph from explicit edges (for tests and tools).
+    /// Build a graph from explicit edges (`after` waits for `first`).
+    #[cfg(test)]
     pub fn from_edges(names: &[&str], edges: &[(&str, &str)]) -> Self {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let pos = |n: &str| names.iter().position(|s| s == n).expect("known node");

@@ -130,42 +130,29 @@ fn checksum_flag_is_enforced() {
 /// store, and nothing outside it.
 #[test]
 fn hostile_archives_are_refused() {
+    // A valid box.toml listing one 7-byte rootfs, `payload`, first.
+    fn manifest_first() -> RawBox {
+        RawBox::new().file(
+            "box.toml",
+            manifest_for(&[("rootfs", "rootfs.tar", b"payload")]).as_bytes(),
+        )
+    }
     type Case = (&'static str, Box<dyn Fn(&Path)>, &'static str);
     let cases: Vec<Case> = vec![
         (
             "absolute path",
-            Box::new(|p: &Path| {
-                RawBox::new()
-                    .file(
-                        "box.toml",
-                        manifest_for(&[("rootfs", "rootfs.tar", b"payload")]).as_bytes(),
-                    )
-                    .file("/tmp/envup-evil-abs", b"x")
-                    .write(p)
-            }),
+            Box::new(|p: &Path| manifest_first().file("/tmp/envup-evil-abs", b"x").write(p)),
             "does not list",
         ),
         (
             "dot-dot path",
-            Box::new(|p: &Path| {
-                RawBox::new()
-                    .file(
-                        "box.toml",
-                        manifest_for(&[("rootfs", "rootfs.tar", b"payload")]).as_bytes(),
-                    )
-                    .file("../envup-evil", b"x")
-                    .write(p)
-            }),
+            Box::new(|p: &Path| manifest_first().file("../envup-evil", b"x").write(p)),
             "does not list",
         ),
         (
             "symlink out",
             Box::new(|p: &Path| {
-                RawBox::new()
-                    .file(
-                        "box.toml",
-                        manifest_for(&[("rootfs", "rootfs.tar", b"payload")]).as_bytes(),
-                    )
+                manifest_first()
                     .entry(
                         "rootfs.tar",
                         tar::EntryType::Symlink,
@@ -180,11 +167,7 @@ fn hostile_archives_are_refused() {
         (
             "hard link out",
             Box::new(|p: &Path| {
-                RawBox::new()
-                    .file(
-                        "box.toml",
-                        manifest_for(&[("rootfs", "rootfs.tar", b"payload")]).as_bytes(),
-                    )
+                manifest_first()
                     .entry(
                         "rootfs.tar",
                         tar::EntryType::Link,
@@ -215,25 +198,13 @@ fn hostile_archives_are_refused() {
         ),
         (
             "digest mismatch",
-            Box::new(|p: &Path| {
-                RawBox::new()
-                    .file(
-                        "box.toml",
-                        manifest_for(&[("rootfs", "rootfs.tar", b"payload")]).as_bytes(),
-                    )
-                    .file("rootfs.tar", b"PAYLOAD")
-                    .write(p)
-            }),
+            Box::new(|p: &Path| manifest_first().file("rootfs.tar", b"PAYLOAD").write(p)),
             "does not match box.toml",
         ),
         (
             "size far beyond the manifest",
             Box::new(|p: &Path| {
-                RawBox::new()
-                    .file(
-                        "box.toml",
-                        manifest_for(&[("rootfs", "rootfs.tar", b"payload")]).as_bytes(),
-                    )
+                manifest_first()
                     .file("rootfs.tar", &vec![7u8; 1 << 20])
                     .write(p)
             }),
@@ -241,24 +212,13 @@ fn hostile_archives_are_refused() {
         ),
         (
             "missing artifact",
-            Box::new(|p: &Path| {
-                RawBox::new()
-                    .file(
-                        "box.toml",
-                        manifest_for(&[("rootfs", "rootfs.tar", b"payload")]).as_bytes(),
-                    )
-                    .write(p)
-            }),
+            Box::new(|p: &Path| manifest_first().write(p)),
             "missing from the box",
         ),
         (
             "duplicate entry",
             Box::new(|p: &Path| {
-                RawBox::new()
-                    .file(
-                        "box.toml",
-                        manifest_for(&[("rootfs", "rootfs.tar", b"payload")]).as_bytes(),
-                    )
+                manifest_first()
                     .file("rootfs.tar", b"payload")
                     .file("rootfs.tar", b"payload")
                     .write(p)
@@ -268,11 +228,7 @@ fn hostile_archives_are_refused() {
         (
             "device entry",
             Box::new(|p: &Path| {
-                RawBox::new()
-                    .file(
-                        "box.toml",
-                        manifest_for(&[("rootfs", "rootfs.tar", b"payload")]).as_bytes(),
-                    )
+                manifest_first()
                     .entry("rootfs.tar", tar::EntryType::Char, b"", None, Some(0))
                     .write(p)
             }),

@@ -302,21 +302,25 @@ fn jail_cannot_see_or_exceed() -> Result<(), Failed> {
         &std::fs::read(p.path().join(".envup/machines/many/jail/jail.json")).unwrap(),
     )
     .unwrap();
-    let cg = Path::new("/sys/fs/cgroup/pids/envup").join(cfg["id"].as_str().unwrap());
-    if cg.exists() {
-        let max = std::fs::read_to_string(cg.join("pids.max")).unwrap();
-        check(
-            max.trim() == envup::backend::jail::PIDS_MAX.to_string(),
-            format!("pids.max {max}"),
-        )?;
-        let events = std::fs::read_to_string(cg.join("pids.events")).unwrap();
-        let refused: u64 = events
-            .split_whitespace()
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        check(refused > 0, format!("no fork was refused: {events}"))?;
-    }
+    // The jail's pids cgroup: v1 (pids hierarchy) or v2 (unified).
+    let id = cfg["id"].as_str().unwrap();
+    let cg = ["/sys/fs/cgroup/pids/envup", "/sys/fs/cgroup/envup"]
+        .iter()
+        .map(|base| Path::new(base).join(id))
+        .find(|d| d.join("pids.max").exists())
+        .ok_or_else(|| Failed::from(format!("no pids cgroup for jail {id}")))?;
+    let max = std::fs::read_to_string(cg.join("pids.max")).unwrap();
+    check(
+        max.trim() == envup::backend::jail::PIDS_MAX.to_string(),
+        format!("pids.max {max}"),
+    )?;
+    let events = std::fs::read_to_string(cg.join("pids.events")).unwrap();
+    let refused: u64 = events
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    check(refused > 0, format!("no fork was refused: {events}"))?;
     std::thread::sleep(Duration::from_secs(4));
     let _ = std::fs::remove_file(secret);
     destroy_and_check(&p)

@@ -55,6 +55,19 @@ pub fn get(kind: BackendKind) -> Result<Box<dyn Backend>, BackendError> {
     }
 }
 
+/// The machine's status as its backend sees it now, when this envup has
+/// the backend; otherwise (and for an interrupted create or destroy) the
+/// recorded one.
+pub fn observed_status(state: &MachineState) -> Status {
+    if state.status.is_interrupted() {
+        return state.status;
+    }
+    get(state.backend)
+        .ok()
+        .and_then(|b| b.status(state).ok())
+        .unwrap_or(state.status)
+}
+
 /// One thing a backend needs from the host, and whether it is there.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {

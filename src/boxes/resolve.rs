@@ -219,27 +219,19 @@ impl Resolver<'_> {
     ) -> Result<StoredBox, BoxError> {
         let expected = checksum.map(parse_checksum).transpose()?;
         let expected = expected.as_deref();
+        // `--version V` picks exactly V from a catalog or the store.
+        let req = naming
+            .version
+            .as_deref()
+            .and_then(|v| semver::VersionReq::parse(&format!("={v}")).ok());
         match Source::classify(source, self.root) {
             Source::Path(p) => self.add_path(&p, expected, naming),
             Source::BoxUrl(u) => self.add_urls(&[u], expected, naming),
             Source::Catalog(loc) => {
                 let cat = catalog::load(&loc)?;
-                let req = naming
-                    .version
-                    .as_deref()
-                    .map(|v| semver::VersionReq::parse(&format!("={v}")))
-                    .transpose()
-                    .ok()
-                    .flatten();
                 self.add_choice(&self.choose(&cat, req.as_ref(), None)?)
             }
-            Source::Name(n) => {
-                let req = naming
-                    .version
-                    .as_deref()
-                    .and_then(|v| semver::VersionReq::parse(&format!("={v}")).ok());
-                self.by_name(&n, req.as_ref(), None)
-            }
+            Source::Name(n) => self.by_name(&n, req.as_ref(), None),
         }
     }
 

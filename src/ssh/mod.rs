@@ -359,20 +359,13 @@ impl Ssh {
     pub fn upload(&self, local: &Path, remote: &str, sudo: bool) -> Result<(), SshError> {
         let md = std::fs::metadata(local).map_err(SshError::Transfer)?;
         let (dir, name) = if md.is_dir() {
-            (remote.trim_end_matches('/').to_owned(), None)
+            (remote.trim_end_matches('/'), None)
         } else {
             let (d, n) = remote.rsplit_once('/').unwrap_or((".", remote));
-            (
-                if d.is_empty() {
-                    "/".to_owned()
-                } else {
-                    d.to_owned()
-                },
-                Some(n.to_owned()),
-            )
+            (d, Some(n.to_owned()))
         };
-        let dir = if dir.is_empty() { "/".to_owned() } else { dir };
-        let script = format!("mkdir -p {d} && tar -x -o -f - -C {d}", d = sh_quote(&dir));
+        let dir = if dir.is_empty() { "/" } else { dir };
+        let script = format!("mkdir -p {d} && tar -x -o -f - -C {d}", d = sh_quote(dir));
         let command = if sudo {
             format!("sudo -n sh -c {}", sh_quote(&script))
         } else {

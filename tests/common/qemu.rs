@@ -6,6 +6,21 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// qemu under TCG as the tests and benchmarks run it: 256 MiB, no display,
+/// no default devices, qboot instead of SeaBIOS.
+pub const BASE_ARGS: [&str; 10] = [
+    "-accel",
+    "tcg",
+    "-m",
+    "256",
+    "-display",
+    "none",
+    "-nodefaults",
+    "-no-user-config",
+    "-bios",
+    "/usr/share/qemu/qboot.rom",
+];
+
 /// Why a box cannot be booted here, if it cannot.
 pub fn unavailable() -> Option<String> {
     if crate::common::host_lacks("qemu-system-x86_64")
@@ -35,17 +50,8 @@ pub fn boot_to_banner(dir: &Path, limit: Duration) -> Result<Duration, String> {
     let console = dir.join("console.log");
     let start = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-m",
-            "256",
-            "-display",
-            "none",
-            "-nodefaults",
-            "-no-user-config",
-        ])
-        .args(["-bios", "/usr/share/qemu/qboot.rom", "-serial"])
+        .args(BASE_ARGS)
+        .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .arg("-kernel")
         .arg(dir.join("vmlinux"))

@@ -29,7 +29,7 @@ pub fn run(app: &App, args: &GlobalStatusArgs) -> Result<ExitCode, CliError> {
         .into_iter()
         .map(|e| {
             let status = recorded(&e).map_or("gone".to_owned(), |s| {
-                super::status::live_status(&s).to_string()
+                crate::backend::observed_status(&s).to_string()
             });
             (e, status)
         })

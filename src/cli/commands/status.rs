@@ -2,7 +2,7 @@ use serde_json::json;
 
 use crate::backend;
 use crate::cli::{App, CliError, ExitCode, MachinesArgs};
-use crate::state::{MachineState, Status};
+use crate::state::Status;
 use crate::ui::{print_json, style};
 
 pub fn run(app: &App, args: &MachinesArgs) -> Result<ExitCode, CliError> {
@@ -13,7 +13,9 @@ pub fn run(app: &App, args: &MachinesArgs) -> Result<ExitCode, CliError> {
     for name in &selected {
         let m = &config.machines[name];
         let state = project.load(name)?;
-        let status = state.as_ref().map_or(Status::NotCreated, live_status);
+        let status = state
+            .as_ref()
+            .map_or(Status::NotCreated, backend::observed_status);
         rows.push((m, state, status));
     }
     if app.mode.json {
@@ -59,16 +61,4 @@ pub fn run(app: &App, args: &MachinesArgs) -> Result<ExitCode, CliError> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The status the backend reports, when this envup has the backend; else
-/// the recorded one.
-pub(crate) fn live_status(state: &MachineState) -> Status {
-    if state.status.is_interrupted() {
-        return state.status;
-    }
-    backend::get(state.backend)
-        .ok()
-        .and_then(|b| b.status(state).ok())
-        .unwrap_or(state.status)
 }
