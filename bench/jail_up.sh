@@ -31,12 +31,20 @@ tar -xf "$ENVUP_HOME/boxes-v1/$digest/rootfs.tar" -C "$work/raw"
 ssh-keygen -q -t ed25519 -N "" -f "$work/hk"; ssh-keygen -q -t ed25519 -N "" -f "$work/ck"
 cp "$work/hk" "$work/raw/etc/ssh/ssh_host_ed25519_key"; cp "$work/ck.pub" "$work/raw/root/.ssh/authorized_keys"
 mount --bind /dev "$work/raw/dev"
-t0=$(now)
-unshare --mount --pid --uts --fork --kill-child --mount-proc="$work/raw/proc" chroot "$work/raw" /bin/sh -c \
-  "/etc/init.d/rcS; exec /usr/sbin/dropbear -F -E -s -p $RAWPORT -r /etc/dropbear/dropbear_ed25519_host_key" >/dev/null 2>&1 &
-until ssh -q -i "$work/ck" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -p $RAWPORT root@127.0.0.1 true 2>/dev/null; do sleep 0.01; done
-t1=$(now)
-raw=$(python3 -c "print($t1-$t0)")
+raw_once() {
+  local t0 t1 pid
+  t0=$(now)
+  unshare --mount --pid --uts --fork --kill-child --mount-proc="$work/raw/proc" chroot "$work/raw" /bin/sh -c \
+    "/etc/init.d/rcS; exec /usr/sbin/dropbear -F -E -s -p $RAWPORT -r /etc/dropbear/dropbear_ed25519_host_key" >/dev/null 2>&1 &
+  pid=$!
+  until ssh -q -i "$work/ck" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -p $RAWPORT root@127.0.0.1 true 2>/dev/null; do sleep 0.01; done
+  t1=$(now)
+  # unshare ignores SIGTERM while it waits; its child dies with it.
+  kill -KILL "$pid"; wait "$pid" 2>/dev/null || true
+  python3 -c "print($t1-$t0)"
+}
+median() { python3 -c "import sys, statistics; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
+ROUNDS=${ROUNDS:-5}
 
 envfile() { # $1: number of machines
   echo '[defaults]'; echo 'box = "tiny"'; echo 'backend = "jail"'; echo 'memory = "128MiB"'
@@ -44,14 +52,23 @@ envfile() { # $1: number of machines
   for i in $(seq 1 "$1"); do echo "[machines.m$i]"; done
 }
 one() { mkdir -p "$work/p$1"; envfile "$2" > "$work/p$1/Envfile"; cd "$work/p$1"; t0=$(now); "$bin" -q up --jobs 4; t1=$(now); cd - >/dev/null; python3 -c "print($t1-$t0)"; }
+down() { (cd "$work/p$1" && "$bin" -q destroy -f >/dev/null); }
 # The box's rootfs is unpacked into the store on first use; do that first.
 one warm 1 >/dev/null
-t_one=$(one 1 1)
-t_four=$(one 4 4)
-sup=$(cut -d' ' -f1 "$work/p1/.envup/machines/m1/jail/supervisor.pid")
+# Each figure is the median of $ROUNDS runs, the three kinds interleaved.
+raws=(); ones=(); fours=()
+for r in $(seq 1 "$ROUNDS"); do
+  raws+=("$(raw_once)")
+  ones+=("$(one 1 1)"); down 1
+  fours+=("$(one 4 4)")
+  [ "$r" = "$ROUNDS" ] || down 4
+done
+echo "runs (s): raw ${raws[*]}; one ${ones[*]}; four ${fours[*]}" >&2
+raw=$(median "${raws[@]}"); t_one=$(median "${ones[@]}"); t_four=$(median "${fours[@]}")
+sup=$(cut -d' ' -f1 "$work/p4/.envup/machines/m1/jail/supervisor.pid")
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$sup/status")
 
-echo "one jail, up to provisioned (tiny):"
+echo "one jail, up to provisioned (tiny), median of $ROUNDS:"
 echo "  raw: unshare + chroot + dropbear, first SSH command $(ms "$raw")"
 echo "  envup up                                           $(ms "$t_one")   ratio $(python3 -c "print(f'{$t_one/$raw:.2f}x')")   target <= 1.5x"
 echo "  envup up, four jails, --jobs 4                     $(ms "$t_four")   $(python3 -c "print(f'{$t_four/$t_one:.2f}x')") one   target <= 2x"

@@ -165,7 +165,14 @@ impl Ops<'_> {
                 Action::Provision { name } => provision.push(name.clone()),
             }
         }
-        let n = self.run_provisioners(m, &mut state, &provision)?;
+        // `up` ends when the machine answers SSH, provisioners or not.
+        let booted = !done.is_empty();
+        let n = if provision.is_empty() && booted {
+            self.wait_ssh(m, &state)?;
+            0
+        } else {
+            self.run_provisioners(m, &mut state, &provision)?
+        };
         if n > 0 {
             done.push("provisioned");
         }
@@ -244,6 +251,24 @@ impl Ops<'_> {
         }
     }
 
+    /// Log in to the machine, waiting up to its `boot_timeout`.
+    fn wait_ssh(&self, m: &Machine, state: &MachineState) -> Result<Ssh, OpError> {
+        let dir = self.project.machine_dir(&m.name);
+        let keys = MachineKeys::ensure(&dir, &m.name)?;
+        let ep = state
+            .ssh
+            .clone()
+            .ok_or_else(|| OpError::NoEndpoint(m.name.clone()))?;
+        let console = dir.join("console.log");
+        self.reporter.step(&m.name, "waiting for SSH");
+        Ok(Ssh::wait(
+            &ep,
+            &keys,
+            m.boot_timeout,
+            console.exists().then_some(console.as_path()),
+        )?)
+    }
+
     /// Run the named provisioners over one SSH session, recording each
     /// one's hash as soon as it succeeds.
     fn run_provisioners(
@@ -255,20 +280,8 @@ impl Ops<'_> {
         if names.is_empty() {
             return Ok(0);
         }
+        let ssh = self.wait_ssh(m, state)?;
         let dir = self.project.machine_dir(&m.name);
-        let keys = MachineKeys::ensure(&dir, &m.name)?;
-        let ep = state
-            .ssh
-            .clone()
-            .ok_or_else(|| OpError::NoEndpoint(m.name.clone()))?;
-        let console = dir.join("console.log");
-        self.reporter.step(&m.name, "waiting for SSH");
-        let ssh = Ssh::wait(
-            &ep,
-            &keys,
-            m.boot_timeout,
-            console.exists().then_some(console.as_path()),
-        )?;
         // Only templated provisioners need the other machines' states.
         let scope = if names
             .iter()

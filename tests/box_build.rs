@@ -170,6 +170,7 @@ fn tiny_answers_envups_ssh() -> Result<(), Failed> {
         .spawn()
         .unwrap();
     let ep = envup::state::machine::SshEndpoint {
+        netns: None,
         host: "127.0.0.1".into(),
         port,
         user: "root".into(),
@@ -210,17 +211,8 @@ fn tiny_boots_under_tcg() -> Result<(), Failed> {
 }
 
 fn debian_bookworm_builds() -> Result<(), Failed> {
-    let p = Project::new();
-    let out = p.path().join("bookworm.box");
-    p.cmd(&[
-        "box",
-        "build",
-        "debian-bookworm",
-        "-o",
-        out.to_str().unwrap(),
-    ])
-    .out()
-    .status(0);
+    // Built once for all the tests that need it (the backends' too).
+    let out = common::boxes::built_box("debian-bookworm");
     let dir = tempfile::tempdir().unwrap();
     unpack(&out, dir.path());
     let names: Vec<String> =

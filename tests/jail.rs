@@ -33,22 +33,20 @@ fn unavailable() -> Option<String> {
 /// One ENVUP_HOME with `tiny` in its store, shared by the tests.
 fn home() -> &'static tempfile::TempDir {
     static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
-    HOME.get_or_init(|| {
-        let h = tempfile::tempdir().unwrap();
-        let p = Project::new();
-        p.cmd(&[
-            "-q",
-            "box",
-            "build",
-            "tiny",
-            "-o",
-            p.path().join("t.box").to_str().unwrap(),
-        ])
-        .env("ENVUP_HOME", h.path().to_str().unwrap())
-        .out()
-        .status(0);
-        h
-    })
+    HOME.get_or_init(|| common::boxes::home_with(&["tiny"]))
+}
+
+/// `debian/bookworm` added to that store, for the test that needs it.
+fn with_debian() {
+    static ADDED: OnceLock<()> = OnceLock::new();
+    ADDED.get_or_init(|| {
+        let b = common::boxes::built_box("debian-bookworm");
+        Project::new()
+            .cmd(&["-q", "box", "add", b.to_str().unwrap()])
+            .env("ENVUP_HOME", home().path().to_str().unwrap())
+            .out()
+            .status(0);
+    });
 }
 
 fn project(envfile: &str) -> Project {
@@ -185,6 +183,42 @@ fn lifecycle() -> Result<(), Failed> {
     destroy_and_check(&p)
 }
 
+/// A real distribution with systemd as the jail's init.
+fn debian_lifecycle() -> Result<(), Failed> {
+    with_debian();
+    let p = project(
+        "[machines.web]\nbox = \"debian/bookworm\"\nbackend = \"jail\"\nmemory = \"1GiB\"\n\
+         provision = [{ name = \"hi\", shell = \"echo provisioned > /root/p\" }]\n",
+    );
+    envup(&p, &["up"]).status(0);
+    check(
+        exec(&p, "web", "cat /root/p") == "provisioned\n",
+        "provisioner did not run",
+    )?;
+    check(
+        exec(&p, "web", "cat /proc/1/comm") == "systemd\n",
+        "systemd is not the jail's init",
+    )?;
+    let state = exec(&p, "web", "systemctl is-system-running --wait || true");
+    check(
+        state.trim() == "running" || state.trim() == "degraded",
+        format!("systemd says {state:?}"),
+    )?;
+    exec(&p, "web", "echo kept > /root/data");
+    let t = std::time::Instant::now();
+    envup(&p, &["halt"]).status(0);
+    check(
+        t.elapsed() < envup::backend::jail::HALT_DEADLINE,
+        format!("systemd did not power off in time ({:?})", t.elapsed()),
+    )?;
+    envup(&p, &["up"]).status(0);
+    check(
+        exec(&p, "web", "cat /root/data") == "kept\n",
+        "data lost across halt and up",
+    )?;
+    destroy_and_check(&p)
+}
+
 fn http_get(port: u16) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -248,6 +282,20 @@ fn jail_cannot_see_or_exceed() -> Result<(), Failed> {
             "cat /tmp/envup-host-secret-for-jail-test 2>/dev/null || echo unseen",
         ) == "unseen\n",
         "a host path is visible",
+    )?;
+    // Root in the jail lacks the capabilities that reach past it.
+    let bounding = exec(&p, "web", "grep CapBnd /proc/self/status | cut -f2");
+    let bounding = u64::from_str_radix(bounding.trim(), 16).unwrap();
+    for (cap, name) in envup::backend::jail::DROPPED_CAPS {
+        check(bounding & (1 << cap) == 0, format!("{name} is kept"))?;
+    }
+    check(
+        exec(
+            &p,
+            "web",
+            "mknod /tmp/sda b 8 0 2>/dev/null && echo made || echo refused",
+        ) == "refused\n",
+        "mknod of a block device worked",
     )?;
     // The memory limit is the Envfile's, on the jail's own cgroup.
     let limit = exec(
@@ -336,6 +384,7 @@ fn main() {
     }
     let tests: Vec<(&str, TestFn)> = vec![
         ("lifecycle", lifecycle),
+        ("debian_lifecycle", debian_lifecycle),
         ("two_jails_serve_port_80", two_jails_serve_port_80),
         ("jail_cannot_see_or_exceed", jail_cannot_see_or_exceed),
     ];

@@ -104,9 +104,6 @@ pub enum Command {
     Doctor,
     /// Print a shell completion script.
     Completions(CompletionsArgs),
-    /// (internal) keep one jail: started by `up`, not by people.
-    #[command(name = "__jail-supervise", hide = true)]
-    JailSupervise { dir: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -332,10 +329,6 @@ fn init_logging(verbose: u8) {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    if let Command::JailSupervise { dir } = &cli.command {
-        let code = crate::backend::jail::supervise(dir);
-        return Ok(ExitCode(u8::try_from(code).unwrap_or(1)));
-    }
     let app = App::new(&cli)?;
     use commands as c;
     match cli.command {
@@ -360,6 +353,5 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Update(a) => c::lock::update(&app, &a),
         Command::Doctor => c::doctor::run(&app),
         Command::Completions(a) => c::completions::run(&a),
-        Command::JailSupervise { .. } => unreachable!("handled above"),
     }
 }

@@ -121,6 +121,20 @@ pub struct Ssh {
 
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Connect to 127.0.0.1:22 inside the network namespace at `ns`, from a
+/// thread that enters it (a socket stays in the namespace it was made in).
+fn connect_in_netns(ns: &Path, timeout: Duration) -> std::io::Result<TcpStream> {
+    let f = std::fs::File::open(ns)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            TcpStream::connect_timeout(&(std::net::Ipv4Addr::LOCALHOST, 22).into(), timeout)
+        })
+        .join()
+        .expect("connect thread")
+    })
+}
+
 impl Ssh {
     /// Connect, check the host key, log in: one attempt.
     pub fn connect(
@@ -138,7 +152,15 @@ impl Ssh {
             .map_err(connect_err)?
             .next()
             .ok_or_else(|| connect_err(std::io::Error::new(ErrorKind::NotFound, "no address")))?;
-        let tcp = TcpStream::connect_timeout(&sock, timeout).map_err(connect_err)?;
+        let tcp = match ep
+            .netns
+            .as_deref()
+            .filter(|_| nix::unistd::geteuid().is_root())
+        {
+            Some(ns) => connect_in_netns(ns, timeout),
+            None => TcpStream::connect_timeout(&sock, timeout),
+        }
+        .map_err(connect_err)?;
         tcp.set_nodelay(true).ok();
         let mut session = ssh2::Session::new().map_err(|source| SshError::Handshake {
             addr: addr.clone(),
@@ -197,7 +219,8 @@ impl Ssh {
         console: Option<&Path>,
     ) -> Result<Ssh, SshError> {
         let start = Instant::now();
-        let mut pause = Duration::from_millis(20);
+        // Refused connections cost next to nothing: ask often at first.
+        let mut pause = Duration::from_millis(5);
         loop {
             let left = deadline.saturating_sub(start.elapsed());
             match Ssh::connect(
@@ -218,7 +241,7 @@ impl Ssh {
                 Err(e) => {
                     tracing::debug!("waiting for SSH on {}:{}: {}", ep.host, ep.port, e.short());
                     std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(500));
+                    pause = (pause * 3 / 2).min(Duration::from_millis(250));
                 }
             }
         }

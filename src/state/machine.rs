@@ -118,6 +118,11 @@ pub struct SshEndpoint {
     pub host: String,
     pub port: u16,
     pub user: String,
+    /// A network namespace (a jail's) in which envup, when root, reaches
+    /// the SSH server directly at 127.0.0.1:22, skipping the port forward
+    /// that `host:port` goes through for everyone else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

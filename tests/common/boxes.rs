@@ -118,3 +118,57 @@ pub fn manifest_for(artifacts: &[(&str, &str, &[u8])]) -> String {
     }
     s
 }
+
+/// A box built from `boxes/<recipe>.toml`, once per recipe text: kept in
+/// `target/test-boxes/` and shared by every test binary (each takes a file
+/// lock while it builds), so the end-to-end tests of the jail, container
+/// and qemu backends build `debian-bookworm` once between them.
+pub fn built_box(recipe: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read(root.join("boxes").join(format!("{recipe}.toml"))).unwrap();
+    let digest = envup::boxes::archive::hex(&<sha2::Sha256 as sha2::Digest>::digest(&text));
+    let dir = root.join("target/test-boxes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("{recipe}-{}.box", &digest[..12]));
+    let lock = std::fs::File::create(dir.join(format!("{recipe}.lock"))).unwrap();
+    lock.lock().unwrap();
+    if !out.exists() {
+        let home = tempfile::tempdir().unwrap();
+        let tmp = dir.join(format!("{recipe}.box.part"));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_envup"))
+            .args(["-q", "box", "build", recipe, "-o"])
+            .arg(&tmp)
+            .env("ENVUP_HOME", home.path())
+            .current_dir(root)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "building {recipe} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
+}
+
+/// An ENVUP_HOME holding these built boxes.
+pub fn home_with(recipes: &[&str]) -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    for r in recipes {
+        let b = built_box(r);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_envup"))
+            .args(["-q", "box", "add"])
+            .arg(&b)
+            .env("ENVUP_HOME", home.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "adding {}: {}",
+            b.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    home
+}

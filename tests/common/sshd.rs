@@ -105,6 +105,7 @@ pub fn running_machine(root: &Path, name: &str, port: u16) -> MachineKeys {
     st.apply(Event::Created).unwrap();
     st.apply(Event::Started).unwrap();
     st.ssh = Some(SshEndpoint {
+        netns: None,
         host: "127.0.0.1".into(),
         port,
         user: "root".into(),

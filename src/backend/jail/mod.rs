@@ -1,11 +1,16 @@
 //! The jail backend on Linux: mount, pid, uts, ipc and network namespaces,
 //! an overlayfs over the stored box rootfs, `pivot_root`, a fresh /proc, a
 //! minimal /dev, a read-only /sys, cgroup limits, and pasta for the private
-//! network's forwarded ports. A small supervisor process (this same binary,
-//! `envup __jail-supervise DIR`) keeps each jail and outlives the command
-//! that started it.
+//! network's forwarded ports. A small supervisor process
+//! (`envup-jail-supervisor DIR`, a binary of its own installed beside
+//! `envup` so that it stays small in memory) keeps each jail and outlives
+//! the command that started it.
 
 mod cgroup;
+// Built everywhere so its parameters are tested everywhere; only FreeBSD
+// runs them.
+#[cfg_attr(not(target_os = "freebsd"), allow(dead_code))]
+pub mod freebsd;
 pub mod probe;
 mod supervisor;
 
@@ -26,7 +31,7 @@ use crate::state::machine::SshEndpoint;
 use crate::state::{MachineState, Status};
 
 pub use probe::probe;
-pub use supervisor::supervise;
+pub use supervisor::{DROPPED_CAPS, supervise};
 
 /// How long a graceful halt may take before the jail is killed.
 pub const HALT_DEADLINE: Duration = Duration::from_secs(10);
@@ -126,6 +131,22 @@ fn start_time(pid: i32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The supervisor's program name.
+pub const SUPERVISOR: &str = "envup-jail-supervisor";
+
+/// The supervisor binary, installed beside `envup`.
+fn supervisor_exe() -> Result<PathBuf, BackendError> {
+    let exe = std::env::current_exe().map_err(failed)?;
+    let sup = exe.with_file_name(SUPERVISOR);
+    if sup.is_file() {
+        return Ok(sup);
+    }
+    Err(failed(format!(
+        "{} is missing: it is installed beside envup (cargo install installs both)",
+        sup.display()
+    )))
+}
+
 /// The supervisor recorded in the state, if it is still running and still
 /// ours (same pid and start time, running our supervise command).
 fn live_supervisor(state: &MachineState) -> Option<i32> {
@@ -138,7 +159,7 @@ fn live_supervisor(state: &MachineState) -> Option<i32> {
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     String::from_utf8_lossy(&cmdline)
-        .contains("__jail-supervise")
+        .contains(SUPERVISOR)
         .then_some(pid)
 }
 
@@ -219,6 +240,7 @@ impl Backend for JailBackend {
             host: "127.0.0.1".into(),
             port: cfg.ssh_port,
             user: "root".into(),
+            netns: (cfg.network == JailNetwork::Private).then(|| supervisor::netns_path(&cfg)),
         });
         state.forwards = m.forwards.clone();
         Ok(())
@@ -232,15 +254,14 @@ impl Backend for JailBackend {
         let log = dir.join("supervisor.log");
         let pidfile = dir.join("supervisor.pid");
         let _ = std::fs::remove_file(&pidfile);
-        let exe = std::env::current_exe().map_err(failed)?;
+        let exe = supervisor_exe()?;
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .map_err(failed)?;
         let mut cmd = Command::new(exe);
-        cmd.arg("__jail-supervise")
-            .arg(&dir)
+        cmd.arg(&dir)
             .stdin(Stdio::null())
             .stdout(logf.try_clone().map_err(failed)?)
             .stderr(logf);

@@ -27,7 +27,7 @@ extern "C" fn on_signal(sig: i32) {
     REQUEST.fetch_max(want, Ordering::SeqCst);
 }
 
-fn netns_path(cfg: &JailConfig) -> std::path::PathBuf {
+pub fn netns_path(cfg: &JailConfig) -> std::path::PathBuf {
     Path::new("/run/netns").join(&cfg.id)
 }
 
@@ -46,7 +46,7 @@ fn enter(cfg: &JailConfig, ready: std::os::fd::OwnedFd) -> isize {
     // Wait until the supervisor has put us in the cgroup and the network.
     let mut b = [0u8; 1];
     let _ = nix::unistd::read(&ready, &mut b);
-    match setup_root(cfg) {
+    match setup_root(cfg).and_then(|()| drop_capabilities(cfg.network)) {
         Ok(()) => {
             let init = ["/sbin/init", "/usr/sbin/init", "/lib/systemd/systemd"]
                 .into_iter()
@@ -67,6 +67,50 @@ fn enter(cfg: &JailConfig, ready: std::os::fd::OwnedFd) -> isize {
             126
         }
     }
+}
+
+/// Capabilities taken from the jail's bounding set before init starts, so
+/// no process in the jail ever has them (docs/backends/jail.md says why
+/// each goes and why the rest stay).
+pub const DROPPED_CAPS: [(u32, &str); 15] = [
+    (2, "CAP_DAC_READ_SEARCH"),
+    (9, "CAP_LINUX_IMMUTABLE"),
+    (16, "CAP_SYS_MODULE"),
+    (17, "CAP_SYS_RAWIO"),
+    (20, "CAP_SYS_PACCT"),
+    (25, "CAP_SYS_TIME"),
+    (26, "CAP_SYS_TTY_CONFIG"),
+    (27, "CAP_MKNOD"),
+    (30, "CAP_AUDIT_CONTROL"),
+    (32, "CAP_MAC_OVERRIDE"),
+    (33, "CAP_MAC_ADMIN"),
+    (34, "CAP_SYSLOG"),
+    (35, "CAP_WAKE_ALARM"),
+    (36, "CAP_BLOCK_SUSPEND"),
+    (39, "CAP_BPF"),
+];
+/// Also dropped when the jail shares the host's network.
+const CAP_NET_ADMIN: u32 = 12;
+
+fn drop_capabilities(network: JailNetwork) -> Result<(), String> {
+    let extra = (network == JailNetwork::Host).then_some((CAP_NET_ADMIN, "CAP_NET_ADMIN"));
+    for (cap, name) in DROPPED_CAPS.into_iter().chain(extra) {
+        // SAFETY: PR_CAPBSET_DROP takes an integer and touches no memory.
+        let r = unsafe {
+            nix::libc::prctl(
+                nix::libc::PR_CAPBSET_DROP,
+                cap as nix::libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
+        // EINVAL: a capability this kernel does not know; nothing to drop.
+        if r != 0 && nix::errno::Errno::last() != nix::errno::Errno::EINVAL {
+            return Err(format!("cannot drop {name}: {}", nix::errno::Errno::last()));
+        }
+    }
+    Ok(())
 }
 
 fn setup_root(cfg: &JailConfig) -> Result<(), String> {
@@ -205,6 +249,9 @@ fn connect_network(cfg: &JailConfig, child: Pid) -> Result<Child, String> {
     .map_err(|e| format!("naming the network namespace: {e}"))?;
     let mut cmd = Command::new("pasta");
     cmd.args(["--foreground", "--quiet", "--runas", "0", "--config-net"]);
+    // Nothing from the jail to the host's own ports: pasta would otherwise
+    // mirror every port the host listens on into the jail.
+    cmd.args(["-T", "none", "-U", "none"]);
     cmd.args(["-t", &format!("127.0.0.1/{}:22", cfg.ssh_port)]);
     for f in &cfg.forwards {
         let flag = if f.protocol == Protocol::Udp {
