@@ -102,6 +102,7 @@ impl Ops<'_> {
             return Ok("already up; nothing to do".into());
         }
         let backend = backend::get(m.backend)?;
+        backend.check(m)?;
         let mut state = recorded.unwrap_or_else(|| MachineState::new(name, m.backend));
         state.dir = Some(self.project.machine_dir(name));
         let mut done = Vec::new();

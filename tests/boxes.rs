@@ -563,7 +563,7 @@ fn lock_pins_and_update_moves_on() {
     );
     p.write(
         "Envfile",
-        "[machines.web]\nbox = \"acme/tiny\"\nbackend = \"container\"\n",
+        "[machines.web]\nbox = \"acme/tiny\"\nbackend = \"container\"\ncontainer = { engine = \"lxc\" }\n",
     );
     let cats = format!("{}/cat", server.base);
 
@@ -582,7 +582,7 @@ fn lock_pins_and_update_moves_on() {
     p.cmd(&["up", "--locked"])
         .out()
         .status(1)
-        .stderr_has("backend is not available in this build");
+        .stderr_has("engine is not available in this build");
 
     // A newer version appears: lock keeps the pin, update moves it.
     server.put(
@@ -609,7 +609,7 @@ fn lock_pins_and_update_moves_on() {
     // box_version that the pin no longer meets: the pin is stale.
     p.write(
         "Envfile",
-        "[machines.web]\nbox = \"acme/tiny\"\nbox_version = \"<1.1\"\nbackend = \"container\"\n",
+        "[machines.web]\nbox = \"acme/tiny\"\nbox_version = \"<1.1\"\nbackend = \"container\"\ncontainer = { engine = \"lxc\" }\n",
     );
     p.cmd(&["up", "--locked"])
         .out()

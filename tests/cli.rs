@@ -240,7 +240,7 @@ fn up_says_plainly_that_the_backend_is_missing() {
     p.cmd(&["up"])
         .out()
         .status(1)
-        .stderr_has("the container backend is not available in this build of envup yet")
+        .stderr_has("the lxc engine is not available in this build of envup yet")
         .stderr_has("web: skipped: `db` failed")
         .stderr_has("2 of 2 machines could not be brought up");
     assert!(

@@ -19,6 +19,8 @@ use crate::state::{MachineState, Status};
 pub enum BackendError {
     #[error("the {0} backend is not available in this build of envup yet")]
     NotBuilt(BackendKind),
+    #[error("the {0} backend cannot take snapshots")]
+    NoSnapshots(BackendKind),
     #[error("{0}")]
     Failed(String),
 }
@@ -27,6 +29,10 @@ pub enum BackendError {
 /// methods that say the backend does not support them.
 pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
+    /// Refuse, before anything is made, a machine this backend cannot run.
+    fn check(&self, _m: &Machine) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// Create the machine from the stored box (read-only: a machine's own
     /// changes go to a layer of its own), with `keys` placed before its first boot (the
     /// client key authorized for its SSH user, the host key for its sshd);
@@ -45,12 +51,64 @@ pub trait Backend: Send + Sync {
     fn destroy(&self, state: &MachineState) -> Result<(), BackendError>;
     /// What the machine is doing now, asked of the backend itself.
     fn status(&self, state: &MachineState) -> Result<Status, BackendError>;
+
+    /// Save the machine as snapshot `name`.
+    fn snapshot_save(&self, _state: &MachineState, _name: &str) -> Result<(), BackendError> {
+        Err(BackendError::NoSnapshots(self.kind()))
+    }
+    /// Bring the machine back to snapshot `name`.
+    fn snapshot_restore(&self, _state: &mut MachineState, _name: &str) -> Result<(), BackendError> {
+        Err(BackendError::NoSnapshots(self.kind()))
+    }
+    /// The machine's snapshots, by name.
+    fn snapshot_list(&self, _state: &MachineState) -> Result<Vec<String>, BackendError> {
+        Err(BackendError::NoSnapshots(self.kind()))
+    }
+    fn snapshot_delete(&self, _state: &MachineState, _name: &str) -> Result<(), BackendError> {
+        Err(BackendError::NoSnapshots(self.kind()))
+    }
+}
+
+/// A port on 127.0.0.1 for a machine's SSH server (and kept for the
+/// machine's life): free now, and below the kernel's ephemeral range, so
+/// an outgoing connection cannot take it while the machine is stopped.
+pub fn ssh_port() -> Result<u16, BackendError> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = if low > 12000 {
+        (10000u16, low)
+    } else {
+        (low, 65535)
+    };
+    let mut seed = [0u8; 2];
+    let _ = getrandom_port(&mut seed);
+    let span = u32::from(to - from);
+    let start = u32::from(u16::from_le_bytes(seed)) % span;
+    for i in 0..span.min(500) {
+        let port = from + ((start + i * 7919) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| BackendError::Failed(format!("cannot find a free port: {e}")))?;
+    Ok(l.local_addr()
+        .map_err(|e| BackendError::Failed(e.to_string()))?
+        .port())
+}
+
+fn getrandom_port(buf: &mut [u8]) -> Result<(), rand_core::Error> {
+    use rand_core::RngCore;
+    rand_core::OsRng.try_fill_bytes(buf)
 }
 
 /// The backend for `kind`, or why there is none.
 pub fn get(kind: BackendKind) -> Result<Box<dyn Backend>, BackendError> {
     match kind {
         BackendKind::Jail if cfg!(target_os = "linux") => Ok(Box::new(jail::JailBackend)),
+        BackendKind::Container => Ok(Box::new(container::ContainerBackend)),
         other => Err(BackendError::NotBuilt(other)),
     }
 }

@@ -116,12 +116,13 @@ impl Done {
     }
 }
 
-/// Machines on a backend this build does not have yet (container), so
-/// commands run without creating anything.
+/// Machines on an engine this build does not have yet (lxc), so commands
+/// run without creating anything.
 pub const TWO_MACHINES: &str = r#"
 [defaults]
 box = "tiny"
 backend = "container"
+container = { engine = "lxc" }
 
 [machines.db]
 forward = [{ guest = 5432, host = 15432 }]

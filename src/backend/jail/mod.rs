@@ -67,13 +67,6 @@ fn jail_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("jail")
 }
 
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> Result<u16, BackendError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| failed(format!("cannot find a free port: {e}")))?;
-    Ok(l.local_addr().map_err(failed)?.port())
-}
-
 /// The box's rootfs unpacked once, beside its artifacts in the store; every
 /// jail from the box uses it read-only as its lower layer.
 fn lower_dir(stored: &StoredBox) -> Result<PathBuf, BackendError> {
@@ -215,7 +208,7 @@ impl Backend for JailBackend {
         }
         let digest = <sha2::Sha256 as sha2::Digest>::digest(dir.as_os_str().as_encoded_bytes());
         let id = format!("envup-{}", &crate::boxes::archive::hex(&digest)[..12]);
-        let port = free_port()?;
+        let port = super::ssh_port()?;
         let cfg = JailConfig {
             lower,
             upper,

@@ -11,6 +11,23 @@ use crate::state::{MachineState, envup_home, read_json};
 use crate::ui::{print_json, style};
 
 /// Digest → the machines (`project/machine`) created from that box.
+/// Remove a box from the store, and the images container engines made of it.
+fn remove_box(
+    app: &App,
+    store: &crate::boxes::Store,
+    b: &crate::boxes::StoredBox,
+) -> Result<(), CliError> {
+    store.remove(b)?;
+    let images = crate::backend::container::remove_box_images(&b.digest);
+    if !app.mode.quiet {
+        anstream::println!("removed {}", describe(b));
+        for i in images {
+            anstream::println!("removed {i}");
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn boxes_in_use() -> Result<HashMap<String, Vec<String>>, CliError> {
     let mut used: HashMap<String, Vec<String>> = HashMap::new();
     for e in Index::new(&envup_home()?).entries()? {
@@ -166,10 +183,7 @@ pub fn run(app: &App, cmd: &BoxCommand) -> Result<ExitCode, CliError> {
                 }
             }
             for b in &matches {
-                store.remove(b)?;
-                if !app.mode.quiet {
-                    anstream::println!("removed {}", describe(b));
-                }
+                remove_box(app, &store, b)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -188,11 +202,8 @@ pub fn run(app: &App, cmd: &BoxCommand) -> Result<ExitCode, CliError> {
                 if keep_newest || used.contains_key(&b.digest) {
                     continue;
                 }
-                store.remove(b)?;
+                remove_box(app, &store, b)?;
                 removed += 1;
-                if !app.mode.quiet {
-                    anstream::println!("removed {}", describe(b));
-                }
             }
             let leftovers = store.clean_leftovers()?;
             if !app.mode.quiet {

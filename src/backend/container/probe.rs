@@ -1,8 +1,8 @@
-//! The container backend: Docker, Podman and LXC. For now, the host probe.
+//! What `doctor` says about the container engines.
 
 use std::time::Duration;
 
-use super::Check;
+use crate::backend::Check;
 use crate::host::{first_line, run_with_timeout, which};
 
 /// Which engines answer. The backend is usable when any one does.

@@ -1,0 +1,278 @@
+//! One container engine's command line: Docker or Podman (the two share
+//! their CLI), with the extra arguments this host needs, found by trying.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BackendError;
+use crate::envfile::config::Engine;
+use crate::host::{first_line, run_with_timeout, which};
+
+/// How long an engine may take to answer `version` when probed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Docker,
+    Podman,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Docker => "docker",
+            Kind::Podman => "podman",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "docker" => Some(Kind::Docker),
+            "podman" => Some(Kind::Podman),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineCli {
+    pub kind: Kind,
+    pub program: PathBuf,
+}
+
+fn failed(what: impl std::fmt::Display) -> BackendError {
+    BackendError::Failed(what.to_string())
+}
+
+/// The image a box's rootfs becomes in an engine.
+pub fn box_image(digest: &str) -> String {
+    format!("localhost/envup-box:{digest}")
+}
+
+/// Where a machine's snapshots live in an engine.
+pub fn snapshot_repo(container: &str) -> String {
+    format!("localhost/envup-snapshot-{container}")
+}
+
+impl EngineCli {
+    /// The engine an Envfile's `engine` names; for `auto`, Docker when its
+    /// engine answers, then Podman. The error says what was tried.
+    pub fn choose(want: Engine) -> Result<EngineCli, BackendError> {
+        let kinds: &[Kind] = match want {
+            Engine::Auto => &[Kind::Docker, Kind::Podman],
+            // Named: installed is enough; the engine's own errors say the rest.
+            Engine::Docker => return Self::named("docker"),
+            Engine::Podman => return Self::named("podman"),
+            Engine::Lxc => return Err(failed(super::LXC_MISSING)),
+        };
+        let mut why = Vec::new();
+        for &k in kinds {
+            match EngineCli::find(k) {
+                Ok(e) => return Ok(e),
+                Err(e) => why.push(e),
+            }
+        }
+        Err(failed(format!(
+            "no container engine works here: {} (`envup doctor` says more)",
+            why.join("; ")
+        )))
+    }
+
+    /// The engine `kind`, if its program is installed and it answers.
+    pub fn find(kind: Kind) -> Result<EngineCli, String> {
+        let program =
+            which(kind.name()).ok_or_else(|| format!("{} is not installed", kind.name()))?;
+        let fmt = match kind {
+            Kind::Docker => "{{.Server.Version}}",
+            Kind::Podman => "{{.Client.Version}}",
+        };
+        match run_with_timeout(&program, &["version", "--format", fmt], PROBE_TIMEOUT) {
+            Ok(o) if o.status.success() => Ok(EngineCli { kind, program }),
+            Ok(o) => Err(format!(
+                "{} does not answer: {}",
+                kind.name(),
+                first_line(&o)
+            )),
+            Err(e) => Err(format!("{}: {e}", kind.name())),
+        }
+    }
+
+    /// The engine a machine was created with, by name.
+    pub fn named(name: &str) -> Result<EngineCli, BackendError> {
+        let kind = Kind::parse(name).ok_or_else(|| {
+            failed(format!(
+                "unknown container engine `{name}` in the machine's state"
+            ))
+        })?;
+        let program = which(kind.name()).ok_or_else(|| {
+            failed(format!(
+                "the machine was made with {name}, which is no longer installed"
+            ))
+        })?;
+        Ok(EngineCli { kind, program })
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Run the engine with `args`; its stdout when it succeeds, else an
+    /// error naming the command and what the engine said.
+    pub fn run(&self, args: &[&str]) -> Result<String, BackendError> {
+        let out = self
+            .command()
+            .args(args)
+            .output()
+            .map_err(|e| failed(format!("cannot run {}: {e}", self.program.display())))?;
+        self.check(args, out)
+    }
+
+    fn check(&self, args: &[&str], out: Output) -> Result<String, BackendError> {
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        Err(failed(format!(
+            "`{} {}` failed: {}",
+            self.kind.name(),
+            args.iter().take(2).copied().collect::<Vec<_>>().join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+
+    /// Remove a container, running or not, at once (Podman would otherwise
+    /// wait its stop timeout first).
+    pub fn remove_container(&self, name: &str) -> Result<String, BackendError> {
+        match self.kind {
+            Kind::Docker => self.run(&["rm", "--force", name]),
+            Kind::Podman => self.run(&["rm", "--force", "--time", "0", name]),
+        }
+    }
+
+    /// Whether the engine has `image`.
+    pub fn has_image(&self, image: &str) -> bool {
+        self.command()
+            .args(["image", "inspect", image])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Import a box's rootfs tar as `image`, labelled with the box's digest.
+    pub fn import(&self, rootfs: &Path, image: &str, digest: &str) -> Result<(), BackendError> {
+        let label = format!("LABEL envup.box={digest}");
+        let rootfs = rootfs.to_string_lossy();
+        self.run(&[
+            "import",
+            "--change",
+            "CMD [\"/sbin/init\"]",
+            "--change",
+            &label,
+            &rootfs,
+            image,
+        ])?;
+        Ok(())
+    }
+
+    /// Arguments every `create` on this host needs, found once by starting
+    /// `image` with each candidate until one works, and kept in
+    /// `$ENVUP_HOME/engines/<engine>.json` (for this engine's version).
+    pub fn host_args(&self, image: &str) -> Result<Vec<String>, BackendError> {
+        if self.kind == Kind::Docker {
+            return Ok(Vec::new());
+        }
+        // Found again whenever the engine's program changes.
+        let meta = std::fs::metadata(&self.program).map_err(failed)?;
+        let version = format!("{} {:?}", meta.len(), meta.modified().map_err(failed)?);
+        let cache = crate::state::envup_home()
+            .map_err(failed)?
+            .join("engines")
+            .join(format!("{}.json", self.kind.name()));
+        #[derive(Serialize, Deserialize)]
+        struct Found {
+            version: String,
+            args: Vec<String>,
+        }
+        if let Ok(Some(f)) = crate::state::read_json::<Found>(&cache)
+            && f.version == version
+        {
+            return Ok(f.args);
+        }
+        let mut tried = Vec::new();
+        for args in host_arg_candidates(which("runc").is_some(), which("crun").is_some()) {
+            let mut cmd: Vec<&str> = vec!["run", "--rm"];
+            cmd.extend(args.iter().map(String::as_str));
+            cmd.extend([image, "/bin/true"]);
+            match self.run(&cmd) {
+                Ok(_) => {
+                    let found = Found {
+                        version: version.clone(),
+                        args: args.clone(),
+                    };
+                    crate::state::write_json(&cache, &found).map_err(failed)?;
+                    if !args.is_empty() {
+                        tracing::info!("{} needs {:?} on this host", self.kind.name(), args);
+                    }
+                    return Ok(args);
+                }
+                Err(e) => tried.push(format!("[{}]: {e}", args.join(" "))),
+            }
+        }
+        Err(failed(format!(
+            "{} cannot start a container on this host; tried {}",
+            self.kind.name(),
+            tried.join("; ")
+        )))
+    }
+}
+
+/// What Podman may need on a host, in the order tried: nothing; explicit
+/// resource limits (its defaults raise limits some hosts refuse); runc in
+/// place of crun (crun refuses hybrid cgroup hosts); both.
+pub fn host_arg_candidates(has_runc: bool, has_crun: bool) -> Vec<Vec<String>> {
+    let ulimits: Vec<String> = [
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=4096:4096",
+    ]
+    .map(String::from)
+    .to_vec();
+    let runc: Vec<String> = vec!["--runtime".into(), "runc".into()];
+    let mut c = vec![Vec::new(), ulimits.clone()];
+    if has_runc && has_crun {
+        c.push(runc.clone());
+        c.push([runc, ulimits].concat());
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_try_runc_only_when_both_runtimes_exist() {
+        assert_eq!(host_arg_candidates(true, false).len(), 2);
+        let c = host_arg_candidates(true, true);
+        assert_eq!(c.len(), 4);
+        assert!(c[0].is_empty());
+        assert_eq!(c[2], ["--runtime", "runc"]);
+        assert_eq!(c[3][..2], ["--runtime".to_owned(), "runc".to_owned()]);
+    }
+
+    #[test]
+    fn image_names() {
+        assert_eq!(box_image("ab12"), "localhost/envup-box:ab12");
+        assert_eq!(
+            snapshot_repo("envup-0123"),
+            "localhost/envup-snapshot-envup-0123"
+        );
+    }
+}

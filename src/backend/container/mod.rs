@@ -1,0 +1,490 @@
+//! The container backend: a machine is a Docker or Podman container made
+//! from the box's rootfs, imported once per engine as an image named by the
+//! box's digest. The box's own init runs as the container's first process
+//! and starts its SSH server; envup reaches it on a port published on
+//! 127.0.0.1.
+
+pub mod engine;
+mod probe;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Backend, BackendError};
+use crate::boxes::StoredBox;
+use crate::envfile::config::Protocol;
+use crate::envfile::{BackendKind, Machine};
+use crate::ssh::MachineKeys;
+use crate::state::machine::SshEndpoint;
+use crate::state::{MachineState, Status};
+use engine::{EngineCli, Kind, box_image, snapshot_repo};
+
+pub use probe::probe;
+
+/// How long a graceful halt may take before the container is stopped hard.
+pub const HALT_DEADLINE: Duration = Duration::from_secs(10);
+/// The pids limit every container gets.
+pub const PIDS_MAX: u64 = 1024;
+
+pub struct ContainerBackend;
+
+pub const LXC_MISSING: &str = "the lxc engine is not available in this build of envup yet; use engine = \"docker\" or \"podman\"";
+
+fn failed(what: impl std::fmt::Display) -> BackendError {
+    BackendError::Failed(what.to_string())
+}
+
+/// What a container was created with, kept so that `snapshot restore` can
+/// make it again from another image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Created {
+    engine: Kind,
+    name: String,
+    /// `create` arguments, without the image.
+    args: Vec<String>,
+}
+
+fn record_path(state: &MachineState) -> Result<PathBuf, BackendError> {
+    Ok(state
+        .dir
+        .clone()
+        .ok_or_else(|| failed("the machine's state does not say where its directory is"))?
+        .join("container.json"))
+}
+
+fn load(state: &MachineState) -> Result<(EngineCli, Created), BackendError> {
+    let p = record_path(state)?;
+    let c: Created = crate::state::read_json(&p)
+        .map_err(failed)?
+        .ok_or_else(|| failed(format!("{} is missing", p.display())))?;
+    Ok((EngineCli::named(c.engine.name())?, c))
+}
+
+/// The container's name on the engine, from the machine's directory.
+fn container_name(dir: &Path) -> String {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(dir.as_os_str().as_encoded_bytes());
+    format!("envup-{}", &crate::boxes::archive::hex(&digest)[..12])
+}
+
+/// The box's image in this engine, imported on first use (under a lock in
+/// the store entry, so machines made at once import it once).
+fn ensure_image(e: &EngineCli, stored: &StoredBox) -> Result<String, BackendError> {
+    let image = box_image(&stored.digest);
+    if e.has_image(&image) {
+        return Ok(image);
+    }
+    let _lock = crate::state::lock::FileLock::acquire(
+        &stored.dir.join(format!(".{}-image.lock", e.kind.name())),
+        Duration::from_secs(300),
+        &|_| {},
+    )
+    .map_err(|_| failed("cannot lock the box for importing"))?;
+    if e.has_image(&image) {
+        return Ok(image);
+    }
+    let rootfs = stored
+        .artifact("rootfs")
+        .ok_or_else(|| failed(format!("box `{}` has no rootfs", stored.meta.name)))?;
+    e.import(&rootfs, &image, &stored.digest)?;
+    Ok(image)
+}
+
+/// The `create` arguments for a machine (everything but the image).
+pub fn create_args(
+    m: &Machine,
+    name: &str,
+    ssh_port: u16,
+    host_args: &[String],
+    cgroup_v1: bool,
+) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "--name".into(),
+        name.into(),
+        "--hostname".into(),
+        m.hostname.clone(),
+        "--label".into(),
+        format!("envup.machine={}", m.name),
+        "--publish".into(),
+        format!("127.0.0.1:{ssh_port}:22/tcp"),
+        "--cpus".into(),
+        m.cpus.to_string(),
+        "--memory".into(),
+        format!("{}b", m.memory.bytes()),
+        "--pids-limit".into(),
+        PIDS_MAX.to_string(),
+        // What an init such as systemd expects of its container.
+        "--tmpfs".into(),
+        "/run".into(),
+        "--tmpfs".into(),
+        "/run/lock".into(),
+        "--env".into(),
+        "container=envup".into(),
+    ];
+    if cgroup_v1 {
+        a.extend(["--volume".into(), "/sys/fs/cgroup:/sys/fs/cgroup:ro".into()]);
+    }
+    for f in &m.forwards {
+        let proto = if f.protocol == Protocol::Udp {
+            "udp"
+        } else {
+            "tcp"
+        };
+        let ip = if f.host_ip.is_unspecified() {
+            String::new()
+        } else {
+            format!("{}:", f.host_ip)
+        };
+        a.extend([
+            "--publish".into(),
+            format!("{ip}{}:{}/{proto}", f.host, f.guest),
+        ]);
+    }
+    for s in &m.shares {
+        let ro = if s.read_only { ":ro" } else { "" };
+        a.extend([
+            "--volume".into(),
+            format!("{}:{}{ro}", s.host.display(), s.guest),
+        ]);
+    }
+    a.extend(host_args.iter().cloned());
+    a
+}
+
+/// What the machine finds on first start, as read-only bind mounts from
+/// its state directory: its login key for root and its SSH host key.
+fn key_mounts(dir: &Path, keys: &MachineKeys) -> Result<Vec<String>, BackendError> {
+    let kdir = dir.join("container");
+    std::fs::create_dir_all(&kdir).map_err(failed)?;
+    let files = [
+        (
+            "authorized_keys",
+            format!("{}\n", keys.authorized_key()),
+            "/root/.ssh/authorized_keys",
+        ),
+        (
+            "ssh_host_ed25519_key",
+            keys.host_private_pem(),
+            "/etc/ssh/ssh_host_ed25519_key",
+        ),
+    ];
+    let mut args = Vec::new();
+    for (file, text, guest) in files {
+        let path = kdir.join(file);
+        std::fs::write(&path, text).map_err(failed)?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(failed)?;
+        args.extend([
+            "--volume".to_owned(),
+            format!("{}:{guest}:ro", path.display()),
+        ]);
+    }
+    Ok(args)
+}
+
+/// Wait (up to 5 s) until nothing listens on 127.0.0.1:`port`: an engine
+/// releases a stopped or removed container's ports asynchronously.
+fn wait_port_free(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn cgroup_v1() -> bool {
+    Path::new("/sys/fs/cgroup/memory").is_dir()
+}
+
+/// The container's state as the engine reports it: `running`, `exited`…;
+/// None when the engine does not know the container.
+fn engine_status(e: &EngineCli, name: &str) -> Option<String> {
+    e.run(&["inspect", "--format", "{{.State.Status}}", name])
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+impl Backend for ContainerBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Container
+    }
+
+    fn check(&self, m: &Machine) -> Result<(), BackendError> {
+        if m.container.engine == crate::envfile::config::Engine::Lxc {
+            return Err(failed(LXC_MISSING));
+        }
+        Ok(())
+    }
+
+    fn create(
+        &self,
+        m: &Machine,
+        stored: &StoredBox,
+        keys: &MachineKeys,
+        state: &mut MachineState,
+    ) -> Result<(), BackendError> {
+        if stored.manifest.ssh_user != "root" {
+            return Err(failed(format!(
+                "box `{}` logs in as `{}`; the container backend places keys for root only so far",
+                stored.meta.name, stored.manifest.ssh_user
+            )));
+        }
+        let e = EngineCli::choose(m.container.engine)?;
+        let image = ensure_image(&e, stored)?;
+        let host_args = e.host_args(&image)?;
+        let dir = record_path(state)?
+            .parent()
+            .expect("a file in the machine's directory")
+            .to_owned();
+        let name = container_name(&dir);
+        let port = super::ssh_port()?;
+        let mut args = create_args(m, &name, port, &host_args, cgroup_v1());
+        args.extend(key_mounts(&dir, keys)?);
+        let created = Created {
+            engine: e.kind,
+            name: name.clone(),
+            args: args.clone(),
+        };
+        crate::state::write_json(&record_path(state)?, &created).map_err(failed)?;
+        let mut cmd: Vec<&str> = vec!["create"];
+        cmd.extend(args.iter().map(String::as_str));
+        cmd.push(&image);
+        if e.run(&cmd).is_err() {
+            // A container of that name left by an interrupted create.
+            let _ = e.remove_container(&name);
+            e.run(&cmd)?;
+        }
+        state.id = Some(format!("{}:{name}", e.kind.name()));
+        state.ssh = Some(SshEndpoint {
+            host: "127.0.0.1".into(),
+            port,
+            user: "root".into(),
+            netns: None,
+        });
+        state.forwards = m.forwards.clone();
+        Ok(())
+    }
+
+    fn start(&self, _m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
+        let (e, c) = load(state)?;
+        // Starting a running container does nothing, in both engines.
+        if let Some(ep) = &state.ssh
+            && engine_status(&e, &c.name).as_deref() != Some("running")
+        {
+            wait_port_free(ep.port);
+        }
+        e.run(&["start", &c.name]).map(|_| ()).map_err(|err| {
+            if engine_status(&e, &c.name).is_none() {
+                failed(format!(
+                    "container {} is gone from {}; `envup destroy` the machine and `up` again",
+                    c.name,
+                    e.kind.name()
+                ))
+            } else {
+                err
+            }
+        })
+    }
+
+    fn stop(&self, state: &MachineState, force: bool) -> Result<(), BackendError> {
+        let (e, c) = load(state)?;
+        if engine_status(&e, &c.name).as_deref() != Some("running") {
+            return Ok(());
+        }
+        if !force {
+            // Power off: busybox init on SIGUSR2, systemd on SIGRTMIN+4.
+            let _ = e.run(&["kill", "--signal", "USR2", &c.name]);
+            let _ = e.run(&["kill", "--signal", "RTMIN+4", &c.name]);
+            let deadline = Instant::now() + HALT_DEADLINE;
+            while Instant::now() < deadline {
+                if engine_status(&e, &c.name).as_deref() != Some("running") {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        e.run(&["stop", "--time", "0", &c.name]).map(|_| ())
+    }
+
+    fn destroy(&self, state: &MachineState) -> Result<(), BackendError> {
+        let Ok((e, c)) = load(state) else {
+            // Never created on an engine: nothing outside the state directory.
+            return Ok(());
+        };
+        let _ = e.remove_container(&c.name);
+        if engine_status(&e, &c.name).is_some() {
+            return Err(failed(format!(
+                "{} did not remove container {}",
+                e.kind.name(),
+                c.name
+            )));
+        }
+        for s in self.snapshot_list(state)? {
+            self.snapshot_delete(state, &s)?;
+        }
+        Ok(())
+    }
+
+    fn status(&self, state: &MachineState) -> Result<Status, BackendError> {
+        if !matches!(state.status, Status::Running | Status::Stopped) {
+            return Ok(state.status);
+        }
+        let (e, c) = load(state)?;
+        Ok(match engine_status(&e, &c.name).as_deref() {
+            Some("running") => Status::Running,
+            _ => Status::Stopped,
+        })
+    }
+
+    fn snapshot_save(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
+        let (e, c) = load(state)?;
+        let image = format!("{}:{name}", snapshot_repo(&c.name));
+        e.run(&["commit", &c.name, &image]).map(|_| ())
+    }
+
+    fn snapshot_restore(&self, state: &mut MachineState, name: &str) -> Result<(), BackendError> {
+        let (e, mut c) = load(state)?;
+        let image = format!("{}:{name}", snapshot_repo(&c.name));
+        if !e.has_image(&image) {
+            return Err(failed(format!("machine has no snapshot `{name}`")));
+        }
+        let was_running = state.status == Status::Running;
+        e.remove_container(&c.name)?;
+        // The engine lets go of the old container's ports some time after
+        // removing it (seconds, with Podman): publish SSH on a new port.
+        if let Some(ep) = state.ssh.as_mut() {
+            let old = format!("127.0.0.1:{}:22/tcp", ep.port);
+            ep.port = super::ssh_port()?;
+            for a in c.args.iter_mut().filter(|a| **a == old) {
+                *a = format!("127.0.0.1:{}:22/tcp", ep.port);
+            }
+            crate::state::write_json(&record_path(state)?, &c).map_err(failed)?;
+        }
+        let mut cmd: Vec<&str> = vec!["create"];
+        cmd.extend(c.args.iter().map(String::as_str));
+        cmd.push(&image);
+        e.run(&cmd)?;
+        if was_running {
+            e.run(&["start", &c.name])?;
+        }
+        Ok(())
+    }
+
+    fn snapshot_list(&self, state: &MachineState) -> Result<Vec<String>, BackendError> {
+        let (e, c) = load(state)?;
+        let out = e.run(&[
+            "images",
+            "--format",
+            "{{.Tag}}",
+            "--filter",
+            &format!("reference={}", snapshot_repo(&c.name)),
+        ])?;
+        let mut tags: Vec<String> = out
+            .lines()
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && *t != "<none>")
+            .map(str::to_owned)
+            .collect();
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
+
+    fn snapshot_delete(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
+        let (e, c) = load(state)?;
+        let image = format!("{}:{name}", snapshot_repo(&c.name));
+        if !e.has_image(&image) {
+            return Err(failed(format!("machine has no snapshot `{name}`")));
+        }
+        e.run(&["rmi", &image]).map(|_| ())
+    }
+}
+
+/// Remove the images every installed engine holds for the box `digest`
+/// (`box remove`, `box prune`). An engine that is not there is skipped.
+pub fn remove_box_images(digest: &str) -> Vec<String> {
+    let mut removed = Vec::new();
+    for kind in [Kind::Docker, Kind::Podman] {
+        let Ok(e) = EngineCli::find(kind) else {
+            continue;
+        };
+        let image = box_image(digest);
+        if e.has_image(&image) && e.run(&["rmi", &image]).is_ok() {
+            removed.push(format!("{} image {image}", kind.name()));
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envfile::config::{Forward, Share};
+
+    #[test]
+    fn create_arguments() {
+        let cfg = crate::envfile::parse(
+            "[machines.web]\nbox = \"tiny\"\nbackend = \"container\"\ncpus = 2\nmemory = \"512MiB\"\n",
+            Path::new("/p/Envfile"),
+            Path::new("/p"),
+        )
+        .unwrap();
+        let mut m = cfg.machines["web"].clone();
+        m.forwards = vec![Forward {
+            host: 8080,
+            guest: 80,
+            host_ip: "127.0.0.1".parse().unwrap(),
+            protocol: Protocol::Tcp,
+        }];
+        m.shares = vec![Share {
+            host: "/src".into(),
+            guest: "/srv/src".into(),
+            read_only: true,
+        }];
+        let a = create_args(
+            &m,
+            "envup-x",
+            2200,
+            &["--ulimit".into(), "nofile=1:1".into()],
+            true,
+        );
+        let s = a.join(" ");
+        for want in [
+            "--name envup-x",
+            "--hostname web",
+            "--publish 127.0.0.1:2200:22/tcp",
+            "--cpus 2",
+            "--memory 536870912b",
+            "--pids-limit 1024",
+            "--volume /sys/fs/cgroup:/sys/fs/cgroup:ro",
+            "--publish 127.0.0.1:8080:80/tcp",
+            "--volume /src:/srv/src:ro",
+            "--ulimit nofile=1:1",
+        ] {
+            assert!(s.contains(want), "{want} missing from {s}");
+        }
+        assert!(
+            !create_args(&m, "envup-x", 2200, &[], false)
+                .join(" ")
+                .contains("/sys/fs/cgroup")
+        );
+    }
+
+    #[test]
+    fn keys_are_mounted_read_only_with_private_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = MachineKeys::ensure(dir.path(), "web").unwrap();
+        let a = key_mounts(dir.path(), &keys).unwrap().join(" ");
+        assert!(
+            a.contains("container/authorized_keys:/root/.ssh/authorized_keys:ro"),
+            "{a}"
+        );
+        assert!(a.contains(":/etc/ssh/ssh_host_ed25519_key:ro"), "{a}");
+        let mode = std::fs::metadata(dir.path().join("container/ssh_host_ed25519_key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
