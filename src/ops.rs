@@ -168,12 +168,17 @@ impl Ops<'_> {
         }
         // `up` ends when the machine answers SSH, provisioners or not.
         let booted = !done.is_empty();
-        let n = if provision.is_empty() && booted {
-            self.wait_ssh(m, &state)?;
-            0
+        let ssh = if booted {
+            let ssh = self.wait_ssh(m, &state)?;
+            for note in backend.after_boot(m, &ssh)? {
+                self.reporter
+                    .line(name, crate::ui::Stream::Stderr, &format!("note: {note}"));
+            }
+            Some(ssh)
         } else {
-            self.run_provisioners(m, &mut state, &provision)?
+            None
         };
+        let n = self.run_provisioners(m, &mut state, &provision, ssh)?;
         if n > 0 {
             done.push("provisioned");
         }
@@ -245,7 +250,7 @@ impl Ops<'_> {
                 _ => None,
             })
             .collect();
-        match self.run_provisioners(m, &mut state, &names)? {
+        match self.run_provisioners(m, &mut state, &names, None)? {
             0 => Ok("nothing to provision".into()),
             1 => Ok("ran 1 provisioner".into()),
             n => Ok(format!("ran {n} provisioners")),
@@ -277,11 +282,15 @@ impl Ops<'_> {
         m: &Machine,
         state: &mut MachineState,
         names: &[String],
+        ssh: Option<Ssh>,
     ) -> Result<usize, OpError> {
         if names.is_empty() {
             return Ok(0);
         }
-        let ssh = self.wait_ssh(m, state)?;
+        let ssh = match ssh {
+            Some(s) => s,
+            None => self.wait_ssh(m, state)?,
+        };
         let dir = self.project.machine_dir(&m.name);
         // Only templated provisioners need the other machines' states.
         let scope = if names

@@ -52,6 +52,21 @@ pub trait Backend: Send + Sync {
     /// What the machine is doing now, asked of the backend itself.
     fn status(&self, state: &MachineState) -> Result<Status, BackendError>;
 
+    /// Facts worth showing in `status` (the qemu backend's accelerator).
+    fn details(&self, _state: &MachineState) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// Once the machine answers SSH after a boot: finish what needs the
+    /// guest (mounting shares). Returns notes for the user.
+    fn after_boot(
+        &self,
+        _m: &Machine,
+        _ssh: &crate::ssh::Ssh,
+    ) -> Result<Vec<String>, BackendError> {
+        Ok(Vec::new())
+    }
+
     /// Save the machine as snapshot `name`.
     fn snapshot_save(&self, _state: &MachineState, _name: &str) -> Result<(), BackendError> {
         Err(BackendError::NoSnapshots(self.kind()))
@@ -109,6 +124,7 @@ pub fn get(kind: BackendKind) -> Result<Box<dyn Backend>, BackendError> {
     match kind {
         BackendKind::Jail if cfg!(target_os = "linux") => Ok(Box::new(jail::JailBackend)),
         BackendKind::Container => Ok(Box::new(container::ContainerBackend)),
+        BackendKind::Qemu => Ok(Box::new(qemu::QemuBackend)),
         other => Err(BackendError::NotBuilt(other)),
     }
 }

@@ -9,7 +9,7 @@ pub mod keys;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub use keys::MachineKeys;
@@ -61,16 +61,35 @@ pub enum SshError {
     #[error("the command was killed by signal {0}")]
     Signal(String),
     #[error(
-        "no SSH login on {addr} within {}s; the last attempt: {last}{}",
+        "no SSH login on {addr} within {}s; the last attempt: {last}{console}",
         .after.as_secs(),
-        .console.as_ref().map(|p| format!("; the machine's console log is {}", p.display())).unwrap_or_default()
     )]
     Timeout {
         addr: String,
         after: Duration,
         last: String,
-        console: Option<PathBuf>,
+        /// Where the console log is and its last lines, when there is one.
+        console: String,
     },
+}
+
+/// Where a console log is, and its last lines, for an error message.
+fn console_note(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut note = format!("; the machine's console log is {}", path.display());
+    if !lines.is_empty() {
+        note.push_str("\nits last lines:");
+        for l in &lines[lines.len().saturating_sub(12)..] {
+            note.push_str(&format!("\n  | {l}"));
+        }
+    }
+    note
 }
 
 fn stderr_tail(stderr: &str) -> String {
@@ -235,7 +254,7 @@ impl Ssh {
                         addr: format!("{}:{}", ep.host, ep.port),
                         after: deadline,
                         last: e.short(),
-                        console: console.map(Path::to_path_buf),
+                        console: console.map(console_note).unwrap_or_default(),
                     });
                 }
                 Err(e) => {
@@ -432,7 +451,7 @@ mod tests {
             addr: "127.0.0.1:2222".into(),
             after: Duration::from_secs(5),
             last: "connection refused".into(),
-            console: Some(PathBuf::from("/p/console.log")),
+            console: "; the machine's console log is /p/console.log".into(),
         };
         assert_eq!(
             e.to_string(),

@@ -16,12 +16,16 @@ pub fn run(app: &App, args: &MachinesArgs) -> Result<ExitCode, CliError> {
         let status = state
             .as_ref()
             .map_or(Status::NotCreated, backend::observed_status);
-        rows.push((m, state, status));
+        let details: Vec<(String, String)> = state
+            .as_ref()
+            .and_then(|s| backend::get(s.backend).ok().map(|b| b.details(s)))
+            .unwrap_or_default();
+        rows.push((m, state, status, details));
     }
     if app.mode.json {
         let machines: Vec<_> = rows
             .iter()
-            .map(|(m, s, status)| {
+            .map(|(m, s, status, details)| {
                 json!({
                     "name": m.name,
                     "status": status,
@@ -29,6 +33,7 @@ pub fn run(app: &App, args: &MachinesArgs) -> Result<ExitCode, CliError> {
                     "box": m.box_,
                     "ssh": s.as_ref().and_then(|s| s.ssh.as_ref()),
                     "forwards": m.forwards,
+                    "details": details.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str()))).collect::<serde_json::Map<_, _>>(),
                 })
             })
             .collect();
@@ -37,15 +42,18 @@ pub fn run(app: &App, args: &MachinesArgs) -> Result<ExitCode, CliError> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let width = rows.iter().map(|(m, _, _)| m.name.len()).max().unwrap_or(0);
+    let width = rows.iter().map(|(m, ..)| m.name.len()).max().unwrap_or(0);
     let (b, mc) = (style::BOLD, style::MACHINE);
     anstream::println!(
         "{b}project {}{b:#} ({})",
         config.project,
         config.root.display()
     );
-    for (m, s, status) in &rows {
-        let backend = s.as_ref().map_or(m.backend, |s| s.backend);
+    for (m, s, status, details) in &rows {
+        let mut backend = s.as_ref().map_or(m.backend, |s| s.backend).to_string();
+        for (_, v) in details {
+            backend.push_str(&format!(" ({v})"));
+        }
         let ssh = s
             .as_ref()
             .and_then(|s| s.ssh.as_ref())
@@ -57,7 +65,7 @@ pub fn run(app: &App, args: &MachinesArgs) -> Result<ExitCode, CliError> {
             "  {mc}{}{mc:#}{pad}  {:<12} {:<10}{ssh}",
             m.name,
             status.to_string(),
-            backend.to_string()
+            backend
         );
     }
     Ok(ExitCode::SUCCESS)

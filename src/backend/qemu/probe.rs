@@ -1,8 +1,8 @@
-//! The qemu backend: full virtual machines. For now, the host probe.
+//! What `doctor` says about qemu, qemu-img and KVM.
 
 use std::time::Duration;
 
-use super::Check;
+use crate::backend::Check;
 use crate::host::{first_line, run_with_timeout, which};
 
 nix::ioctl_none_bad!(kvm_get_api_version, 0xAE00);
@@ -61,10 +61,21 @@ fn kvm_check() -> Check {
     // SAFETY: KVM_GET_API_VERSION takes no argument and only returns a number.
     let version = unsafe { kvm_get_api_version(file.as_raw_fd()) };
     match version {
-        Ok(12) => Check::ok(
-            "kvm",
-            "/dev/kvm opens (API 12); `accel = \"auto\"` still falls back to TCG where guests cannot boot under it",
-        ),
+        Ok(12) => match super::kvm_answer() {
+            Some(true) => Check::ok(
+                "kvm",
+                "/dev/kvm opens (API 12) and a test boot under KVM worked: `accel = \"auto\"` uses KVM",
+            ),
+            Some(false) => Check::missing(
+                "kvm",
+                "/dev/kvm opens (API 12), but a test boot under KVM printed nothing (nested virtualisation?): `accel = \"auto\"` uses TCG",
+                "run on a host where KVM guests boot, or accept TCG (slower)",
+            ),
+            None => Check::ok(
+                "kvm",
+                "/dev/kvm opens (API 12); the first VM's `up` test-boots its kernel under KVM and `accel = \"auto\"` uses KVM only if that works",
+            ),
+        },
         Ok(v) => Check::missing(
             "kvm",
             format!("/dev/kvm reports API {v}, expected 12"),

@@ -1,0 +1,664 @@
+//! The qemu backend: a machine is a qemu-system-x86_64 VM, daemonized, with
+//! a QMP socket per machine; its disk is a qcow2 overlay on the box's
+//! stored image, and its first-boot data a NoCloud seed envup writes.
+
+mod probe;
+pub mod qmp;
+pub mod seed;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Backend, BackendError};
+use crate::boxes::StoredBox;
+use crate::envfile::config::{Accel, Protocol};
+use crate::envfile::{BackendKind, Machine};
+use crate::ssh::MachineKeys;
+use crate::state::machine::SshEndpoint;
+use crate::state::{MachineState, Status};
+
+pub use probe::probe;
+
+/// How long a guest may take to power off after the ACPI button.
+pub const HALT_DEADLINE: Duration = Duration::from_secs(20);
+/// qboot: a firmware that only loads a kernel, in milliseconds.
+const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+
+pub struct QemuBackend;
+
+fn failed(what: impl std::fmt::Display) -> BackendError {
+    BackendError::Failed(what.to_string())
+}
+
+/// What `start` runs, written at create.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmConfig {
+    /// qemu-system-x86_64's arguments.
+    pub args: Vec<String>,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    pub name: String,
+}
+
+struct Paths {
+    dir: PathBuf,
+}
+
+impl Paths {
+    fn of(state: &MachineState) -> Result<Paths, BackendError> {
+        let dir = state
+            .dir
+            .clone()
+            .ok_or_else(|| failed("the machine's state does not say where its directory is"))?;
+        Ok(Paths {
+            dir: dir.join("qemu"),
+        })
+    }
+    fn overlay(&self) -> PathBuf {
+        self.dir.join("disk.qcow2")
+    }
+    fn seed(&self) -> PathBuf {
+        self.dir.join("seed.img")
+    }
+    fn qmp(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+    fn pidfile(&self) -> PathBuf {
+        self.dir.join("qemu.pid")
+    }
+    fn config(&self) -> PathBuf {
+        self.dir.join("vm.json")
+    }
+    /// The serial console: where `Ssh::wait` points when a boot times out.
+    fn console(&self) -> PathBuf {
+        self.dir.parent().expect("machine dir").join("console.log")
+    }
+}
+
+fn qemu_img(args: &[&str]) -> Result<String, BackendError> {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            failed(format!(
+                "cannot run qemu-img (apt-get install qemu-utils): {e}"
+            ))
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(failed(format!(
+            "`qemu-img {}` failed: {}",
+            args.first().copied().unwrap_or(""),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// The qcow2 overlay on the stored image: a backing file, nothing copied;
+/// grown to `disk` when that is more than the image's own size.
+fn make_overlay(base: &Path, format: &str, overlay: &Path, disk: u64) -> Result<(), BackendError> {
+    let info = qemu_img(&["info", "--output=json", "-U", &base.to_string_lossy()])?;
+    let virtual_size = serde_json::from_str::<serde_json::Value>(&info)
+        .ok()
+        .and_then(|v| v["virtual-size"].as_u64())
+        .unwrap_or(0);
+    let size = disk.max(virtual_size).to_string();
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        format,
+        "-b",
+        &base.to_string_lossy(),
+        &overlay.to_string_lossy(),
+        &size,
+    ])?;
+    Ok(())
+}
+
+/// A key for what makes KVM work or not here: the host's kernel and qemu.
+fn kvm_cache_key() -> String {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let qemu = crate::host::which("qemu-system-x86_64")
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| format!("{} {:?}", m.len(), m.modified().ok()))
+        .unwrap_or_default();
+    format!("{release} / {qemu}")
+}
+
+#[derive(Serialize, Deserialize)]
+struct KvmProbe {
+    key: String,
+    usable: bool,
+}
+
+/// What the last KVM test boot on this host found, if any.
+pub fn kvm_answer() -> Option<bool> {
+    let c = crate::state::envup_home().ok()?.join("kvm.json");
+    let p = crate::state::read_json::<KvmProbe>(&c).ok()??;
+    (p.key == kvm_cache_key()).then_some(p.usable)
+}
+
+/// Whether guests boot under KVM here. `/dev/kvm` opening is not enough
+/// (nested virtualisation can hang a guest in early boot), so envup boots
+/// `kernel` under KVM once and watches its console for the kernel's first
+/// words; the answer is kept in `$ENVUP_HOME/kvm.json` for this host's
+/// kernel and qemu. Without a kernel to try and no answer kept: no.
+pub fn kvm_usable(kernel: Option<&Path>) -> bool {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return false;
+    }
+    let key = kvm_cache_key();
+    let cache = crate::state::envup_home().ok().map(|h| h.join("kvm.json"));
+    if let Some(c) = &cache
+        && let Ok(Some(p)) = crate::state::read_json::<KvmProbe>(c)
+        && p.key == key
+    {
+        return p.usable;
+    }
+    let Some(kernel) = kernel else {
+        return false;
+    };
+    let usable = boots_under_kvm(kernel);
+    if let Some(c) = &cache {
+        let _ = crate::state::write_json(c, &KvmProbe { key, usable });
+    }
+    usable
+}
+
+fn boots_under_kvm(kernel: &Path) -> bool {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-accel", "kvm", "-cpu", "host", "-m", "128", "-display", "none",
+    ])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+    ]);
+    if Path::new(QBOOT).exists() {
+        cmd.args(["-bios", QBOOT]);
+    }
+    let Ok(mut child) = cmd
+        .arg("-kernel")
+        .arg(kernel)
+        .args(["-append", "console=ttyS0 earlyprintk=serial panic=-1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let mut out = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("Linux version") {
+                let _ = tx.send(());
+                break;
+            }
+        }
+    });
+    let ok = rx.recv_timeout(Duration::from_secs(5)).is_ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    ok
+}
+
+/// qemu's arguments for a machine.
+#[allow(clippy::too_many_arguments)]
+pub fn qemu_args(
+    m: &Machine,
+    name: &str,
+    accel: &str,
+    p: &PathsView,
+    boot: Option<(&Path, Option<&Path>, &str)>,
+    ssh_port: u16,
+) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| (*s).to_owned()));
+    push(&["-name", &format!("{name},process={name}")]);
+    push(&["-accel", accel]);
+    if accel == "kvm" {
+        push(&["-cpu", "host"]);
+    }
+    push(&["-smp", &m.cpus.to_string()]);
+    push(&["-m", &format!("{}M", m.memory.bytes() >> 20)]);
+    push(&["-display", "none", "-nodefaults", "-no-user-config"]);
+    if let Some((kernel, initrd, cmdline)) = boot {
+        if Path::new(QBOOT).exists() {
+            push(&["-bios", QBOOT]);
+        }
+        push(&["-kernel", &kernel.to_string_lossy()]);
+        if let Some(i) = initrd {
+            push(&["-initrd", &i.to_string_lossy()]);
+        }
+        push(&["-append", cmdline]);
+    }
+    push(&[
+        "-drive",
+        &format!(
+            "file={},if=virtio,format=qcow2,discard=unmap",
+            p.overlay.display()
+        ),
+    ]);
+    // Read-only, so it needs no snapshot support of its own.
+    push(&[
+        "-drive",
+        &format!("file={},if=virtio,format=raw,readonly=on", p.seed.display()),
+    ]);
+    let mut net = format!("user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22");
+    for f in &m.forwards {
+        let proto = if f.protocol == Protocol::Udp {
+            "udp"
+        } else {
+            "tcp"
+        };
+        let ip = if f.host_ip.is_unspecified() {
+            String::new()
+        } else {
+            f.host_ip.to_string()
+        };
+        net.push_str(&format!(",hostfwd={proto}:{ip}:{}-:{}", f.host, f.guest));
+    }
+    push(&["-netdev", &net]);
+    push(&["-device", "virtio-net-pci,netdev=net0,romfile="]);
+    push(&["-device", "virtio-rng-pci"]);
+    for (i, s) in m.shares.iter().enumerate() {
+        let ro = if s.read_only { ",readonly=on" } else { "" };
+        push(&[
+            "-virtfs",
+            &format!(
+                "local,path={},mount_tag=envup{i},security_model=none,id=fs{i}{ro}",
+                s.host.display()
+            ),
+        ]);
+    }
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={},append=on", p.console.display()),
+    ]);
+    push(&["-serial", "chardev:console"]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", p.qmp.display()),
+    ]);
+    push(&["-pidfile", &p.pidfile.to_string_lossy()]);
+    push(&["-daemonize"]);
+    a
+}
+
+/// The files `qemu_args` names.
+pub struct PathsView {
+    pub overlay: PathBuf,
+    pub seed: PathBuf,
+    pub console: PathBuf,
+    pub qmp: PathBuf,
+    pub pidfile: PathBuf,
+}
+
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The qemu recorded in the state, if it still runs and is still ours.
+fn live_qemu(state: &MachineState) -> Option<i32> {
+    let (pid, start) = state.id.as_deref()?.split_once(':')?;
+    let pid: i32 = pid.parse().ok()?;
+    if start_time(pid)? != start.parse::<u64>().ok()? {
+        return None;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let p = Paths::of(state).ok()?;
+    String::from_utf8_lossy(&cmdline)
+        .contains(&*p.qmp().to_string_lossy())
+        .then_some(pid)
+}
+
+fn read_config(state: &MachineState) -> Result<VmConfig, BackendError> {
+    let p = Paths::of(state)?.config();
+    crate::state::read_json(&p)
+        .map_err(failed)?
+        .ok_or_else(|| failed(format!("{} is missing", p.display())))
+}
+
+fn monitor(state: &MachineState) -> Result<qmp::Monitor, BackendError> {
+    let p = Paths::of(state)?.qmp();
+    qmp::Monitor::connect(&p).map_err(|e| failed(format!("QMP on {}: {e}", p.display())))
+}
+
+fn wait_gone(pid: i32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+            return true;
+        }
+        // Reap it if it is our child (it is not, once daemonized).
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// The snapshots qcow2 holds in `overlay`: (name, has the VM's state).
+fn snapshots(overlay: &Path) -> Result<Vec<(String, bool)>, BackendError> {
+    let info = qemu_img(&["info", "--output=json", "-U", &overlay.to_string_lossy()])?;
+    let v: serde_json::Value = serde_json::from_str(&info).map_err(failed)?;
+    Ok(v["snapshots"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| {
+                    Some((
+                        s["name"].as_str()?.to_owned(),
+                        s["vm-state-size"].as_u64().unwrap_or(0) > 0,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// qemu's monitor reports a failed savevm/loadvm/delvm as text.
+fn human(state: &MachineState, command: &str) -> Result<(), BackendError> {
+    let out = monitor(state)?
+        .human(command)
+        .map_err(|e| failed(format!("`{command}`: {e}")))?;
+    let out = out.trim();
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(failed(format!("`{command}`: {out}")))
+    }
+}
+
+/// Start the machine's qemu, unless it runs already.
+fn launch(state: &mut MachineState) -> Result<(), BackendError> {
+    if live_qemu(state).is_some() {
+        return Ok(());
+    }
+    let p = Paths::of(state)?;
+    let cfg = read_config(state)?;
+    let _ = std::fs::remove_file(p.pidfile());
+    let _ = std::fs::remove_file(p.qmp());
+    // With -daemonize, qemu returns once the VM is set up (or failed).
+    let out = Command::new("qemu-system-x86_64")
+        .args(&cfg.args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            failed(format!(
+                "cannot run qemu-system-x86_64 (apt-get install qemu-system-x86): {e}"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(failed(format!(
+            "qemu did not start: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let pid: i32 = std::fs::read_to_string(p.pidfile())
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| failed("qemu started but wrote no pid file"))?;
+    let start = start_time(pid).ok_or_else(|| failed("qemu ended as soon as it started"))?;
+    state.id = Some(format!("{pid}:{start}"));
+    Ok(())
+}
+
+impl Backend for QemuBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+
+    fn create(
+        &self,
+        m: &Machine,
+        stored: &StoredBox,
+        keys: &MachineKeys,
+        state: &mut MachineState,
+    ) -> Result<(), BackendError> {
+        let disk = stored.artifact("disk").ok_or_else(|| {
+            failed(format!(
+                "box `{}` has no disk image, which the qemu backend needs",
+                stored.meta.name
+            ))
+        })?;
+        let format = stored.manifest.artifacts["disk"]
+            .format
+            .clone()
+            .unwrap_or_else(|| "qcow2".into());
+        let p = Paths::of(state)?;
+        std::fs::create_dir_all(&p.dir).map_err(failed)?;
+        let _ = std::fs::remove_file(p.overlay());
+        make_overlay(&disk, &format, &p.overlay(), m.disk.bytes())?;
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(p.dir.as_os_str().as_encoded_bytes());
+        let name = format!("envup-{}", &crate::boxes::archive::hex(&digest)[..12]);
+        let user = stored.manifest.ssh_user.clone();
+        seed::Seed {
+            instance_id: &name,
+            hostname: &m.hostname,
+            user: &user,
+            keys,
+        }
+        .write(&p.seed())
+        .map_err(|e| failed(format!("cannot write the seed disk: {e}")))?;
+        let kernel = stored.artifact("kernel");
+        let accel = match m.qemu.accel {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+            Accel::Auto if kvm_usable(kernel.as_deref()) => "kvm",
+            Accel::Auto => "tcg",
+        };
+        let initrd = stored.artifact("initrd");
+        let cmdline = stored
+            .manifest
+            .boot
+            .as_ref()
+            .map(|b| b.cmdline.clone())
+            .unwrap_or_else(|| "root=/dev/vda rw console=ttyS0".into());
+        let port = super::ssh_port()?;
+        let view = PathsView {
+            overlay: p.overlay(),
+            seed: p.seed(),
+            console: p.console(),
+            qmp: p.qmp(),
+            pidfile: p.pidfile(),
+        };
+        let args = qemu_args(
+            m,
+            &name,
+            accel,
+            &view,
+            kernel
+                .as_deref()
+                .map(|k| (k, initrd.as_deref(), cmdline.as_str())),
+            port,
+        );
+        let cfg = VmConfig {
+            args,
+            accel: accel.into(),
+            name,
+        };
+        crate::state::write_json(&p.config(), &cfg).map_err(failed)?;
+        state.ssh = Some(SshEndpoint {
+            host: "127.0.0.1".into(),
+            port,
+            user,
+            netns: None,
+        });
+        state.forwards = m.forwards.clone();
+        Ok(())
+    }
+
+    fn start(&self, _m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
+        launch(state)
+    }
+
+    fn stop(&self, state: &MachineState, force: bool) -> Result<(), BackendError> {
+        let Some(pid) = live_qemu(state) else {
+            return Ok(());
+        };
+        if !force
+            && let Ok(mon) = monitor(state)
+            && mon.powerdown().is_ok()
+            && wait_gone(pid, HALT_DEADLINE)
+        {
+            return Ok(());
+        }
+        if let Ok(mon) = monitor(state) {
+            let _ = mon.quit();
+        }
+        if !wait_gone(pid, Duration::from_secs(5)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            wait_gone(pid, Duration::from_secs(5));
+        }
+        Ok(())
+    }
+
+    fn destroy(&self, state: &MachineState) -> Result<(), BackendError> {
+        self.stop(state, true)?;
+        if let Some(pid) = live_qemu(state) {
+            return Err(failed(format!("qemu (pid {pid}) did not end")));
+        }
+        let p = Paths::of(state)?;
+        match std::fs::remove_dir_all(&p.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(failed(format!("cannot remove {}: {e}", p.dir.display())))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn status(&self, state: &MachineState) -> Result<Status, BackendError> {
+        if !matches!(state.status, Status::Running | Status::Stopped) {
+            return Ok(state.status);
+        }
+        if live_qemu(state).is_none() {
+            return Ok(Status::Stopped);
+        }
+        // Alive: ask qemu itself whether the guest runs.
+        Ok(
+            match monitor(state).and_then(|m| m.running().map_err(failed)) {
+                Ok(true) => Status::Running,
+                Ok(false) => Status::Stopped,
+                Err(_) => state.status,
+            },
+        )
+    }
+
+    fn after_boot(&self, m: &Machine, ssh: &crate::ssh::Ssh) -> Result<Vec<String>, BackendError> {
+        let mut notes = Vec::new();
+        let sudo = if ssh.endpoint.user == "root" {
+            ""
+        } else {
+            "sudo -n "
+        };
+        for (i, s) in m.shares.iter().enumerate() {
+            let ro = if s.read_only { ",ro" } else { "" };
+            let guest = crate::ssh::sh_quote(&s.guest);
+            let mount = format!(
+                "{sudo}mkdir -p {guest} && {{ {sudo}mountpoint -q {guest} || \
+                 {sudo}mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144{ro} envup{i} {guest}; }}"
+            );
+            if let Err(e) = ssh.run("mounting a share", &mount, None) {
+                tracing::debug!("9p mount of {} failed: {e}", s.guest);
+                ssh.upload(&s.host, &s.guest, !sudo.is_empty())
+                    .map_err(|e| failed(format!("share {}: {e}", s.guest)))?;
+                notes.push(format!(
+                    "share {} is a copy of {} made now (the guest cannot mount virtio-9p); changes on either side are not seen by the other",
+                    s.guest,
+                    s.host.display()
+                ));
+            }
+        }
+        Ok(notes)
+    }
+
+    fn details(&self, state: &MachineState) -> Vec<(String, String)> {
+        read_config(state)
+            .map(|c| vec![("accel".to_owned(), c.accel)])
+            .unwrap_or_default()
+    }
+
+    fn snapshot_save(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
+        if live_qemu(state).is_some() {
+            human(state, &format!("savevm {name}")).map_err(|e| {
+                if e.to_string().contains("VirtFS") {
+                    failed(format!(
+                        "{e}\nqemu cannot save a running VM that has a share mounted; `envup halt` it and save a disk snapshot instead"
+                    ))
+                } else {
+                    e
+                }
+            })
+        } else {
+            let o = Paths::of(state)?.overlay();
+            qemu_img(&["snapshot", "-c", name, &o.to_string_lossy()]).map(|_| ())
+        }
+    }
+
+    fn snapshot_restore(&self, state: &mut MachineState, name: &str) -> Result<(), BackendError> {
+        let o = Paths::of(state)?.overlay();
+        let Some((_, with_vm)) = snapshots(&o)?.into_iter().find(|(n, _)| n == name) else {
+            return Err(failed(format!("machine has no snapshot `{name}`")));
+        };
+        let running = live_qemu(state).is_some();
+        if running && with_vm {
+            return human(state, &format!("loadvm {name}"));
+        }
+        // A disk-only snapshot, or a stopped machine: apply it to the disk
+        // with qemu stopped, then start again if it ran.
+        self.stop(state, true)?;
+        qemu_img(&["snapshot", "-a", name, &o.to_string_lossy()])?;
+        if running {
+            launch(state)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot_list(&self, state: &MachineState) -> Result<Vec<String>, BackendError> {
+        let o = Paths::of(state)?.overlay();
+        Ok(snapshots(&o)?.into_iter().map(|(n, _)| n).collect())
+    }
+
+    fn snapshot_delete(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
+        let o = Paths::of(state)?.overlay();
+        if !snapshots(&o)?.iter().any(|(n, _)| n == name) {
+            return Err(failed(format!("machine has no snapshot `{name}`")));
+        }
+        if live_qemu(state).is_some() {
+            human(state, &format!("delvm {name}"))
+        } else {
+            qemu_img(&["snapshot", "-d", name, &o.to_string_lossy()]).map(|_| ())
+        }
+    }
+}
