@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::Project;
 use common::sshd::free_port;
+use common::{Project, check};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn unavailable() -> Option<String> {
@@ -46,14 +46,6 @@ fn tiny() -> &'static (Project, PathBuf) {
             .stdout_has("built tiny");
         (p, out)
     })
-}
-
-fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
 }
 
 fn unpack(boxfile: &Path, into: &Path) {

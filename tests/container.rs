@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::Project;
+use common::{Project, check};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn unavailable(engine: &str) -> Option<String> {
@@ -33,18 +33,8 @@ fn envup(p: &Project, args: &[&str]) -> common::Done {
         .out()
 }
 
-fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
-}
-
 fn exec(p: &Project, machine: &str, script: &str) -> String {
-    envup(p, &["exec", machine, "--", "sh", "-c", script])
-        .status(0)
-        .stdout()
+    common::exec_in(home().path(), p, machine, script)
 }
 
 /// The engine's names of the project's containers.
@@ -124,16 +114,7 @@ fn lifecycle(engine: &'static str, boxname: &'static str) -> Result<(), Failed> 
 
 /// Two machines from one box, made at once: one image import between them.
 fn one_import_for_two(engine: &'static str) -> Result<(), Failed> {
-    let list = envup(&Project::new(), &["--json", "box", "list"])
-        .status(0)
-        .json();
-    let stored = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "tiny")
-        .and_then(|b| b["sha256"].as_str().map(str::to_owned))
-        .expect("tiny is stored");
+    let stored = common::boxes::stored_digest(home().path(), "tiny");
     let image = envup::backend::container::engine::box_image(&stored);
     let _ = std::process::Command::new(engine)
         .args(["rmi", "--force", &image])

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::Project;
+use common::{Project, check};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn unavailable() -> Option<String> {
@@ -59,18 +59,8 @@ fn envup(p: &Project, args: &[&str]) -> common::Done {
         .out()
 }
 
-fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
-}
-
 fn exec(p: &Project, machine: &str, script: &str) -> String {
-    envup(p, &["exec", machine, "--", "sh", "-c", script])
-        .status(0)
-        .stdout()
+    common::exec_in(home().path(), p, machine, script)
 }
 
 /// The host names (cgroup, netns) of the project's jails.

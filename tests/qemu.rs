@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::Project;
+use common::{Project, check};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn unavailable() -> Option<String> {
@@ -44,18 +44,8 @@ fn envup(p: &Project, args: &[&str]) -> common::Done {
         .out()
 }
 
-fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
-}
-
 fn exec(p: &Project, machine: &str, script: &str) -> String {
-    envup(p, &["exec", machine, "--", "sh", "-c", script])
-        .status(0)
-        .stdout()
+    common::exec_in(home().path(), p, machine, script)
 }
 
 /// qemu processes still running for this project.
@@ -160,16 +150,7 @@ fn debian_lifecycle() -> Result<(), Failed> {
 /// is not there, so its initramfs gives up and drops to a shell): `up`
 /// times out with the console's last lines in the error.
 fn boot_timeout_shows_the_console() -> Result<(), Failed> {
-    let list = envup(&Project::new(), &["--json", "box", "list"])
-        .status(0)
-        .json();
-    let digest = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "tiny")
-        .and_then(|b| b["sha256"].as_str().map(str::to_owned))
-        .expect("tiny is stored");
+    let digest = common::boxes::stored_digest(home().path(), "tiny");
     let stored = home().path().join("boxes-v1").join(&digest);
     let mut m = envup::boxes::manifest::Manifest::parse(
         &std::fs::read_to_string(stored.join("box.toml")).unwrap(),

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Project;
 use common::sshd::{Sshd, free_port, machine_dir, running_machine, unavailable};
+use common::{Project, check};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 /// A project with machine `web` running behind a fresh sshd.
@@ -28,14 +28,6 @@ fn fix(envfile: &str) -> Fixture {
 }
 
 const WEB: &str = "[machines.web]\nbox = \"tiny\"\nenv = { GREETING = \"hello\" }\n";
-
-fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
-}
 
 fn provision_runs_and_streams() -> Result<(), Failed> {
     let f = fix(&format!(

@@ -84,6 +84,45 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// A message as a backend error.
+pub(crate) fn failed(what: impl std::fmt::Display) -> BackendError {
+    BackendError::Failed(what.to_string())
+}
+
+/// Refuse a box whose SSH user is not root: the jail and container
+/// backends place keys for root only so far.
+pub(crate) fn require_root_login(stored: &StoredBox, backend: &str) -> Result<(), BackendError> {
+    if stored.manifest.ssh_user == "root" {
+        return Ok(());
+    }
+    Err(failed(format!(
+        "box `{}` logs in as `{}`; the {backend} backend places keys for root only so far",
+        stored.meta.name, stored.manifest.ssh_user
+    )))
+}
+
+/// A process's start time (clock ticks since boot), from /proc.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The process a machine's state records as `pid:start-time`, if it still
+/// runs and is still ours: the same start time (a pid alone is not proof),
+/// and `marker` in its command line.
+pub(crate) fn live_process(id: Option<&str>, marker: &str) -> Option<i32> {
+    let (pid, start) = id?.split_once(':')?;
+    let pid: i32 = pid.parse().ok()?;
+    if start_time(pid)? != start.parse::<u64>().ok()? {
+        return None;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline)
+        .contains(marker)
+        .then_some(pid)
+}
+
 /// A port on 127.0.0.1 for a machine's SSH server (and kept for the
 /// machine's life): free now, and below the kernel's ephemeral range, so
 /// an outgoing connection cannot take it while the machine is stopped.

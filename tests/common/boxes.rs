@@ -172,3 +172,19 @@ pub fn home_with(recipes: &[&str]) -> tempfile::TempDir {
     }
     home
 }
+
+/// The sha256 of the stored box `name` in the store at `home`.
+pub fn stored_digest(home: &Path, name: &str) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_envup"))
+        .args(["--json", "box", "list"])
+        .env("ENVUP_HOME", home)
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == name)
+        .and_then(|b| b["sha256"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("{name} is not stored"))
+}

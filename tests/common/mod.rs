@@ -136,6 +136,25 @@ provision = [{ shell = "echo hi", name = "hello" }]
 [machines.extra]
 autostart = false
 "#;
+/// A test step that fails with `what` unless `cond` holds.
+pub fn check(cond: bool, what: impl Into<String>) -> Result<(), libtest_mimic::Failed> {
+    if cond {
+        Ok(())
+    } else {
+        Err(what.into().into())
+    }
+}
+
+/// `envup exec MACHINE -- sh -c SCRIPT` with `home` as ENVUP_HOME; its
+/// stdout (the command must succeed).
+pub fn exec_in(home: &Path, p: &Project, machine: &str, script: &str) -> String {
+    p.cmd(&["exec", machine, "--", "sh", "-c", script])
+        .env("ENVUP_HOME", home.to_str().unwrap())
+        .out()
+        .status(0)
+        .stdout()
+}
+
 pub mod boxes;
 pub mod http;
 pub mod qemu;

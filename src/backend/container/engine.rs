@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::BackendError;
+use crate::backend::{BackendError, failed};
 use crate::envfile::config::Engine;
 use crate::host::{first_line, run_with_timeout, which};
 
@@ -42,10 +42,6 @@ impl Kind {
 pub struct EngineCli {
     pub kind: Kind,
     pub program: PathBuf,
-}
-
-fn failed(what: impl std::fmt::Display) -> BackendError {
-    BackendError::Failed(what.to_string())
 }
 
 /// The image a box's rootfs becomes in an engine.

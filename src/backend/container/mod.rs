@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, BackendError};
+use super::{Backend, BackendError, failed};
 use crate::boxes::StoredBox;
 use crate::envfile::config::Protocol;
 use crate::envfile::{BackendKind, Machine};
@@ -31,10 +31,6 @@ pub const PIDS_MAX: u64 = 1024;
 pub struct ContainerBackend;
 
 pub const LXC_MISSING: &str = "the lxc engine is not available in this build of envup yet; use engine = \"docker\" or \"podman\"";
-
-fn failed(what: impl std::fmt::Display) -> BackendError {
-    BackendError::Failed(what.to_string())
-}
 
 /// What a container was created with, kept so that `snapshot restore` can
 /// make it again from another image.
@@ -223,12 +219,7 @@ impl Backend for ContainerBackend {
         keys: &MachineKeys,
         state: &mut MachineState,
     ) -> Result<(), BackendError> {
-        if stored.manifest.ssh_user != "root" {
-            return Err(failed(format!(
-                "box `{}` logs in as `{}`; the container backend places keys for root only so far",
-                stored.meta.name, stored.manifest.ssh_user
-            )));
-        }
+        super::require_root_login(stored, "container")?;
         let e = EngineCli::choose(m.container.engine)?;
         let image = ensure_image(&e, stored)?;
         let host_args = e.host_args(&image)?;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, BackendError};
+use super::{Backend, BackendError, failed};
 use crate::boxes::StoredBox;
 use crate::envfile::config::{Forward, JailNetwork, Share};
 use crate::envfile::{BackendKind, Machine};
@@ -58,10 +58,6 @@ pub struct JailConfig {
 }
 
 pub struct JailBackend;
-
-fn failed(what: impl std::fmt::Display) -> BackendError {
-    BackendError::Failed(what.to_string())
-}
 
 fn jail_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("jail")
@@ -117,13 +113,6 @@ fn write_private(path: &Path, text: &str, mode: u32) -> Result<(), BackendError>
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(failed)
 }
 
-/// (pid, start time) of a process, from /proc.
-fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// The supervisor's program name.
 pub const SUPERVISOR: &str = "envup-jail-supervisor";
 
@@ -141,19 +130,9 @@ fn supervisor_exe() -> Result<PathBuf, BackendError> {
 }
 
 /// The supervisor recorded in the state, if it is still running and still
-/// ours (same pid and start time, running our supervise command).
+/// ours.
 fn live_supervisor(state: &MachineState) -> Option<i32> {
-    let id = state.id.as_deref()?;
-    let (pid, start) = id.split_once(':')?;
-    let pid: i32 = pid.parse().ok()?;
-    let start: u64 = start.parse().ok()?;
-    if start_time(pid)? != start {
-        return None;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    String::from_utf8_lossy(&cmdline)
-        .contains(SUPERVISOR)
-        .then_some(pid)
+    super::live_process(state.id.as_deref(), SUPERVISOR)
 }
 
 impl Backend for JailBackend {
@@ -168,12 +147,7 @@ impl Backend for JailBackend {
         keys: &MachineKeys,
         state: &mut MachineState,
     ) -> Result<(), BackendError> {
-        if stored.manifest.ssh_user != "root" {
-            return Err(failed(format!(
-                "box `{}` logs in as `{}`; the jail backend places keys for root only so far",
-                stored.meta.name, stored.manifest.ssh_user
-            )));
-        }
+        super::require_root_login(stored, "jail")?;
         let lower = lower_dir(stored)?;
         let dir = jail_dir(&state_dir(state)?);
         let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));

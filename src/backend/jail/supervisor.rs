@@ -370,7 +370,7 @@ pub fn supervise(dir: &Path) -> i32 {
     }
     drop(ready_w);
     let me = std::process::id() as i32;
-    let started = super::start_time(me).unwrap_or(0);
+    let started = crate::backend::start_time(me).unwrap_or(0);
     let pidfile = dir.join("supervisor.pid");
     if let Err(e) = crate::state::write_atomic(&pidfile, format!("{me} {started}\n").as_bytes()) {
         return fail(e.to_string());

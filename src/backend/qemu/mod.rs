@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, BackendError};
+use super::{Backend, BackendError, failed, start_time};
 use crate::boxes::StoredBox;
 use crate::envfile::config::{Accel, Protocol};
 use crate::envfile::{BackendKind, Machine};
@@ -29,10 +29,6 @@ pub const HALT_DEADLINE: Duration = Duration::from_secs(20);
 const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 
 pub struct QemuBackend;
-
-fn failed(what: impl std::fmt::Display) -> BackendError {
-    BackendError::Failed(what.to_string())
-}
 
 /// What `start` runs, written at create.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -321,24 +317,11 @@ pub struct PathsView {
     pub pidfile: PathBuf,
 }
 
-fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// The qemu recorded in the state, if it still runs and is still ours.
+/// The qemu recorded in the state, if it still runs and is still ours
+/// (its command line names this machine's QMP socket).
 fn live_qemu(state: &MachineState) -> Option<i32> {
-    let (pid, start) = state.id.as_deref()?.split_once(':')?;
-    let pid: i32 = pid.parse().ok()?;
-    if start_time(pid)? != start.parse::<u64>().ok()? {
-        return None;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let p = Paths::of(state).ok()?;
-    String::from_utf8_lossy(&cmdline)
-        .contains(&*p.qmp().to_string_lossy())
-        .then_some(pid)
+    let qmp = Paths::of(state).ok()?.qmp();
+    super::live_process(state.id.as_deref(), &qmp.to_string_lossy())
 }
 
 fn read_config(state: &MachineState) -> Result<VmConfig, BackendError> {
