@@ -563,11 +563,12 @@ fn lock_pins_and_update_moves_on() {
     );
     p.write(
         "Envfile",
-        "[machines.web]\nbox = \"acme/tiny\"\nbackend = \"container\"\ncontainer = { engine = \"lxc\" }\n",
+        "[machines.web]\nbox = \"acme/tiny\"\nbackend = \"container\"\n",
     );
     let cats = format!("{}/cat", server.base);
 
     p.cmd(&["up", "--locked"])
+        .env(common::NO_ENGINES.0, common::NO_ENGINES.1)
         .out()
         .status(1)
         .stderr_has("Envfile.lock does not pin a box for web");
@@ -580,9 +581,10 @@ fn lock_pins_and_update_moves_on() {
     assert!(lock.contains(&d1) && lock.contains("/v1.box"), "{lock}");
     // With the lock in place, --locked gets past the lock and stops at the backend.
     p.cmd(&["up", "--locked"])
+        .env(common::NO_ENGINES.0, common::NO_ENGINES.1)
         .out()
         .status(1)
-        .stderr_has("engine is not available in this build");
+        .stderr_has("no container engine works here");
 
     // A newer version appears: lock keeps the pin, update moves it.
     server.put(
@@ -609,9 +611,10 @@ fn lock_pins_and_update_moves_on() {
     // box_version that the pin no longer meets: the pin is stale.
     p.write(
         "Envfile",
-        "[machines.web]\nbox = \"acme/tiny\"\nbox_version = \"<1.1\"\nbackend = \"container\"\ncontainer = { engine = \"lxc\" }\n",
+        "[machines.web]\nbox = \"acme/tiny\"\nbox_version = \"<1.1\"\nbackend = \"container\"\n",
     );
     p.cmd(&["up", "--locked"])
+        .env(common::NO_ENGINES.0, common::NO_ENGINES.1)
         .out()
         .status(1)
         .stderr_has("no longer fits the Envfile");

@@ -6,7 +6,7 @@ mod common;
 use std::fs::OpenOptions;
 use std::time::{Duration, Instant};
 
-use common::{Project, TWO_MACHINES};
+use common::{NO_ENGINES, Project, TWO_MACHINES};
 
 const COMMANDS: &[&str] = &[
     "init",
@@ -235,12 +235,13 @@ fn plan_follows_autostart_and_dependencies() {
 }
 
 #[test]
-fn up_says_plainly_that_the_backend_is_missing() {
+fn up_says_plainly_that_no_engine_works() {
     let p = Project::with_envfile(TWO_MACHINES);
     p.cmd(&["up"])
+        .env(NO_ENGINES.0, NO_ENGINES.1)
         .out()
         .status(1)
-        .stderr_has("the lxc engine is not available in this build of envup yet")
+        .stderr_has("no container engine works here")
         .stderr_has("web: skipped: `db` failed")
         .stderr_has("2 of 2 machines could not be brought up");
     assert!(
@@ -252,7 +253,11 @@ fn up_says_plainly_that_the_backend_is_missing() {
 #[test]
 fn up_json_events_end_with_a_result() {
     let p = Project::with_envfile(TWO_MACHINES);
-    let out = p.cmd(&["--json", "up"]).out().status(1);
+    let out = p
+        .cmd(&["--json", "up"])
+        .env(NO_ENGINES.0, NO_ENGINES.1)
+        .out()
+        .status(1);
     let events: Vec<serde_json::Value> = out
         .stdout()
         .lines()

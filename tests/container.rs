@@ -1,6 +1,7 @@
 //! The container backend for real, on each engine this host runs (Docker,
-//! Podman): `tiny` and `debian/bookworm` up, provisioned, exec, halt, up
-//! with data kept, snapshots, destroy; one image import for two machines.
+//! Podman, LXC): `tiny` and `debian/bookworm` up, provisioned, exec, halt,
+//! up with data kept, snapshots (not on LXC), destroy; one image import for
+//! two machines.
 //! An engine the host lacks is reported as ignored, with the reason.
 
 mod common;
@@ -13,6 +14,10 @@ use libtest_mimic::{Arguments, Failed, Trial};
 fn unavailable(engine: &str) -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some("box builds need root".into());
+    }
+    if engine == "lxc" {
+        return common::host_lacks("lxc-start")
+            .then(|| "lxc is not installed (apt-get install lxc)".into());
     }
     envup::backend::container::engine::EngineCli::find(match engine {
         "docker" => envup::backend::container::engine::Kind::Docker,
@@ -82,6 +87,28 @@ fn lifecycle(engine: &'static str, boxname: &'static str) -> Result<(), Failed> 
         exec(&p, "web", "cat /root/data") == "kept\n",
         "data lost across halt and up",
     )?;
+    if engine == "lxc" {
+        envup(&p, &["snapshot", "save", "web", "before"])
+            .status(1)
+            .stderr_has("cannot take snapshots");
+        envup(&p, &["destroy", "-f"]).status(0);
+        let procs = std::process::Command::new("pgrep")
+            .args(["-af", &names[0]])
+            .output()
+            .unwrap();
+        check(
+            procs.stdout.is_empty(),
+            format!("left: {}", String::from_utf8_lossy(&procs.stdout)),
+        )?;
+        check(
+            !std::path::Path::new("/run/netns").join(&names[0]).exists(),
+            "netns name left",
+        )?;
+        return check(
+            !p.path().join(".envup/machines/web").exists(),
+            "state directory left",
+        );
+    }
     // Snapshots: save, change, restore.
     envup(&p, &["snapshot", "save", "web", "before"]).status(0);
     exec(&p, "web", "rm /root/data");
@@ -150,12 +177,12 @@ type TestFn = Box<dyn FnOnce() -> Result<(), Failed> + Send>;
 fn main() {
     let args = Arguments::from_args();
     let mut trials = Vec::new();
-    for engine in ["docker", "podman"] {
+    for engine in ["docker", "podman", "lxc"] {
         let skip = unavailable(engine);
         if let Some(why) = &skip {
             eprintln!("skipping the {engine} tests: {why}");
         }
-        let tests: Vec<(String, TestFn)> = vec![
+        let mut tests: Vec<(String, TestFn)> = vec![
             (
                 format!("{engine}_tiny_lifecycle"),
                 Box::new(move || lifecycle(engine, "tiny")),
@@ -164,11 +191,14 @@ fn main() {
                 format!("{engine}_debian_lifecycle"),
                 Box::new(move || lifecycle(engine, "debian/bookworm")),
             ),
-            (
+        ];
+        // LXC runs the box's rootfs in place: there is no image to import.
+        if engine != "lxc" {
+            tests.push((
                 format!("{engine}_one_import_for_two_machines"),
                 Box::new(move || one_import_for_two(engine)),
-            ),
-        ];
+            ));
+        }
         for (n, f) in tests {
             trials.push(Trial::test(n, f).with_ignored_flag(skip.is_some()));
         }

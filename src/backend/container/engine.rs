@@ -19,6 +19,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 pub enum Kind {
     Docker,
     Podman,
+    Lxc,
 }
 
 impl Kind {
@@ -26,6 +27,7 @@ impl Kind {
         match self {
             Kind::Docker => "docker",
             Kind::Podman => "podman",
+            Kind::Lxc => "lxc",
         }
     }
 
@@ -63,7 +65,7 @@ impl EngineCli {
             // Named: installed is enough; the engine's own errors say the rest.
             Engine::Docker => return Self::named("docker"),
             Engine::Podman => return Self::named("podman"),
-            Engine::Lxc => return Err(failed(super::LXC_MISSING)),
+            Engine::Lxc => return Err(failed("lxc has no docker-like command line")),
         };
         let mut why = Vec::new();
         for &k in kinds {
@@ -85,6 +87,7 @@ impl EngineCli {
         let fmt = match kind {
             Kind::Docker => "{{.Server.Version}}",
             Kind::Podman => "{{.Client.Version}}",
+            Kind::Lxc => return Err("lxc has no docker-like command line".into()),
         };
         match run_with_timeout(&program, &["version", "--format", fmt], PROBE_TIMEOUT) {
             Ok(o) if o.status.success() => Ok(EngineCli { kind, program }),
@@ -146,7 +149,7 @@ impl EngineCli {
     pub fn remove_container(&self, name: &str) -> Result<String, BackendError> {
         match self.kind {
             Kind::Docker => self.run(&["rm", "--force", name]),
-            Kind::Podman => self.run(&["rm", "--force", "--time", "0", name]),
+            Kind::Podman | Kind::Lxc => self.run(&["rm", "--force", "--time", "0", name]),
         }
     }
 

@@ -5,6 +5,7 @@
 //! 127.0.0.1.
 
 pub mod engine;
+mod lxc;
 mod probe;
 
 use std::path::{Path, PathBuf};
@@ -30,12 +31,33 @@ pub const PIDS_MAX: u64 = 1024;
 
 pub struct ContainerBackend;
 
-pub const LXC_MISSING: &str = "the lxc engine is not available in this build of envup yet; use engine = \"docker\" or \"podman\"";
+/// The engine a new machine gets.
+enum Pick {
+    Cli(EngineCli),
+    Lxc,
+}
+
+/// The engine the Envfile asks for: a named one if it is installed; for
+/// `auto`, Docker when its engine answers, then Podman, then LXC.
+fn pick(want: crate::envfile::config::Engine) -> Result<Pick, BackendError> {
+    use crate::envfile::config::Engine;
+    let lxc_there = || crate::host::which("lxc-start").is_some();
+    match want {
+        Engine::Lxc if lxc_there() => Ok(Pick::Lxc),
+        Engine::Lxc => Err(failed("lxc is not installed (apt-get install lxc)")),
+        Engine::Auto => match EngineCli::choose(Engine::Auto) {
+            Ok(e) => Ok(Pick::Cli(e)),
+            Err(_) if lxc_there() => Ok(Pick::Lxc),
+            Err(e) => Err(e),
+        },
+        named => EngineCli::choose(named).map(Pick::Cli),
+    }
+}
 
 /// What a container was created with, kept so that `snapshot restore` can
 /// make it again from another image.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Created {
+pub(crate) struct Created {
     engine: Kind,
     name: String,
     /// `create` arguments, without the image.
@@ -50,12 +72,25 @@ fn record_path(state: &MachineState) -> Result<PathBuf, BackendError> {
         .join("container.json"))
 }
 
-fn load(state: &MachineState) -> Result<(EngineCli, Created), BackendError> {
+fn record(state: &MachineState) -> Result<Created, BackendError> {
     let p = record_path(state)?;
-    let c: Created = crate::state::read_json(&p)
+    crate::state::read_json(&p)
         .map_err(failed)?
-        .ok_or_else(|| failed(format!("{} is missing", p.display())))?;
-    Ok((EngineCli::named(c.engine.name())?, c))
+        .ok_or_else(|| failed(format!("{} is missing", p.display())))
+}
+
+/// The machine's record and its Docker or Podman engine; for LXC, the
+/// record only.
+fn load(state: &MachineState) -> Result<(Option<EngineCli>, Created), BackendError> {
+    let c = record(state)?;
+    if c.engine == Kind::Lxc {
+        return Ok((None, c));
+    }
+    Ok((Some(EngineCli::named(c.engine.name())?), c))
+}
+
+fn no_lxc_snapshots() -> BackendError {
+    failed("the lxc engine cannot take snapshots in this build (docker and podman can)")
 }
 
 /// The container's name on the engine, from the machine's directory.
@@ -206,10 +241,7 @@ impl Backend for ContainerBackend {
     }
 
     fn check(&self, m: &Machine) -> Result<(), BackendError> {
-        if m.container.engine == crate::envfile::config::Engine::Lxc {
-            return Err(failed(LXC_MISSING));
-        }
-        Ok(())
+        pick(m.container.engine).map(|_| ())
     }
 
     fn create(
@@ -219,15 +251,21 @@ impl Backend for ContainerBackend {
         keys: &MachineKeys,
         state: &mut MachineState,
     ) -> Result<(), BackendError> {
-        super::require_root_login(stored, "container")?;
-        let e = EngineCli::choose(m.container.engine)?;
-        let image = ensure_image(&e, stored)?;
-        let host_args = e.host_args(&image)?;
         let dir = record_path(state)?
             .parent()
             .expect("a file in the machine's directory")
             .to_owned();
         let name = container_name(&dir);
+        let e = match pick(m.container.engine)? {
+            Pick::Cli(e) => e,
+            Pick::Lxc => {
+                let created = lxc::create(m, stored, keys, state, &name)?;
+                return crate::state::write_json(&record_path(state)?, &created).map_err(failed);
+            }
+        };
+        super::require_root_login(stored, "container")?;
+        let image = ensure_image(&e, stored)?;
+        let host_args = e.host_args(&image)?;
         let port = super::ssh_port()?;
         let mut args = create_args(m, &name, port, &host_args, cgroup_v1());
         args.extend(key_mounts(&dir, keys)?);
@@ -257,7 +295,9 @@ impl Backend for ContainerBackend {
     }
 
     fn start(&self, _m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
-        let (e, c) = load(state)?;
+        let (Some(e), c) = load(state)? else {
+            return lxc::start(state, &record(state)?);
+        };
         // Starting a running container does nothing, in both engines.
         if let Some(ep) = &state.ssh
             && engine_status(&e, &c.name).as_deref() != Some("running")
@@ -278,7 +318,9 @@ impl Backend for ContainerBackend {
     }
 
     fn stop(&self, state: &MachineState, force: bool) -> Result<(), BackendError> {
-        let (e, c) = load(state)?;
+        let (Some(e), c) = load(state)? else {
+            return lxc::stop(state, &record(state)?, force);
+        };
         if engine_status(&e, &c.name).as_deref() != Some("running") {
             return Ok(());
         }
@@ -302,6 +344,9 @@ impl Backend for ContainerBackend {
             // Never created on an engine: nothing outside the state directory.
             return Ok(());
         };
+        let Some(e) = e else {
+            return lxc::destroy(state, &c);
+        };
         let _ = e.remove_container(&c.name);
         if engine_status(&e, &c.name).is_some() {
             return Err(failed(format!(
@@ -320,7 +365,9 @@ impl Backend for ContainerBackend {
         if !matches!(state.status, Status::Running | Status::Stopped) {
             return Ok(state.status);
         }
-        let (e, c) = load(state)?;
+        let (Some(e), c) = load(state)? else {
+            return lxc::status(state, &record(state)?);
+        };
         Ok(match engine_status(&e, &c.name).as_deref() {
             Some("running") => Status::Running,
             _ => Status::Stopped,
@@ -328,13 +375,17 @@ impl Backend for ContainerBackend {
     }
 
     fn snapshot_save(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
-        let (e, c) = load(state)?;
+        let (Some(e), c) = load(state)? else {
+            return Err(no_lxc_snapshots());
+        };
         let image = format!("{}:{name}", snapshot_repo(&c.name));
         e.run(&["commit", &c.name, &image]).map(|_| ())
     }
 
     fn snapshot_restore(&self, state: &mut MachineState, name: &str) -> Result<(), BackendError> {
-        let (e, mut c) = load(state)?;
+        let (Some(e), mut c) = load(state)? else {
+            return Err(no_lxc_snapshots());
+        };
         let image = format!("{}:{name}", snapshot_repo(&c.name));
         if !e.has_image(&image) {
             return Err(failed(format!("machine has no snapshot `{name}`")));
@@ -362,7 +413,9 @@ impl Backend for ContainerBackend {
     }
 
     fn snapshot_list(&self, state: &MachineState) -> Result<Vec<String>, BackendError> {
-        let (e, c) = load(state)?;
+        let (Some(e), c) = load(state)? else {
+            return Err(no_lxc_snapshots());
+        };
         let out = e.run(&[
             "images",
             "--format",
@@ -382,7 +435,9 @@ impl Backend for ContainerBackend {
     }
 
     fn snapshot_delete(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
-        let (e, c) = load(state)?;
+        let (Some(e), c) = load(state)? else {
+            return Err(no_lxc_snapshots());
+        };
         let image = format!("{}:{name}", snapshot_repo(&c.name));
         if !e.has_image(&image) {
             return Err(failed(format!("machine has no snapshot `{name}`")));

@@ -59,6 +59,16 @@ pub fn probe() -> (bool, Vec<Check>) {
     checks.push(match which("lxc-start") {
         None => Check::missing("lxc", "lxc-start not found on PATH", "apt-get install lxc"),
         Some(p) => match run_with_timeout(&p, &["--version"], timeout) {
+            Ok(_) if !nix::unistd::geteuid().is_root() => Check::missing(
+                "lxc",
+                "envup runs LXC containers as root only (privileged containers)",
+                "run envup as root, or use engine = \"podman\"",
+            ),
+            Ok(_) if which("pasta").is_none() => Check::missing(
+                "lxc",
+                "pasta is missing: envup connects LXC containers' networks with it",
+                "apt-get install passt",
+            ),
             Ok(o) if o.status.success() => Check::ok("lxc", format!("lxc {}", first_line(&o))),
             Ok(o) => Check::missing(
                 "lxc",

@@ -12,7 +12,7 @@ mod cgroup;
 #[cfg_attr(not(target_os = "freebsd"), allow(dead_code))]
 pub mod freebsd;
 pub mod probe;
-mod supervisor;
+pub(crate) mod supervisor;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -65,7 +65,7 @@ fn jail_dir(state_dir: &Path) -> PathBuf {
 
 /// The box's rootfs unpacked once, beside its artifacts in the store; every
 /// jail from the box uses it read-only as its lower layer.
-fn lower_dir(stored: &StoredBox) -> Result<PathBuf, BackendError> {
+pub(crate) fn lower_dir(stored: &StoredBox) -> Result<PathBuf, BackendError> {
     let dir = stored.dir.join("rootfs");
     if dir.is_dir() {
         return Ok(dir);
@@ -102,6 +102,37 @@ fn lower_dir(stored: &StoredBox) -> Result<PathBuf, BackendError> {
     std::fs::rename(tmp.keep(), &dir).map_err(failed)?;
     drop(lock);
     Ok(dir)
+}
+
+/// What a machine whose root is an overlay finds on first boot, written to
+/// its upper layer: its keys, its name and the host's resolver.
+pub(crate) fn first_boot_files(
+    upper: &Path,
+    keys: &MachineKeys,
+    hostname: &str,
+) -> Result<(), BackendError> {
+    write_private(
+        &upper.join("etc/ssh/ssh_host_ed25519_key"),
+        &keys.host_private_pem(),
+        0o600,
+    )?;
+    std::fs::create_dir_all(upper.join("root/.ssh")).map_err(failed)?;
+    std::fs::set_permissions(
+        upper.join("root/.ssh"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .map_err(failed)?;
+    write_private(
+        &upper.join("root/.ssh/authorized_keys"),
+        &format!("{}\n", keys.authorized_key()),
+        0o600,
+    )?;
+    write_private(&upper.join("etc/hostname"), &format!("{hostname}\n"), 0o644)?;
+    if let Ok(resolv) = std::fs::read_to_string("/etc/resolv.conf") {
+        let _ = std::fs::remove_file(upper.join("etc/resolv.conf"));
+        write_private(&upper.join("etc/resolv.conf"), &resolv, 0o644)?;
+    }
+    Ok(())
 }
 
 fn write_private(path: &Path, text: &str, mode: u32) -> Result<(), BackendError> {
@@ -154,32 +185,7 @@ impl Backend for JailBackend {
         for d in [&upper, &work, &merged] {
             std::fs::create_dir_all(d).map_err(failed)?;
         }
-        // What the machine finds on first boot: its keys, name and resolver.
-        write_private(
-            &upper.join("etc/ssh/ssh_host_ed25519_key"),
-            &keys.host_private_pem(),
-            0o600,
-        )?;
-        std::fs::create_dir_all(upper.join("root/.ssh")).map_err(failed)?;
-        std::fs::set_permissions(
-            upper.join("root/.ssh"),
-            std::fs::Permissions::from_mode(0o700),
-        )
-        .map_err(failed)?;
-        write_private(
-            &upper.join("root/.ssh/authorized_keys"),
-            &format!("{}\n", keys.authorized_key()),
-            0o600,
-        )?;
-        write_private(
-            &upper.join("etc/hostname"),
-            &format!("{}\n", m.hostname),
-            0o644,
-        )?;
-        if let Ok(resolv) = std::fs::read_to_string("/etc/resolv.conf") {
-            let _ = std::fs::remove_file(upper.join("etc/resolv.conf"));
-            write_private(&upper.join("etc/resolv.conf"), &resolv, 0o644)?;
-        }
+        first_boot_files(&upper, keys, &m.hostname)?;
         let digest = <sha2::Sha256 as sha2::Digest>::digest(dir.as_os_str().as_encoded_bytes());
         let id = format!("envup-{}", &crate::boxes::archive::hex(&digest)[..12]);
         let port = super::ssh_port()?;

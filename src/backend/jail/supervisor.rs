@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 
 use super::cgroup::Cgroup;
 use super::{HALT_DEADLINE, JailConfig};
-use crate::envfile::config::{JailNetwork, Protocol};
+use crate::envfile::config::{Forward, JailNetwork, Protocol};
 
 /// 0: run; 1: halt gracefully; 2: kill now.
 static REQUEST: AtomicU8 = AtomicU8::new(0);
@@ -33,10 +33,32 @@ pub fn netns_path(cfg: &JailConfig) -> std::path::PathBuf {
 
 /// Remove what a jail leaves on the host: its netns name and cgroup.
 pub fn clean_up(cfg: &JailConfig) {
-    let ns = netns_path(cfg);
+    forget_netns(&cfg.id);
+    Cgroup::remove_dirs(&cfg.id);
+}
+
+/// Give the network namespace of process `pid` the name `name`
+/// (/run/netns/NAME, as `ip netns` does), so pasta can join it.
+pub(crate) fn name_netns(pid: i32, name: &str) -> Result<std::path::PathBuf, String> {
+    std::fs::create_dir_all("/run/netns").map_err(|e| format!("/run/netns: {e}"))?;
+    let ns = Path::new("/run/netns").join(name);
+    std::fs::write(&ns, b"").map_err(|e| format!("{}: {e}", ns.display()))?;
+    mount(
+        Some(&format!("/proc/{pid}/ns/net")[..]),
+        &ns,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("naming the network namespace: {e}"))?;
+    Ok(ns)
+}
+
+/// Take a network namespace's name away again.
+pub(crate) fn forget_netns(name: &str) {
+    let ns = Path::new("/run/netns").join(name);
     let _ = umount2(&ns, MntFlags::MNT_DETACH);
     let _ = std::fs::remove_file(&ns);
-    Cgroup::remove_dirs(&cfg.id);
 }
 
 /// Inside the new namespaces: the root filesystem, then init.
@@ -236,37 +258,10 @@ fn setup_root(cfg: &JailConfig) -> Result<(), String> {
 /// Give the jail's network namespace a name, and start pasta on it with the
 /// SSH port and the forwards.
 fn connect_network(cfg: &JailConfig, child: Pid) -> Result<Child, String> {
-    std::fs::create_dir_all("/run/netns").map_err(|e| format!("/run/netns: {e}"))?;
-    let ns = netns_path(cfg);
-    std::fs::write(&ns, b"").map_err(|e| format!("{}: {e}", ns.display()))?;
-    mount(
-        Some(&format!("/proc/{child}/ns/net")[..]),
-        &ns,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| format!("naming the network namespace: {e}"))?;
+    name_netns(child.as_raw(), &cfg.id)?;
     let mut cmd = Command::new("pasta");
-    cmd.args(["--foreground", "--quiet", "--runas", "0", "--config-net"]);
-    // Nothing from the jail to the host's own ports: pasta would otherwise
-    // mirror every port the host listens on into the jail.
-    cmd.args(["-T", "none", "-U", "none"]);
-    cmd.args(["-t", &format!("127.0.0.1/{}:22", cfg.ssh_port)]);
-    for f in &cfg.forwards {
-        let flag = if f.protocol == Protocol::Udp {
-            "-u"
-        } else {
-            "-t"
-        };
-        let addr = if f.host_ip.is_unspecified() {
-            String::new()
-        } else {
-            format!("{}/", f.host_ip)
-        };
-        cmd.args([flag, &format!("{addr}{}:{}", f.host, f.guest)]);
-    }
-    cmd.args(["--netns", &cfg.id])
+    cmd.args(pasta_args(cfg.ssh_port, &cfg.forwards, &cfg.id))
+        .arg("--foreground")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     // SAFETY: prctl is async-signal-safe; pasta dies with the supervisor.
@@ -278,6 +273,41 @@ fn connect_network(cfg: &JailConfig, child: Pid) -> Result<Child, String> {
     }
     cmd.spawn()
         .map_err(|e| format!("cannot start pasta (apt-get install passt): {e}"))
+}
+
+/// pasta's arguments for a private network namespace named `netns` (under
+/// /run/netns): an address and a route out, SSH on 127.0.0.1:`ssh_port`,
+/// each forward, and nothing from the namespace to the host's own ports
+/// (pasta would otherwise mirror every port the host listens on).
+pub(crate) fn pasta_args(ssh_port: u16, forwards: &[Forward], netns: &str) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--quiet",
+        "--runas",
+        "0",
+        "--config-net",
+        "-T",
+        "none",
+        "-U",
+        "none",
+    ]
+    .map(String::from)
+    .to_vec();
+    a.extend(["-t".into(), format!("127.0.0.1/{ssh_port}:22")]);
+    for f in forwards {
+        let flag = if f.protocol == Protocol::Udp {
+            "-u"
+        } else {
+            "-t"
+        };
+        let addr = if f.host_ip.is_unspecified() {
+            String::new()
+        } else {
+            format!("{}/", f.host_ip)
+        };
+        a.extend([flag.into(), format!("{addr}{}:{}", f.host, f.guest)]);
+    }
+    a.extend(["--netns".into(), netns.into()]);
+    a
 }
 
 /// Run one jail until it ends. Returns the process exit code.
