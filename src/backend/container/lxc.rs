@@ -189,10 +189,17 @@ fn end_pasta(dir: &Path, name: &str) {
         && std::fs::read(format!("/proc/{pid}/cmdline"))
             .is_ok_and(|c| String::from_utf8_lossy(&c).contains(name))
     {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        // Gone before returning: a new pasta will want the same ports.
+        let p = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while nix::sys::signal::kill(p, None).is_ok() {
+            if Instant::now() > deadline {
+                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     let _ = std::fs::remove_file(dir.join("pasta.pid"));
     forget_netns(name);
@@ -244,6 +251,96 @@ pub fn destroy(state: &MachineState, c: &Created) -> Result<(), BackendError> {
         }
         _ => Ok(()),
     }
+}
+
+/// Snapshots: copies of the machine's own layer (the box's rootfs below it
+/// never changes), in `lxc/snapshots/NAME`. A running container is frozen
+/// while its layer is copied, so the copy is consistent.
+fn snapshot_dir(state: &MachineState, name: &str) -> Result<PathBuf, BackendError> {
+    Ok(lxc_dir(state)?.join("snapshots").join(name))
+}
+
+/// `cp -a`: copies with owners, modes, links, devices and xattrs as they are.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), BackendError> {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(failed)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(failed(format!(
+            "copying {}: {}",
+            from.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+pub fn snapshot_save(state: &MachineState, c: &Created, name: &str) -> Result<(), BackendError> {
+    let dir = lxc_dir(state)?;
+    let target = snapshot_dir(state, name)?;
+    std::fs::create_dir_all(target.parent().expect("snapshots dir")).map_err(failed)?;
+    let tmp = target.with_extension("part");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let running = lxc_state(&dir, &c.name).as_deref() == Some("RUNNING");
+    if running {
+        lxc("lxc-freeze", &dir, &c.name, &[])?;
+    }
+    let copied = copy_tree(&dir.join("upper"), &tmp);
+    if running {
+        lxc("lxc-unfreeze", &dir, &c.name, &[])?;
+    }
+    copied?;
+    std::fs::rename(&tmp, &target).map_err(failed)
+}
+
+pub fn snapshot_restore(state: &MachineState, c: &Created, name: &str) -> Result<(), BackendError> {
+    let dir = lxc_dir(state)?;
+    let snap = snapshot_dir(state, name)?;
+    if !snap.is_dir() {
+        return Err(failed(format!("machine has no snapshot `{name}`")));
+    }
+    let running = lxc_state(&dir, &c.name).as_deref() == Some("RUNNING");
+    stop(state, c, true)?;
+    let upper = dir.join("upper");
+    let old = dir.join("upper.old");
+    let _ = std::fs::remove_dir_all(&old);
+    let fresh = dir.join("upper.restoring");
+    let _ = std::fs::remove_dir_all(&fresh);
+    copy_tree(&snap, &fresh)?;
+    std::fs::rename(&upper, &old).map_err(failed)?;
+    std::fs::rename(&fresh, &upper).map_err(failed)?;
+    let _ = std::fs::remove_dir_all(&old);
+    if running {
+        start(state, c)?;
+    }
+    Ok(())
+}
+
+pub fn snapshot_list(state: &MachineState) -> Result<Vec<String>, BackendError> {
+    let dir = lxc_dir(state)?.join("snapshots");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir() && e.path().extension().is_none())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    Ok(names)
+}
+
+pub fn snapshot_delete(state: &MachineState, name: &str) -> Result<(), BackendError> {
+    let snap = snapshot_dir(state, name)?;
+    if !snap.is_dir() {
+        return Err(failed(format!("machine has no snapshot `{name}`")));
+    }
+    std::fs::remove_dir_all(&snap).map_err(failed)
 }
 
 #[cfg(test)]

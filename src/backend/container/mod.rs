@@ -89,10 +89,6 @@ fn load(state: &MachineState) -> Result<(Option<EngineCli>, Created), BackendErr
     Ok((Some(EngineCli::named(c.engine.name())?), c))
 }
 
-fn no_lxc_snapshots() -> BackendError {
-    failed("the lxc engine cannot take snapshots in this build (docker and podman can)")
-}
-
 /// The container's name on the engine, from the machine's directory.
 fn container_name(dir: &Path) -> String {
     let digest = <sha2::Sha256 as sha2::Digest>::digest(dir.as_os_str().as_encoded_bytes());
@@ -376,7 +372,7 @@ impl Backend for ContainerBackend {
 
     fn snapshot_save(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
         let (Some(e), c) = load(state)? else {
-            return Err(no_lxc_snapshots());
+            return lxc::snapshot_save(state, &record(state)?, name);
         };
         let image = format!("{}:{name}", snapshot_repo(&c.name));
         e.run(&["commit", &c.name, &image]).map(|_| ())
@@ -384,7 +380,7 @@ impl Backend for ContainerBackend {
 
     fn snapshot_restore(&self, state: &mut MachineState, name: &str) -> Result<(), BackendError> {
         let (Some(e), mut c) = load(state)? else {
-            return Err(no_lxc_snapshots());
+            return lxc::snapshot_restore(state, &record(state)?, name);
         };
         let image = format!("{}:{name}", snapshot_repo(&c.name));
         if !e.has_image(&image) {
@@ -414,7 +410,7 @@ impl Backend for ContainerBackend {
 
     fn snapshot_list(&self, state: &MachineState) -> Result<Vec<String>, BackendError> {
         let (Some(e), c) = load(state)? else {
-            return Err(no_lxc_snapshots());
+            return lxc::snapshot_list(state);
         };
         let out = e.run(&[
             "images",
@@ -436,7 +432,7 @@ impl Backend for ContainerBackend {
 
     fn snapshot_delete(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
         let (Some(e), c) = load(state)? else {
-            return Err(no_lxc_snapshots());
+            return lxc::snapshot_delete(state, name);
         };
         let image = format!("{}:{name}", snapshot_repo(&c.name));
         if !e.has_image(&image) {
