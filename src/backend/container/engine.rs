@@ -67,17 +67,23 @@ impl EngineCli {
             Engine::Podman => return Self::named("podman"),
             Engine::Lxc => return Err(failed("lxc has no docker-like command line")),
         };
-        let mut why = Vec::new();
-        for &k in kinds {
-            match EngineCli::find(k) {
-                Ok(e) => return Ok(e),
-                Err(e) => why.push(e),
+        // Asked once per envup command: `check` and `create` both want it.
+        static AUTO: std::sync::OnceLock<Result<EngineCli, String>> = std::sync::OnceLock::new();
+        AUTO.get_or_init(|| {
+            let mut why = Vec::new();
+            for &k in kinds {
+                match EngineCli::find(k) {
+                    Ok(e) => return Ok(e),
+                    Err(e) => why.push(e),
+                }
             }
-        }
-        Err(failed(format!(
-            "no container engine works here: {} (`envup doctor` says more)",
-            why.join("; ")
-        )))
+            Err(format!(
+                "no container engine works here: {} (`envup doctor` says more)",
+                why.join("; ")
+            ))
+        })
+        .clone()
+        .map_err(failed)
     }
 
     /// The engine `kind`, if its program is installed and it answers.
