@@ -89,6 +89,21 @@ pub(crate) fn failed(what: impl std::fmt::Display) -> BackendError {
     BackendError::Failed(what.to_string())
 }
 
+/// The machine's state directory; each backend keeps its files under it.
+pub(crate) fn machine_dir(state: &MachineState) -> Result<std::path::PathBuf, BackendError> {
+    state
+        .dir
+        .clone()
+        .ok_or_else(|| failed("the machine's state does not say where its directory is"))
+}
+
+/// The name a machine's resources get on the host (cgroup, netns,
+/// container, qemu process): `envup-` and 12 hex digits of its directory.
+pub(crate) fn host_name(dir: &std::path::Path) -> String {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(dir.as_os_str().as_encoded_bytes());
+    format!("envup-{}", &crate::boxes::archive::hex(&digest)[..12])
+}
+
 /// Refuse a box whose SSH user is not root: the jail and container
 /// backends place keys for root only so far.
 pub(crate) fn require_root_login(stored: &StoredBox, backend: &str) -> Result<(), BackendError> {

@@ -65,6 +65,16 @@ pub enum Protocol {
     Udp,
 }
 
+impl Protocol {
+    /// `tcp` or `udp`, as the Envfile, qemu and the engines spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawShare {

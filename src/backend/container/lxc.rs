@@ -20,11 +20,7 @@ use crate::state::{MachineState, Status};
 
 /// The container's directory tree: `DIR/NAME/config`, `DIR/upper`.
 fn lxc_dir(state: &MachineState) -> Result<PathBuf, BackendError> {
-    Ok(state
-        .dir
-        .clone()
-        .ok_or_else(|| failed("the machine's state does not say where its directory is"))?
-        .join("lxc"))
+    Ok(crate::backend::machine_dir(state)?.join("lxc"))
 }
 
 fn lxc(tool: &str, dir: &Path, name: &str, args: &[&str]) -> Result<String, BackendError> {

@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{Backend, BackendError, failed};
 use crate::boxes::StoredBox;
-use crate::envfile::config::Protocol;
 use crate::envfile::{BackendKind, Machine};
 use crate::ssh::MachineKeys;
 use crate::state::machine::SshEndpoint;
@@ -65,11 +64,7 @@ pub(crate) struct Created {
 }
 
 fn record_path(state: &MachineState) -> Result<PathBuf, BackendError> {
-    Ok(state
-        .dir
-        .clone()
-        .ok_or_else(|| failed("the machine's state does not say where its directory is"))?
-        .join("container.json"))
+    Ok(super::machine_dir(state)?.join("container.json"))
 }
 
 fn record(state: &MachineState) -> Result<Created, BackendError> {
@@ -87,12 +82,6 @@ fn load(state: &MachineState) -> Result<(Option<EngineCli>, Created), BackendErr
         return Ok((None, c));
     }
     Ok((Some(EngineCli::named(c.engine.name())?), c))
-}
-
-/// The container's name on the engine, from the machine's directory.
-fn container_name(dir: &Path) -> String {
-    let digest = <sha2::Sha256 as sha2::Digest>::digest(dir.as_os_str().as_encoded_bytes());
-    format!("envup-{}", &crate::boxes::archive::hex(&digest)[..12])
 }
 
 /// The box's image in this engine, imported on first use (under a lock in
@@ -153,11 +142,7 @@ pub fn create_args(
         a.extend(["--volume".into(), "/sys/fs/cgroup:/sys/fs/cgroup:ro".into()]);
     }
     for f in &m.forwards {
-        let proto = if f.protocol == Protocol::Udp {
-            "udp"
-        } else {
-            "tcp"
-        };
+        let proto = f.protocol.name();
         let ip = if f.host_ip.is_unspecified() {
             String::new()
         } else {
@@ -247,11 +232,8 @@ impl Backend for ContainerBackend {
         keys: &MachineKeys,
         state: &mut MachineState,
     ) -> Result<(), BackendError> {
-        let dir = record_path(state)?
-            .parent()
-            .expect("a file in the machine's directory")
-            .to_owned();
-        let name = container_name(&dir);
+        let dir = super::machine_dir(state)?;
+        let name = super::host_name(&dir);
         let e = match pick(m.container.engine)? {
             Pick::Cli(e) => e,
             Pick::Lxc => {
@@ -461,7 +443,7 @@ pub fn remove_box_images(digest: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envfile::config::{Forward, Share};
+    use crate::envfile::config::{Forward, Protocol, Share};
 
     #[test]
     fn create_arguments() {

@@ -1,10 +1,10 @@
 //! The jail backend on FreeBSD, over jail(8), rctl(8) and nullfs/unionfs.
 //!
 //! What a machine needs is turned into plain data here — the jail(8)
-//! parameters, the rctl(8) rules and the mounts — so it is unit-tested on
-//! every platform. Only the code that runs those commands is built for
-//! FreeBSD, and it has not been run on a real FreeBSD host yet (see
-//! docs/backends/jail.md).
+//! parameters, the rctl(8) rules, the mounts and the command lines that
+//! apply them — so it is unit-tested on every platform. Nothing runs these
+//! commands yet: the backend is not wired into `envup up` on FreeBSD, and
+//! none of it has run on a real FreeBSD host (see docs/backends/jail.md).
 
 use std::path::PathBuf;
 
@@ -180,33 +180,6 @@ pub fn stop_commands(p: &Plan) -> Vec<Vec<String>> {
 /// Whether `jls` lists the jail as running.
 pub fn listed(jls_names: &str, name: &str) -> bool {
     jls_names.lines().any(|l| l.trim() == name)
-}
-
-#[cfg(target_os = "freebsd")]
-pub fn run_all(cmds: &[Vec<String>], stop_on_error: bool) -> Result<(), String> {
-    for c in cmds {
-        let out = std::process::Command::new(&c[0])
-            .args(&c[1..])
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", c[0]))?;
-        if !out.status.success() && stop_on_error {
-            return Err(format!(
-                "`{}` failed: {}",
-                c.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-    }
-    Ok(())
-}
-
-#[cfg(target_os = "freebsd")]
-pub fn running(name: &str) -> bool {
-    std::process::Command::new("jls")
-        .args(["-N", "name"])
-        .output()
-        .map(|o| listed(&String::from_utf8_lossy(&o.stdout), name))
-        .unwrap_or(false)
 }
 
 #[cfg(test)]

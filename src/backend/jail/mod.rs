@@ -7,9 +7,9 @@
 //! the command that started it.
 
 mod cgroup;
-// Built everywhere so its parameters are tested everywhere; only FreeBSD
-// runs them.
-#[cfg_attr(not(target_os = "freebsd"), allow(dead_code))]
+// Built everywhere so its parameters are tested everywhere; nothing runs
+// them yet.
+#[allow(dead_code)]
 pub mod freebsd;
 pub mod probe;
 pub(crate) mod supervisor;
@@ -180,14 +180,13 @@ impl Backend for JailBackend {
     ) -> Result<(), BackendError> {
         super::require_root_login(stored, "jail")?;
         let lower = lower_dir(stored)?;
-        let dir = jail_dir(&state_dir(state)?);
+        let dir = jail_dir(&super::machine_dir(state)?);
         let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
         for d in [&upper, &work, &merged] {
             std::fs::create_dir_all(d).map_err(failed)?;
         }
         first_boot_files(&upper, keys, &m.hostname)?;
-        let digest = <sha2::Sha256 as sha2::Digest>::digest(dir.as_os_str().as_encoded_bytes());
-        let id = format!("envup-{}", &crate::boxes::archive::hex(&digest)[..12]);
+        let id = super::host_name(&dir);
         let port = super::ssh_port()?;
         let cfg = JailConfig {
             lower,
@@ -223,7 +222,7 @@ impl Backend for JailBackend {
         if live_supervisor(state).is_some() {
             return Ok(());
         }
-        let dir = jail_dir(&state_dir(state)?);
+        let dir = jail_dir(&super::machine_dir(state)?);
         let log = dir.join("supervisor.log");
         let pidfile = dir.join("supervisor.pid");
         let _ = std::fs::remove_file(&pidfile);
@@ -314,7 +313,7 @@ impl Backend for JailBackend {
             cgroup::Cgroup::kill_all(&cfg.id);
             supervisor::clean_up(&cfg);
         }
-        let dir = jail_dir(&state_dir(state)?);
+        let dir = jail_dir(&super::machine_dir(state)?);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(failed(format!("cannot remove {}: {e}", dir.display())))
@@ -331,16 +330,8 @@ impl Backend for JailBackend {
     }
 }
 
-/// The machine's state directory; the backend keeps its files under it.
-fn state_dir(state: &MachineState) -> Result<PathBuf, BackendError> {
-    state
-        .dir
-        .clone()
-        .ok_or_else(|| failed("the machine's state does not say where its directory is"))
-}
-
 fn read_config(state: &MachineState) -> Result<JailConfig, BackendError> {
-    let p = jail_dir(&state_dir(state)?).join("jail.json");
+    let p = jail_dir(&super::machine_dir(state)?).join("jail.json");
     crate::state::read_json(&p)
         .map_err(failed)?
         .ok_or_else(|| failed(format!("{} is missing", p.display())))

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Backend, BackendError, failed, start_time};
 use crate::boxes::StoredBox;
-use crate::envfile::config::{Accel, Protocol};
+use crate::envfile::config::Accel;
 use crate::envfile::{BackendKind, Machine};
 use crate::ssh::MachineKeys;
 use crate::state::machine::SshEndpoint;
@@ -40,18 +40,14 @@ pub struct VmConfig {
     pub name: String,
 }
 
-struct Paths {
+pub struct Paths {
     dir: PathBuf,
 }
 
 impl Paths {
     fn of(state: &MachineState) -> Result<Paths, BackendError> {
-        let dir = state
-            .dir
-            .clone()
-            .ok_or_else(|| failed("the machine's state does not say where its directory is"))?;
         Ok(Paths {
-            dir: dir.join("qemu"),
+            dir: super::machine_dir(state)?.join("qemu"),
         })
     }
     fn overlay(&self) -> PathBuf {
@@ -159,14 +155,11 @@ pub fn kvm_usable(kernel: Option<&Path>) -> bool {
     {
         return false;
     }
+    if let Some(answer) = kvm_answer() {
+        return answer;
+    }
     let key = kvm_cache_key();
     let cache = crate::state::envup_home().ok().map(|h| h.join("kvm.json"));
-    if let Some(c) = &cache
-        && let Ok(Some(p)) = crate::state::read_json::<KvmProbe>(c)
-        && p.key == key
-    {
-        return p.usable;
-    }
     let Some(kernel) = kernel else {
         return false;
     };
@@ -231,7 +224,7 @@ pub fn qemu_args(
     m: &Machine,
     name: &str,
     accel: &str,
-    p: &PathsView,
+    p: &Paths,
     boot: Option<(&Path, Option<&Path>, &str)>,
     ssh_port: u16,
 ) -> Vec<String> {
@@ -259,21 +252,20 @@ pub fn qemu_args(
         "-drive",
         &format!(
             "file={},if=virtio,format=qcow2,discard=unmap",
-            p.overlay.display()
+            p.overlay().display()
         ),
     ]);
     // Read-only, so it needs no snapshot support of its own.
     push(&[
         "-drive",
-        &format!("file={},if=virtio,format=raw,readonly=on", p.seed.display()),
+        &format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            p.seed().display()
+        ),
     ]);
     let mut net = format!("user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22");
     for f in &m.forwards {
-        let proto = if f.protocol == Protocol::Udp {
-            "udp"
-        } else {
-            "tcp"
-        };
+        let proto = f.protocol.name();
         let ip = if f.host_ip.is_unspecified() {
             String::new()
         } else {
@@ -296,25 +288,16 @@ pub fn qemu_args(
     }
     push(&[
         "-chardev",
-        &format!("file,id=console,path={},append=on", p.console.display()),
+        &format!("file,id=console,path={},append=on", p.console().display()),
     ]);
     push(&["-serial", "chardev:console"]);
     push(&[
         "-qmp",
-        &format!("unix:{},server=on,wait=off", p.qmp.display()),
+        &format!("unix:{},server=on,wait=off", p.qmp().display()),
     ]);
-    push(&["-pidfile", &p.pidfile.to_string_lossy()]);
+    push(&["-pidfile", &p.pidfile().to_string_lossy()]);
     push(&["-daemonize"]);
     a
-}
-
-/// The files `qemu_args` names.
-pub struct PathsView {
-    pub overlay: PathBuf,
-    pub seed: PathBuf,
-    pub console: PathBuf,
-    pub qmp: PathBuf,
-    pub pidfile: PathBuf,
 }
 
 /// The qemu recorded in the state, if it still runs and is still ours
@@ -342,7 +325,6 @@ fn wait_gone(pid: i32, within: Duration) -> bool {
         if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
             return true;
         }
-        // Reap it if it is our child (it is not, once daemonized).
         std::thread::sleep(Duration::from_millis(20));
     }
     false
@@ -440,8 +422,7 @@ impl Backend for QemuBackend {
         std::fs::create_dir_all(&p.dir).map_err(failed)?;
         let _ = std::fs::remove_file(p.overlay());
         make_overlay(&disk, &format, &p.overlay(), m.disk.bytes())?;
-        let digest = <sha2::Sha256 as sha2::Digest>::digest(p.dir.as_os_str().as_encoded_bytes());
-        let name = format!("envup-{}", &crate::boxes::archive::hex(&digest)[..12]);
+        let name = super::host_name(&p.dir);
         let user = stored.manifest.ssh_user.clone();
         seed::Seed {
             instance_id: &name,
@@ -466,18 +447,11 @@ impl Backend for QemuBackend {
             .map(|b| b.cmdline.clone())
             .unwrap_or_else(|| "root=/dev/vda rw console=ttyS0".into());
         let port = super::ssh_port()?;
-        let view = PathsView {
-            overlay: p.overlay(),
-            seed: p.seed(),
-            console: p.console(),
-            qmp: p.qmp(),
-            pidfile: p.pidfile(),
-        };
         let args = qemu_args(
             m,
             &name,
             accel,
-            &view,
+            &p,
             kernel
                 .as_deref()
                 .map(|k| (k, initrd.as_deref(), cmdline.as_str())),

@@ -35,10 +35,7 @@ pub fn run(app: &App, args: &PortArgs) -> Result<ExitCode, CliError> {
             ),
         }
         for f in &m.forwards {
-            let proto = match f.protocol {
-                crate::envfile::config::Protocol::Tcp => "tcp",
-                crate::envfile::config::Protocol::Udp => "udp",
-            };
+            let proto = f.protocol.name();
             anstream::println!(
                 "  {:>5} (guest) => {}:{} ({proto})",
                 f.guest,
