@@ -39,6 +39,9 @@ impl FileLock {
             .map_err(io)?;
         let start = Instant::now();
         let mut told = false;
+        // Held locks are mostly held for a moment (a state file written by
+        // another thread or command): look again soon, then less often.
+        let mut pause = Duration::from_millis(1);
         loop {
             match file.try_lock() {
                 Ok(()) => break,
@@ -54,7 +57,8 @@ impl FileLock {
                             waited: start.elapsed(),
                         });
                     }
-                    std::thread::sleep(Duration::from_millis(50));
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
                 }
                 Err(TryLockError::Error(e)) => return Err(io(e)),
             }
