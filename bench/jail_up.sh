@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "jail_up bench skipped: needs root"; exit 0; }
-command -v pasta >/dev/null || scripts/install-deps
+command -v slirp4netns >/dev/null || scripts/install-deps
 cargo build --release --locked -q
 bin="$PWD/target/release/envup"
 work=$(mktemp -d /var/tmp/envup-bench-XXXX)

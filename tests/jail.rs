@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -18,7 +18,7 @@ fn unavailable() -> Option<String> {
         return Some("jails need root".into());
     }
     for (tool, pkg) in [
-        ("pasta", "passt"),
+        ("slirp4netns", "slirp4netns"),
         ("unshare", "util-linux"),
         ("apt-get", "apt"),
         ("mkfs.ext4", "e2fsprogs"),
@@ -111,6 +111,18 @@ fn nothing_left(p: &Project, ids: &[String]) -> Result<(), Failed> {
         check(
             !Path::new("/run/netns").join(id).exists(),
             format!("netns {id} left"),
+        )?;
+        // The network helper names the namespace, not the project.
+        let helpers = std::process::Command::new("pgrep")
+            .args(["-af", id])
+            .output()
+            .unwrap();
+        check(
+            helpers.stdout.is_empty(),
+            format!(
+                "processes left: {}",
+                String::from_utf8_lossy(&helpers.stdout)
+            ),
         )?;
         for c in ["memory", "pids", "cpu,cpuacct", "unified"] {
             let d = Path::new("/sys/fs/cgroup").join(c).join("envup").join(id);
@@ -364,6 +376,67 @@ fn jail_cannot_see_or_exceed() -> Result<(), Failed> {
     destroy_and_check(&p)
 }
 
+/// Answer every connection on `l` with `text`, in the background.
+fn serve(l: TcpListener, text: &'static str) -> u16 {
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(text.as_bytes());
+        }
+    });
+    port
+}
+
+/// The host's address on its default route (no packet is sent).
+fn host_address() -> std::net::IpAddr {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.connect("192.0.2.1:9")
+        .expect("the host has a default route");
+    s.local_addr().unwrap().ip()
+}
+
+/// A private network reaches what the host reaches, but not the host's
+/// loopback-only services; a forward whose host port is taken fails `up`
+/// plainly and leaves nothing.
+fn private_network() -> Result<(), Failed> {
+    let open = serve(TcpListener::bind("0.0.0.0:0").unwrap(), "from the host\n");
+    let local = serve(TcpListener::bind("127.0.0.1:0").unwrap(), "loopback\n");
+    let p = project(TINY);
+    envup(&p, &["up"]).status(0);
+    let addr = host_address();
+    let got = exec(&p, "web", &format!("nc -w 5 {addr} {open} </dev/null"));
+    check(
+        got == "from the host\n",
+        format!("{addr}:{open} from the jail: {got:?}"),
+    )?;
+    let got = exec(
+        &p,
+        "web",
+        &format!("nc -w 2 10.0.2.2 {local} </dev/null || true"),
+    );
+    check(
+        !got.contains("loopback"),
+        "the jail reached a service on the host's loopback",
+    )?;
+    check(
+        exec(&p, "web", "grep -c ^nameserver /etc/resolv.conf") != "0\n",
+        "no nameserver in the jail's resolv.conf",
+    )?;
+    destroy_and_check(&p)?;
+
+    // The port `open` is taken by the listener above.
+    let busy = project(&format!(
+        "{TINY}forward = [{{ guest = 80, host = {open} }}]\n"
+    ));
+    let out = envup(&busy, &["up"]);
+    check(out.code() != 0, "up with a taken port succeeded")?;
+    check(
+        out.stderr().contains(&format!("{open}/tcp")) && out.stderr().contains("in use"),
+        format!("the error does not name the port: {}", out.stderr()),
+    )?;
+    nothing_left(&busy, &[])
+}
+
 type TestFn = fn() -> Result<(), Failed>;
 
 fn main() {
@@ -377,6 +450,7 @@ fn main() {
         ("debian_lifecycle", debian_lifecycle),
         ("two_jails_serve_port_80", two_jails_serve_port_80),
         ("jail_cannot_see_or_exceed", jail_cannot_see_or_exceed),
+        ("private_network", private_network),
     ];
     let trials = tests
         .into_iter()

@@ -1,7 +1,7 @@
 //! The LXC engine: a system container run by the lxc tools, its root an
 //! overlay of the box's rootfs (unpacked once in the store, as for jails)
 //! and a layer of the machine's own; its network namespace connected by
-//! pasta, as a private jail's is. The container's files live in the
+//! slirp4netns, as a private jail's is. The container's files live in the
 //! machine's state directory (`lxc-* -P DIR`).
 
 use std::path::{Path, PathBuf};
@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{Created, HALT_DEADLINE, PIDS_MAX, engine::Kind};
-use crate::backend::jail::supervisor::{forget_netns, name_netns, pasta_args};
-use crate::backend::jail::{first_boot_files, lower_dir};
+use crate::backend::jail::supervisor::{forget_netns, name_netns};
+use crate::backend::jail::{first_boot_files, lower_dir, net};
 use crate::backend::{BackendError, failed};
 use crate::boxes::StoredBox;
 use crate::envfile::Machine;
@@ -52,7 +52,7 @@ pub fn config(m: &Machine, name: &str, lower: &Path, upper: &Path, cgroup_v1: bo
             upper.display()
         ),
         "lxc.init.cmd = /sbin/init".into(),
-        // An empty network namespace: pasta connects it once it starts.
+        // An empty network namespace: slirp4netns connects it once it starts.
         "lxc.net.0.type = empty".into(),
         "lxc.mount.auto = proc:mixed sys:ro cgroup:mixed".into(),
         "lxc.autodev = 1".into(),
@@ -100,7 +100,7 @@ pub fn create(
     let upper = dir.join("upper");
     std::fs::create_dir_all(&upper).map_err(failed)?;
     std::fs::create_dir_all(dir.join(name)).map_err(failed)?;
-    first_boot_files(&upper, keys, &m.hostname)?;
+    first_boot_files(&upper, keys, &m.hostname, true)?;
     let text = config(m, name, &lower, &upper, super::cgroup_v1());
     crate::state::write_atomic(&dir.join(name).join("config"), text.as_bytes()).map_err(failed)?;
     let port = crate::backend::ssh_port()?;
@@ -139,6 +139,8 @@ pub fn start(state: &MachineState, c: &Created) -> Result<(), BackendError> {
     if lxc_state(&dir, &c.name).as_deref() == Some("RUNNING") {
         return Ok(());
     }
+    // A container that powered itself off left its helper holding ports.
+    end_net(&dir, &c.name);
     let log = dir.join("lxc.log");
     lxc(
         "lxc-start",
@@ -152,44 +154,48 @@ pub fn start(state: &MachineState, c: &Created) -> Result<(), BackendError> {
             log.display()
         ))
     })?;
-    forget_netns(&c.name);
-    name_netns(pid, &c.name).map_err(failed)?;
+    let ns = name_netns(pid, &c.name).map_err(failed)?;
     let ep = state
         .ssh
         .as_ref()
         .ok_or_else(|| failed("no SSH port recorded"))?;
-    // pasta goes to the background once the namespace is connected, and
-    // ends when it is gone.
-    let pidfile = dir.join("pasta.pid");
-    let out = Command::new("pasta")
-        .args(pasta_args(ep.port, &state.forwards, &c.name))
-        .arg("--pid")
-        .arg(&pidfile)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| failed(format!("cannot start pasta (apt-get install passt): {e}")))?;
-    if !out.status.success() {
+    // The helper outlives this command; its pid and start time are kept so
+    // that halt ends this process and no other.
+    let helper = net::connect(
+        &ns,
+        &c.name,
+        &dir.join("net.log"),
+        &net::host_fwds(ep.port, &state.forwards),
+        net::Lifetime::Detached,
+    );
+    let recorded = helper.and_then(|child| {
+        let pid = child.id() as i32;
+        let started = crate::backend::start_time(pid).unwrap_or(0);
+        crate::state::write_atomic(&dir.join(NET_PID), format!("{pid}:{started}").as_bytes())
+            .map_err(|e| e.to_string())
+    });
+    if let Err(e) = recorded {
         let _ = stop(state, c, true);
         return Err(failed(format!(
-            "pasta could not connect the container: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            "cannot connect the container's network: {e}"
         )));
     }
     Ok(())
 }
 
-fn end_pasta(dir: &Path, name: &str) {
-    if let Some(pid) = std::fs::read_to_string(dir.join("pasta.pid"))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        && std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(name))
-    {
-        // Gone before returning: a new pasta will want the same ports.
+/// Where the network helper's `pid:start-time` is kept.
+const NET_PID: &str = "net.pid";
+
+/// End the container's network helper, if it still runs, and take its
+/// namespace's name away.
+fn end_net(dir: &Path, name: &str) {
+    let id = std::fs::read_to_string(dir.join(NET_PID)).ok();
+    if let Some(pid) = crate::backend::live_process(id.as_deref().map(str::trim), net::PROGRAM) {
+        // Gone before returning: a new helper will want the same ports.
         let p = nix::unistd::Pid::from_raw(pid);
         let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(2);
-        while nix::sys::signal::kill(p, None).is_ok() {
+        while crate::backend::live_process(id.as_deref().map(str::trim), net::PROGRAM).is_some() {
             if Instant::now() > deadline {
                 let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
                 break;
@@ -197,7 +203,7 @@ fn end_pasta(dir: &Path, name: &str) {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    let _ = std::fs::remove_file(dir.join("pasta.pid"));
+    let _ = std::fs::remove_file(dir.join(NET_PID));
     forget_netns(name);
 }
 
@@ -226,7 +232,7 @@ pub fn stop(state: &MachineState, c: &Created, force: bool) -> Result<(), Backen
             lxc("lxc-stop", &dir, &c.name, &["-k"])?;
         }
     }
-    end_pasta(&dir, &c.name);
+    end_net(&dir, &c.name);
     Ok(())
 }
 

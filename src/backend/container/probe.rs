@@ -56,6 +56,7 @@ pub fn probe() -> (bool, Vec<Check>) {
         }
     });
 
+    let net = crate::backend::jail::probe::net_check();
     checks.push(match which("lxc-start") {
         None => Check::missing("lxc", "lxc-start not found on PATH", "apt-get install lxc"),
         Some(p) => match run_with_timeout(&p, &["--version"], timeout) {
@@ -64,10 +65,13 @@ pub fn probe() -> (bool, Vec<Check>) {
                 "envup runs LXC containers as root only (privileged containers)",
                 "run envup as root, or use engine = \"podman\"",
             ),
-            Ok(_) if which("pasta").is_none() => Check::missing(
+            Ok(_) if !net.ok => Check::missing(
                 "lxc",
-                "pasta is missing: envup connects LXC containers' networks with it",
-                "apt-get install passt",
+                format!(
+                    "envup connects LXC containers' networks with {}: {}",
+                    net.what, net.detail
+                ),
+                net.fix.clone().unwrap_or_default(),
             ),
             Ok(o) if o.status.success() => Check::ok("lxc", format!("lxc {}", first_line(&o))),
             Ok(o) => Check::missing(

@@ -1,7 +1,7 @@
 //! The jail backend on Linux: mount, pid, uts, ipc and network namespaces,
 //! an overlayfs over the stored box rootfs, `pivot_root`, a fresh /proc, a
-//! minimal /dev, a read-only /sys, cgroup limits, and pasta for the private
-//! network's forwarded ports. A small supervisor process
+//! minimal /dev, a read-only /sys, cgroup limits, and slirp4netns for the
+//! private network and its forwarded ports. A small supervisor process
 //! (`envup-jail-supervisor DIR`, a binary of its own installed beside
 //! `envup` so that it stays small in memory) keeps each jail and outlives
 //! the command that started it.
@@ -11,6 +11,7 @@ mod cgroup;
 // them yet.
 #[allow(dead_code)]
 pub mod freebsd;
+pub mod net;
 pub mod probe;
 pub(crate) mod supervisor;
 
@@ -105,11 +106,13 @@ pub(crate) fn lower_dir(stored: &StoredBox) -> Result<PathBuf, BackendError> {
 }
 
 /// What a machine whose root is an overlay finds on first boot, written to
-/// its upper layer: its keys, its name and the host's resolver.
+/// its upper layer: its keys, its name and the host's resolver (reached
+/// through slirp4netns on a `private` network).
 pub(crate) fn first_boot_files(
     upper: &Path,
     keys: &MachineKeys,
     hostname: &str,
+    private: bool,
 ) -> Result<(), BackendError> {
     write_private(
         &upper.join("etc/ssh/ssh_host_ed25519_key"),
@@ -128,7 +131,12 @@ pub(crate) fn first_boot_files(
         0o600,
     )?;
     write_private(&upper.join("etc/hostname"), &format!("{hostname}\n"), 0o644)?;
-    if let Ok(resolv) = std::fs::read_to_string("/etc/resolv.conf") {
+    if let Ok(host) = std::fs::read_to_string("/etc/resolv.conf") {
+        let resolv = if private {
+            net::resolv_conf(&host)
+        } else {
+            host
+        };
         let _ = std::fs::remove_file(upper.join("etc/resolv.conf"));
         write_private(&upper.join("etc/resolv.conf"), &resolv, 0o644)?;
     }
@@ -185,7 +193,12 @@ impl Backend for JailBackend {
         for d in [&upper, &work, &merged] {
             std::fs::create_dir_all(d).map_err(failed)?;
         }
-        first_boot_files(&upper, keys, &m.hostname)?;
+        first_boot_files(
+            &upper,
+            keys,
+            &m.hostname,
+            m.jail.network == JailNetwork::Private,
+        )?;
         let id = super::host_name(&dir);
         let port = super::ssh_port()?;
         let cfg = JailConfig {

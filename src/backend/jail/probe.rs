@@ -1,5 +1,6 @@
 //! What the jail backend needs from the host (`envup doctor`).
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::backend::Check;
@@ -131,16 +132,26 @@ pub fn probe() -> (bool, Vec<Check>) {
         )
     });
 
-    checks.push(match which("pasta") {
-        Some(_) => Check::ok("pasta", "forwards ports into private jail networks"),
-        None => Check::missing(
-            "pasta",
-            "not found on PATH (needed for network = \"private\")",
-            "apt-get install passt",
-        ),
-    });
+    checks.push(net_check());
     let ready = checks.iter().all(|c| c.ok);
     (ready, checks)
+}
+
+/// What a private network needs: slirp4netns, and the tun device it
+/// makes the namespace's interface with. LXC containers need the same.
+pub fn net_check() -> Check {
+    let name = super::net::PROGRAM;
+    match which(name) {
+        None => Check::missing(
+            name,
+            "not found on PATH (needed for network = \"private\" and LXC)",
+            "apt-get install slirp4netns",
+        ),
+        Some(_) if !Path::new("/dev/net/tun").exists() => {
+            Check::missing(name, "/dev/net/tun is missing", "modprobe tun")
+        }
+        Some(_) => Check::ok(name, "connects private networks and forwards their ports"),
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,11 @@
 //! The jail supervisor: `envup __jail-supervise DIR`. It creates the jail's
 //! cgroup, clones the jail's init into new namespaces, connects the private
-//! network (pasta), waits for init, and cleans up after it. SIGTERM halts
+//! network (slirp4netns), waits for init, and cleans up after it. SIGTERM halts
 //! the jail gracefully (init is asked to power off, then killed after a
 //! deadline); SIGINT kills it at once.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::cgroup::Cgroup;
-use super::{HALT_DEADLINE, JailConfig};
-use crate::envfile::config::{Forward, JailNetwork, Protocol};
+use super::{HALT_DEADLINE, JailConfig, net};
+use crate::envfile::config::JailNetwork;
 
 /// 0: run; 1: halt gracefully; 2: kill now.
 static REQUEST: AtomicU8 = AtomicU8::new(0);
@@ -38,7 +38,8 @@ pub fn clean_up(cfg: &JailConfig) {
 }
 
 /// Give the network namespace of process `pid` the name `name`
-/// (/run/netns/NAME, as `ip netns` does), so pasta can join it.
+/// (/run/netns/NAME, as `ip netns` does), so the network helper can join
+/// it and envup can reach the machine's SSH server inside it.
 pub(crate) fn name_netns(pid: i32, name: &str) -> Result<std::path::PathBuf, String> {
     std::fs::create_dir_all("/run/netns").map_err(|e| format!("/run/netns: {e}"))?;
     let ns = Path::new("/run/netns").join(name);
@@ -255,59 +256,17 @@ fn setup_root(cfg: &JailConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Give the jail's network namespace a name, and start pasta on it with the
-/// SSH port and the forwards.
-fn connect_network(cfg: &JailConfig, child: Pid) -> Result<Child, String> {
-    name_netns(child.as_raw(), &cfg.id)?;
-    let mut cmd = Command::new("pasta");
-    cmd.args(pasta_args(cfg.ssh_port, &cfg.forwards, &cfg.id))
-        .arg("--foreground")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    // SAFETY: prctl is async-signal-safe; pasta dies with the supervisor.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-        });
-    }
-    cmd.spawn()
-        .map_err(|e| format!("cannot start pasta (apt-get install passt): {e}"))
-}
-
-/// pasta's arguments for a private network namespace named `netns` (under
-/// /run/netns): an address and a route out, SSH on 127.0.0.1:`ssh_port`,
-/// each forward, and nothing from the namespace to the host's own ports
-/// (pasta would otherwise mirror every port the host listens on).
-pub(crate) fn pasta_args(ssh_port: u16, forwards: &[Forward], netns: &str) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "--quiet",
-        "--runas",
-        "0",
-        "--config-net",
-        "-T",
-        "none",
-        "-U",
-        "none",
-    ]
-    .map(String::from)
-    .to_vec();
-    a.extend(["-t".into(), format!("127.0.0.1/{ssh_port}:22")]);
-    for f in forwards {
-        let flag = if f.protocol == Protocol::Udp {
-            "-u"
-        } else {
-            "-t"
-        };
-        let addr = if f.host_ip.is_unspecified() {
-            String::new()
-        } else {
-            format!("{}/", f.host_ip)
-        };
-        a.extend([flag.into(), format!("{addr}{}:{}", f.host, f.guest)]);
-    }
-    a.extend(["--netns".into(), netns.into()]);
-    a
+/// Give the jail's network namespace a name and connect it: slirp4netns,
+/// with SSH and the forwards listening once this returns.
+fn connect_network(cfg: &JailConfig, child: Pid, dir: &Path) -> Result<Child, String> {
+    let ns = name_netns(child.as_raw(), &cfg.id)?;
+    net::connect(
+        &ns,
+        &cfg.id,
+        &dir.join("net.log"),
+        &net::host_fwds(cfg.ssh_port, &cfg.forwards),
+        net::Lifetime::WithParent,
+    )
 }
 
 /// Run one jail until it ends. Returns the process exit code.
@@ -388,10 +347,10 @@ pub fn supervise(dir: &Path) -> i32 {
     if let Err(e) = cg.add(child.as_raw()) {
         return fail(e);
     }
-    let mut pasta = None;
+    let mut helper = None;
     if cfg.network == JailNetwork::Private {
-        match connect_network(&cfg, child) {
-            Ok(p) => pasta = Some(p),
+        match connect_network(&cfg, child, dir) {
+            Ok(p) => helper = Some(p),
             Err(e) => return fail(e),
         }
     }
@@ -435,7 +394,7 @@ pub fn supervise(dir: &Path) -> i32 {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    if let Some(mut p) = pasta {
+    if let Some(mut p) = helper {
         let _ = p.kill();
         let _ = p.wait();
     }
