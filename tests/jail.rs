@@ -437,6 +437,70 @@ fn private_network() -> Result<(), Failed> {
     nothing_left(&busy, &[])
 }
 
+/// The README's first command brings up `examples/quickstart`: the same
+/// Envfile and files, here with `tiny` already stored.
+fn quickstart() -> Result<(), Failed> {
+    let p = Project::new();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart");
+    for f in ["Envfile", "files/motd"] {
+        p.write(f, &std::fs::read_to_string(example.join(f)).unwrap());
+    }
+    let out = envup(&p, &["up"]).status(0);
+    check(
+        out.stdout().contains("hello is up;") || out.stderr().contains("hello is up;"),
+        format!("no greeting: {}{}", out.stdout(), out.stderr()),
+    )?;
+    check(
+        exec(&p, "hello", "cat /etc/motd")
+            == std::fs::read_to_string(example.join("files/motd")).unwrap(),
+        "the motd was not uploaded",
+    )?;
+    let ids = jail_ids(&p);
+    envup(&p, &["destroy", "-f"]).status(0);
+    check(
+        !p.path().join(".envup/machines/hello").exists(),
+        "state directory of hello left",
+    )?;
+    nothing_left(&p, &ids)
+}
+
+/// A lock that pins a box built from a recipe: built here, it is used when
+/// its bytes hash to the pinned digest, and refused, naming both digests,
+/// when they do not. (Each case builds `tiny` in a store of its own.)
+fn locked_recipe_box() -> Result<(), Failed> {
+    let digest = common::boxes::stored_digest(home().path(), "tiny");
+    let lock = |sha: &str| {
+        format!(
+            "version = 1\n\n[machines.web]\nbox = \"tiny\"\nversion = \"1.0.0\"\n\
+             url = \"recipe tiny\"\nsha256 = \"{sha}\"\n"
+        )
+    };
+    let same = Project::with_envfile(TINY);
+    same.write("Envfile.lock", &lock(&digest));
+    same.cmd(&["up"]).out().status(0);
+    let ids = jail_ids(&same);
+    same.cmd(&["destroy", "-f"]).out().status(0);
+    nothing_left(&same, &ids)?;
+
+    let other = "0".repeat(64);
+    let differs = Project::with_envfile(TINY);
+    differs.write("Envfile.lock", &lock(&other));
+    let out = differs.cmd(&["up"]).out();
+    check(
+        out.code() != 0,
+        "a build with other bytes than the lock's was used",
+    )?;
+    let err = out.stderr();
+    check(
+        err.contains(&other) && err.contains(&digest) && err.contains("envup update web"),
+        format!("the error does not name both digests and the fix: {err}"),
+    )?;
+    check(
+        !differs.path().join(".envup/machines/web").exists(),
+        "a machine was created",
+    )
+}
+
 type TestFn = fn() -> Result<(), Failed>;
 
 fn main() {
@@ -451,6 +515,8 @@ fn main() {
         ("two_jails_serve_port_80", two_jails_serve_port_80),
         ("jail_cannot_see_or_exceed", jail_cannot_see_or_exceed),
         ("private_network", private_network),
+        ("quickstart", quickstart),
+        ("locked_recipe_box", locked_recipe_box),
     ];
     let trials = tests
         .into_iter()

@@ -61,6 +61,18 @@ pub enum BoxError {
     },
     #[error("`--checksum {0}` is not sha256:<64 hex digits>")]
     BadChecksum(String),
+    #[error(
+        "Envfile.lock pins box `{name}` for machine `{machine}` at sha256:{locked}, built from \
+         envup's recipe elsewhere; built here it is sha256:{built} (other packages or another \
+         recipe). Run `envup update {machine}` to pin this build, or share the box file \
+         and lock that"
+    )]
+    RecipeDiffers {
+        name: String,
+        machine: String,
+        locked: String,
+        built: String,
+    },
     #[error(transparent)]
     Lock(#[from] lock::LockError),
     #[error(transparent)]

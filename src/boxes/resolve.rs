@@ -11,6 +11,10 @@ use super::{BoxError, parse_checksum};
 use crate::envfile::{BackendKind, Machine};
 use crate::ui::Reporter;
 
+/// How a box built from one of envup's recipes names its source (and its
+/// URL in Envfile.lock): `recipe NAME`.
+pub const RECIPE_SOURCE: &str = "recipe ";
+
 /// What a `box` value names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -180,25 +184,8 @@ impl Resolver<'_> {
         }
         tried.push("not in the box store".into());
         // A box envup has a recipe for is built on the way.
-        if let Some(recipe) = super::build::recipe_for_box(name) {
-            self.reporter.note(&format!(
-                "box `{name}` is not stored; building it from its recipe"
-            ));
-            let out = self
-                .store
-                .root_dir()
-                .join(format!(".build-{}.box", std::process::id()));
-            let built = super::build::build(&recipe, &out, self.reporter);
-            let result = built.and_then(|(_, digest)| {
-                self.store.add_file(
-                    &out,
-                    Some(&digest),
-                    &Naming::default(),
-                    &format!("recipe {name}"),
-                )
-            });
-            let _ = std::fs::remove_file(&out);
-            let b = result?;
+        if super::build::recipe_for_box(name).is_some() {
+            let b = self.build_recipe(name)?;
             if backend.is_none_or(|k| b.manifest.serves(k)) {
                 return Ok(b);
             }
@@ -208,6 +195,33 @@ impl Resolver<'_> {
             req: req.map(ToString::to_string),
             tried: tried.join("; "),
         })
+    }
+
+    /// Build the box `name` from envup's recipe for it and store it.
+    fn build_recipe(&self, name: &str) -> Result<StoredBox, BoxError> {
+        let recipe = super::build::recipe_for_box(name).ok_or_else(|| BoxError::NotFound {
+            name: name.to_owned(),
+            req: None,
+            tried: "envup has no recipe for it".into(),
+        })?;
+        self.reporter.note(&format!(
+            "box `{name}` is not stored; building it from its recipe"
+        ));
+        let out = self
+            .store
+            .root_dir()
+            .join(format!(".build-{}.box", std::process::id()));
+        let built = super::build::build(&recipe, &out, self.reporter);
+        let result = built.and_then(|(_, digest)| {
+            self.store.add_file(
+                &out,
+                Some(&digest),
+                &Naming::default(),
+                &format!("{RECIPE_SOURCE}{name}"),
+            )
+        });
+        let _ = std::fs::remove_file(&out);
+        result
     }
 
     /// `envup box add SOURCE`.
@@ -253,6 +267,24 @@ impl Resolver<'_> {
                 };
                 if url.starts_with("http://") || url.starts_with("https://") {
                     self.add_urls(&[url], Some(&e.sha256), &naming)?
+                } else if let Some(name) = e.url.strip_prefix(RECIPE_SOURCE) {
+                    // Built from a recipe where the lock was written: build it
+                    // here too, and use it only if the bytes are the same.
+                    match self.store.get(&e.sha256) {
+                        Some(b) => b,
+                        None => {
+                            let b = self.build_recipe(name)?;
+                            if b.digest != e.sha256 {
+                                return Err(BoxError::RecipeDiffers {
+                                    name: name.to_owned(),
+                                    machine: m.name.clone(),
+                                    locked: e.sha256.clone(),
+                                    built: b.digest.clone(),
+                                });
+                            }
+                            b
+                        }
+                    }
                 } else {
                     match self.store.get(&e.sha256) {
                         Some(b) => b,
