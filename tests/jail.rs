@@ -437,6 +437,53 @@ fn private_network() -> Result<(), Failed> {
     nothing_left(&busy, &[])
 }
 
+/// Two jails on the host's network at once: each SSH server on a port of
+/// its own on the host's loopback (not port 22), the host's interfaces
+/// visible, and no CAP_NET_ADMIN over them.
+fn host_network() -> Result<(), Failed> {
+    let p = project(
+        "[defaults]\nbox = \"tiny\"\nbackend = \"jail\"\nmemory = \"128MiB\"\n\
+         [defaults.jail]\nnetwork = \"host\"\n[machines.a]\n[machines.b]\n",
+    );
+    envup(&p, &["up", "--jobs", "2"]).status(0);
+    let listening = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    for m in ["a", "b"] {
+        check(
+            exec(&p, m, "hostname") == format!("{m}\n"),
+            format!("{m}: hostname"),
+        )?;
+        let conf = envup(&p, &["ssh-config", m]).status(0).stdout();
+        let port: u16 = conf
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Port "))
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        check(port != 22, format!("{m} took the host's port 22"))?;
+        // 127.0.0.1:PORT in /proc/net/tcp, listening (state 0A).
+        let entry = format!("0100007F:{port:04X} 00000000:0000 0A");
+        check(
+            listening.contains(&entry),
+            format!("{m}'s SSH server is not on the host's 127.0.0.1:{port} only"),
+        )?;
+        let bounding = exec(&p, m, "grep CapBnd /proc/self/status | cut -f2");
+        let bounding = u64::from_str_radix(bounding.trim(), 16).unwrap();
+        check(
+            bounding & (1 << 12) == 0,
+            "CAP_NET_ADMIN kept on the host's network",
+        )?;
+    }
+    let host_ifaces = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .count();
+    let jail_ifaces = exec(&p, "a", "wc -l < /proc/net/dev");
+    check(
+        jail_ifaces.trim() == host_ifaces.to_string(),
+        format!("the jail sees {jail_ifaces} lines of /proc/net/dev, the host {host_ifaces}"),
+    )?;
+    destroy_and_check(&p)
+}
+
 /// The README's first command brings up `examples/quickstart`: the same
 /// Envfile and files, here with `tiny` already stored.
 fn quickstart() -> Result<(), Failed> {
@@ -515,6 +562,7 @@ fn main() {
         ("two_jails_serve_port_80", two_jails_serve_port_80),
         ("jail_cannot_see_or_exceed", jail_cannot_see_or_exceed),
         ("private_network", private_network),
+        ("host_network", host_network),
         ("quickstart", quickstart),
         ("locked_recipe_box", locked_recipe_box),
     ];

@@ -14,6 +14,7 @@ use crate::backend::jail::{first_boot_files, lower_dir, net};
 use crate::backend::{BackendError, failed};
 use crate::boxes::StoredBox;
 use crate::envfile::Machine;
+use crate::envfile::config::JailNetwork;
 use crate::ssh::MachineKeys;
 use crate::state::machine::SshEndpoint;
 use crate::state::{MachineState, Status};
@@ -100,10 +101,10 @@ pub fn create(
     let upper = dir.join("upper");
     std::fs::create_dir_all(&upper).map_err(failed)?;
     std::fs::create_dir_all(dir.join(name)).map_err(failed)?;
-    first_boot_files(&upper, keys, &m.hostname, true)?;
+    let port = crate::backend::ssh_port()?;
+    first_boot_files(&upper, keys, &m.hostname, JailNetwork::Private, port)?;
     let text = config(m, name, &lower, &upper, super::cgroup_v1());
     crate::state::write_atomic(&dir.join(name).join("config"), text.as_bytes()).map_err(failed)?;
-    let port = crate::backend::ssh_port()?;
     state.id = Some(format!("lxc:{name}"));
     state.ssh = Some(SshEndpoint {
         host: "127.0.0.1".into(),

@@ -106,13 +106,15 @@ pub(crate) fn lower_dir(stored: &StoredBox) -> Result<PathBuf, BackendError> {
 }
 
 /// What a machine whose root is an overlay finds on first boot, written to
-/// its upper layer: its keys, its name and the host's resolver (reached
-/// through slirp4netns on a `private` network).
+/// its upper layer: its keys, its name, the host's resolver (reached
+/// through slirp4netns on a private network), and, when it shares the
+/// host's network, where its SSH server is to listen.
 pub(crate) fn first_boot_files(
     upper: &Path,
     keys: &MachineKeys,
     hostname: &str,
-    private: bool,
+    network: JailNetwork,
+    ssh_port: u16,
 ) -> Result<(), BackendError> {
     write_private(
         &upper.join("etc/ssh/ssh_host_ed25519_key"),
@@ -132,15 +134,30 @@ pub(crate) fn first_boot_files(
     )?;
     write_private(&upper.join("etc/hostname"), &format!("{hostname}\n"), 0o644)?;
     if let Ok(host) = std::fs::read_to_string("/etc/resolv.conf") {
-        let resolv = if private {
-            net::resolv_conf(&host)
-        } else {
-            host
+        let resolv = match network {
+            JailNetwork::Private => net::resolv_conf(&host),
+            JailNetwork::Host => host,
         };
         let _ = std::fs::remove_file(upper.join("etc/resolv.conf"));
         write_private(&upper.join("etc/resolv.conf"), &resolv, 0o644)?;
     }
+    if network == JailNetwork::Host {
+        write_private(&upper.join(LISTEN_CONF), &listen_conf(ssh_port), 0o644)?;
+    }
     Ok(())
+}
+
+/// An sshd_config drop-in (OpenSSH reads it; `tiny`'s dropbear start-up
+/// does too) for a jail on the host's network: the host's port 22 is not
+/// the jail's to take, and its SSH server listens on the host's loopback
+/// only.
+pub const LISTEN_CONF: &str = "etc/ssh/sshd_config.d/envup-listen.conf";
+
+fn listen_conf(port: u16) -> String {
+    format!(
+        "# Written by envup: this jail shares the host's network.\n\
+         Port {port}\nListenAddress 127.0.0.1\n"
+    )
 }
 
 fn write_private(path: &Path, text: &str, mode: u32) -> Result<(), BackendError> {
@@ -193,14 +210,9 @@ impl Backend for JailBackend {
         for d in [&upper, &work, &merged] {
             std::fs::create_dir_all(d).map_err(failed)?;
         }
-        first_boot_files(
-            &upper,
-            keys,
-            &m.hostname,
-            m.jail.network == JailNetwork::Private,
-        )?;
-        let id = super::host_name(&dir);
         let port = super::ssh_port()?;
+        first_boot_files(&upper, keys, &m.hostname, m.jail.network, port)?;
+        let id = super::host_name(&dir);
         let cfg = JailConfig {
             lower,
             upper,
@@ -211,11 +223,7 @@ impl Backend for JailBackend {
             memory: m.memory.bytes(),
             pids: PIDS_MAX,
             network: m.jail.network,
-            ssh_port: if m.jail.network == JailNetwork::Host {
-                22
-            } else {
-                port
-            },
+            ssh_port: port,
             forwards: m.forwards.clone(),
             shares: m.shares.clone(),
             id,
