@@ -484,6 +484,53 @@ fn host_network() -> Result<(), Failed> {
     destroy_and_check(&p)
 }
 
+/// A box that logs in as a user other than root: the login key goes to
+/// that user's home, owned by them; the box's own directories keep their
+/// modes and owners.
+fn non_root_login() -> Result<(), Failed> {
+    let digest = common::boxes::stored_digest(home().path(), "tiny");
+    let stored = home()
+        .path()
+        .join("boxes-v1")
+        .join(&digest)
+        .join("rootfs.tar");
+    let rootfs = common::boxes::rootfs_with_user(&stored, "dev");
+    let dir = tempfile::tempdir().unwrap();
+    let b = common::boxes::make_box_as(
+        dir.path(),
+        "tiny-dev",
+        "1.0.0",
+        "dev",
+        &[("rootfs", "rootfs.tar", &rootfs)],
+    );
+    let p = project(
+        "[machines.web]\nbox = \"tiny-dev\"\nbackend = \"jail\"\nmemory = \"128MiB\"\n\
+         provision = [{ shell = \"touch ~/made-by-provisioner\", privileged = false }]\n",
+    );
+    envup(&p, &["box", "add", b.to_str().unwrap()]).status(0);
+    envup(&p, &["up"]).status(0);
+    check(exec(&p, "web", "id -un") == "dev\n", "not logged in as dev")?;
+    check(
+        exec(
+            &p,
+            "web",
+            "stat -c '%U %a' /home/dev /home/dev/.ssh /home/dev/.ssh/authorized_keys",
+        ) == "dev 750\ndev 700\ndev 600\n",
+        "the login key's directories are not dev's, or have other modes",
+    )?;
+    check(
+        exec(&p, "web", "ls ~/made-by-provisioner") == "/home/dev/made-by-provisioner\n",
+        "the provisioner did not run as dev",
+    )?;
+    check(
+        exec(&p, "web", "stat -c '%U %a' /root 2>&1 || true").starts_with("root 700"),
+        "/root lost the box's mode",
+    )?;
+    destroy_and_check(&p)?;
+    envup(&p, &["box", "remove", "tiny-dev", "--force"]).status(0);
+    Ok(())
+}
+
 /// The README's first command brings up `examples/quickstart`: the same
 /// Envfile and files, here with `tiny` already stored.
 fn quickstart() -> Result<(), Failed> {
@@ -563,6 +610,7 @@ fn main() {
         ("jail_cannot_see_or_exceed", jail_cannot_see_or_exceed),
         ("private_network", private_network),
         ("host_network", host_network),
+        ("non_root_login", non_root_login),
         ("quickstart", quickstart),
         ("locked_recipe_box", locked_recipe_box),
     ];

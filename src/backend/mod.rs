@@ -104,18 +104,6 @@ pub(crate) fn host_name(dir: &std::path::Path) -> String {
     format!("envup-{}", &crate::boxes::archive::hex(&digest)[..12])
 }
 
-/// Refuse a box whose SSH user is not root: the jail and container
-/// backends place keys for root only so far.
-pub(crate) fn require_root_login(stored: &StoredBox, backend: &str) -> Result<(), BackendError> {
-    if stored.manifest.ssh_user == "root" {
-        return Ok(());
-    }
-    Err(failed(format!(
-        "box `{}` logs in as `{}`; the {backend} backend places keys for root only so far",
-        stored.meta.name, stored.manifest.ssh_user
-    )))
-}
-
 /// A process's start time (clock ticks since boot), from /proc.
 pub fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -13,12 +13,23 @@ pub fn make_box(
     version: &str,
     artifacts: &[(&str, &str, &[u8])],
 ) -> PathBuf {
+    make_box_as(dir, name, version, "root", artifacts)
+}
+
+/// `make_box`, logging in as `ssh_user`.
+pub fn make_box_as(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    ssh_user: &str,
+    artifacts: &[(&str, &str, &[u8])],
+) -> PathBuf {
     let src = tempfile::tempdir().unwrap();
     let mut m = Manifest {
         name: name.into(),
         version: version.into(),
         arch: "x86_64".into(),
-        ssh_user: "root".into(),
+        ssh_user: ssh_user.into(),
         description: None,
         artifacts: Default::default(),
         boot: None,
@@ -51,6 +62,45 @@ pub fn rootfs_bytes(marker: &str) -> Vec<u8> {
     h.set_cksum();
     b.append(&h, data).unwrap();
     b.into_inner().unwrap()
+}
+
+/// The rootfs tar at `from` with a user added: `name` (uid and gid 1000,
+/// home /home/NAME, no password), as the rootfs of a box that logs in as
+/// that user.
+pub fn rootfs_with_user(from: &Path, name: &str) -> Vec<u8> {
+    let mut out = tar::Builder::new(Vec::new());
+    let mut a = tar::Archive::new(std::fs::File::open(from).unwrap());
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().into_owned();
+        let mut header = e.header().clone();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        let extra = match path.to_str().unwrap().trim_start_matches("./") {
+            "etc/passwd" => format!("{name}:x:1000:1000::/home/{name}:/bin/sh\n"),
+            "etc/shadow" => format!("{name}:*:19000:0:99999:7:::\n"),
+            "etc/group" => format!("{name}:x:1000:\n"),
+            _ => String::new(),
+        };
+        data.extend_from_slice(extra.as_bytes());
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        if header.entry_type().is_symlink() || header.entry_type().is_hard_link() {
+            out.append(&header, std::io::empty()).unwrap();
+        } else {
+            out.append(&header, data.as_slice()).unwrap();
+        }
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_path(format!("home/{name}")).unwrap();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o750);
+    h.set_uid(1000);
+    h.set_gid(1000);
+    h.set_size(0);
+    h.set_cksum();
+    out.append(&h, std::io::empty()).unwrap();
+    out.into_inner().unwrap()
 }
 
 pub fn sha256(path: &Path) -> String {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{Created, HALT_DEADLINE, PIDS_MAX, engine::Kind};
 use crate::backend::jail::supervisor::{forget_netns, name_netns};
-use crate::backend::jail::{first_boot_files, lower_dir, net};
+use crate::backend::jail::{Layer, Login, first_boot_files, lower_dir, net};
 use crate::backend::{BackendError, failed};
 use crate::boxes::StoredBox;
 use crate::envfile::Machine;
@@ -95,21 +95,32 @@ pub fn create(
     state: &mut MachineState,
     name: &str,
 ) -> Result<Created, BackendError> {
-    crate::backend::require_root_login(stored, "container (lxc)")?;
     let lower = lower_dir(stored)?;
+    let login = Login::of(&lower, &stored.manifest.ssh_user)?;
     let dir = lxc_dir(state)?;
     let upper = dir.join("upper");
     std::fs::create_dir_all(&upper).map_err(failed)?;
     std::fs::create_dir_all(dir.join(name)).map_err(failed)?;
     let port = crate::backend::ssh_port()?;
-    first_boot_files(&upper, keys, &m.hostname, JailNetwork::Private, port)?;
+    let layer = Layer {
+        lower: &lower,
+        upper: &upper,
+    };
+    first_boot_files(
+        &layer,
+        keys,
+        &login,
+        &m.hostname,
+        JailNetwork::Private,
+        port,
+    )?;
     let text = config(m, name, &lower, &upper, super::cgroup_v1());
     crate::state::write_atomic(&dir.join(name).join("config"), text.as_bytes()).map_err(failed)?;
     state.id = Some(format!("lxc:{name}"));
     state.ssh = Some(SshEndpoint {
         host: "127.0.0.1".into(),
         port,
-        user: "root".into(),
+        user: login.name,
         netns: Some(Path::new("/run/netns").join(name)),
     });
     state.forwards = m.forwards.clone();

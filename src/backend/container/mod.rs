@@ -241,7 +241,13 @@ impl Backend for ContainerBackend {
                 return crate::state::write_json(&record_path(state)?, &created).map_err(failed);
             }
         };
-        super::require_root_login(stored, "container")?;
+        if stored.manifest.ssh_user != "root" {
+            return Err(failed(format!(
+                "box `{}` logs in as `{}`; the Docker and Podman engines place keys for \
+                 root only so far (engine = \"lxc\" and the jail backend place them for any user)",
+                stored.meta.name, stored.manifest.ssh_user
+            )));
+        }
         let image = ensure_image(&e, stored)?;
         let host_args = e.host_args(&image)?;
         let port = super::ssh_port()?;

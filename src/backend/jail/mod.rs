@@ -105,44 +105,144 @@ pub(crate) fn lower_dir(stored: &StoredBox) -> Result<PathBuf, BackendError> {
     Ok(dir)
 }
 
+/// The box's user that envup logs in as, from the box's own /etc/passwd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Login {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Relative to the machine's root.
+    pub home: PathBuf,
+}
+
+impl Login {
+    /// `user`'s entry in the /etc/passwd of the rootfs at `root`.
+    pub fn of(root: &Path, user: &str) -> Result<Login, BackendError> {
+        let path = root.join("etc/passwd");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| failed(format!("cannot read the box's /etc/passwd: {e}")))?;
+        Login::from_passwd(&text, user).ok_or_else(|| {
+            failed(format!(
+                "the box logs in as `{user}`, but its /etc/passwd has no such user"
+            ))
+        })
+    }
+
+    fn from_passwd(text: &str, user: &str) -> Option<Login> {
+        text.lines().find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.len() >= 7 && f[0] == user).then_some(())?;
+            Some(Login {
+                name: user.to_owned(),
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
+                home: PathBuf::from(f[5].trim_start_matches('/')),
+            })
+        })
+    }
+}
+
+/// A machine's root as an overlay: the box's rootfs (`lower`, read-only,
+/// shared) under the machine's own layer (`upper`). What envup writes goes
+/// into `upper`; a directory it has to make there takes the mode and owner
+/// of the box's (as the overlay's own copy-up would), so writing
+/// `/root/.ssh` leaves `/root` as private as the box made it.
+pub(crate) struct Layer<'a> {
+    pub lower: &'a Path,
+    pub upper: &'a Path,
+}
+
+impl Layer<'_> {
+    /// Make directory `rel` (relative to the root) in the upper layer;
+    /// directories the box lacks get `mode` and `owner`.
+    fn mkdir(&self, rel: &Path, mode: u32, owner: (u32, u32)) -> Result<(), BackendError> {
+        use std::os::unix::fs::MetadataExt;
+        let mut done = PathBuf::new();
+        for part in rel.components() {
+            done.push(part);
+            let up = self.upper.join(&done);
+            if up.is_dir() {
+                continue;
+            }
+            let (mode, uid, gid) = match std::fs::symlink_metadata(self.lower.join(&done)) {
+                Ok(m) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid()),
+                Ok(_) => {
+                    return Err(failed(format!(
+                        "/{} is not a directory in the box",
+                        done.display()
+                    )));
+                }
+                Err(_) => (mode, owner.0, owner.1),
+            };
+            std::fs::create_dir(&up)
+                .map_err(|e| failed(format!("cannot make {}: {e}", up.display())))?;
+            std::os::unix::fs::chown(&up, Some(uid), Some(gid)).map_err(failed)?;
+            std::fs::set_permissions(&up, std::fs::Permissions::from_mode(mode)).map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    /// Write file `rel` with `mode`, owned by `owner`.
+    fn write(
+        &self,
+        rel: &str,
+        text: &str,
+        mode: u32,
+        owner: (u32, u32),
+    ) -> Result<(), BackendError> {
+        let rel = Path::new(rel);
+        if let Some(dir) = rel.parent() {
+            self.mkdir(dir, 0o755, (0, 0))?;
+        }
+        let path = self.upper.join(rel);
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, text)
+            .map_err(|e| failed(format!("cannot write {}: {e}", path.display())))?;
+        std::os::unix::fs::chown(&path, Some(owner.0), Some(owner.1)).map_err(failed)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(failed)
+    }
+}
+
 /// What a machine whose root is an overlay finds on first boot, written to
-/// its upper layer: its keys, its name, the host's resolver (reached
-/// through slirp4netns on a private network), and, when it shares the
-/// host's network, where its SSH server is to listen.
+/// its upper layer: its host key, the login key for `login`, its name, the
+/// host's resolver (reached through slirp4netns on a private network),
+/// and, when it shares the host's network, where its SSH server is to
+/// listen.
 pub(crate) fn first_boot_files(
-    upper: &Path,
+    layer: &Layer,
     keys: &MachineKeys,
+    login: &Login,
     hostname: &str,
     network: JailNetwork,
     ssh_port: u16,
 ) -> Result<(), BackendError> {
-    write_private(
-        &upper.join("etc/ssh/ssh_host_ed25519_key"),
+    let root = (0, 0);
+    layer.write(
+        "etc/ssh/ssh_host_ed25519_key",
         &keys.host_private_pem(),
         0o600,
+        root,
     )?;
-    std::fs::create_dir_all(upper.join("root/.ssh")).map_err(failed)?;
-    std::fs::set_permissions(
-        upper.join("root/.ssh"),
-        std::fs::Permissions::from_mode(0o700),
-    )
-    .map_err(failed)?;
-    write_private(
-        &upper.join("root/.ssh/authorized_keys"),
+    let user = (login.uid, login.gid);
+    let ssh_dir = login.home.join(".ssh");
+    layer.mkdir(&login.home, 0o700, user)?;
+    layer.mkdir(&ssh_dir, 0o700, user)?;
+    layer.write(
+        &ssh_dir.join("authorized_keys").to_string_lossy(),
         &format!("{}\n", keys.authorized_key()),
         0o600,
+        user,
     )?;
-    write_private(&upper.join("etc/hostname"), &format!("{hostname}\n"), 0o644)?;
+    layer.write("etc/hostname", &format!("{hostname}\n"), 0o644, root)?;
     if let Ok(host) = std::fs::read_to_string("/etc/resolv.conf") {
         let resolv = match network {
             JailNetwork::Private => net::resolv_conf(&host),
             JailNetwork::Host => host,
         };
-        let _ = std::fs::remove_file(upper.join("etc/resolv.conf"));
-        write_private(&upper.join("etc/resolv.conf"), &resolv, 0o644)?;
+        layer.write("etc/resolv.conf", &resolv, 0o644, root)?;
     }
     if network == JailNetwork::Host {
-        write_private(&upper.join(LISTEN_CONF), &listen_conf(ssh_port), 0o644)?;
+        layer.write(LISTEN_CONF, &listen_conf(ssh_port), 0o644, root)?;
     }
     Ok(())
 }
@@ -158,15 +258,6 @@ fn listen_conf(port: u16) -> String {
         "# Written by envup: this jail shares the host's network.\n\
          Port {port}\nListenAddress 127.0.0.1\n"
     )
-}
-
-fn write_private(path: &Path, text: &str, mode: u32) -> Result<(), BackendError> {
-    if let Some(p) = path.parent() {
-        std::fs::create_dir_all(p).map_err(failed)?;
-    }
-    std::fs::write(path, text)
-        .map_err(|e| failed(format!("cannot write {}: {e}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(failed)
 }
 
 /// The supervisor's program name.
@@ -203,15 +294,19 @@ impl Backend for JailBackend {
         keys: &MachineKeys,
         state: &mut MachineState,
     ) -> Result<(), BackendError> {
-        super::require_root_login(stored, "jail")?;
         let lower = lower_dir(stored)?;
+        let login = Login::of(&lower, &stored.manifest.ssh_user)?;
         let dir = jail_dir(&super::machine_dir(state)?);
         let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
         for d in [&upper, &work, &merged] {
             std::fs::create_dir_all(d).map_err(failed)?;
         }
         let port = super::ssh_port()?;
-        first_boot_files(&upper, keys, &m.hostname, m.jail.network, port)?;
+        let layer = Layer {
+            lower: &lower,
+            upper: &upper,
+        };
+        first_boot_files(&layer, keys, &login, &m.hostname, m.jail.network, port)?;
         let id = super::host_name(&dir);
         let cfg = JailConfig {
             lower,
@@ -232,7 +327,7 @@ impl Backend for JailBackend {
         state.ssh = Some(SshEndpoint {
             host: "127.0.0.1".into(),
             port: cfg.ssh_port,
-            user: "root".into(),
+            user: login.name,
             netns: (cfg.network == JailNetwork::Private).then(|| supervisor::netns_path(&cfg)),
         });
         state.forwards = m.forwards.clone();
@@ -356,4 +451,36 @@ fn read_config(state: &MachineState) -> Result<JailConfig, BackendError> {
     crate::state::read_json(&p)
         .map_err(failed)?
         .ok_or_else(|| failed(format!("{} is missing", p.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_from_passwd() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nvagrant:x:1000:1001:,,,:/home/vagrant:/bin/bash\nbad:x:z:0::/:/bin/sh\n";
+        assert_eq!(
+            Login::from_passwd(passwd, "vagrant"),
+            Some(Login {
+                name: "vagrant".into(),
+                uid: 1000,
+                gid: 1001,
+                home: "home/vagrant".into(),
+            })
+        );
+        assert_eq!(
+            Login::from_passwd(passwd, "root").unwrap().home,
+            Path::new("root")
+        );
+        assert_eq!(Login::from_passwd(passwd, "nobody"), None);
+        assert_eq!(Login::from_passwd(passwd, "bad"), None);
+    }
+
+    #[test]
+    fn listen_conf_names_port_and_loopback() {
+        let c = listen_conf(2222);
+        assert!(c.contains("\nPort 2222\n"));
+        assert!(c.ends_with("ListenAddress 127.0.0.1\n"));
+    }
 }
