@@ -124,7 +124,7 @@ fn nothing_left(p: &Project, ids: &[String]) -> Result<(), Failed> {
                 String::from_utf8_lossy(&helpers.stdout)
             ),
         )?;
-        for c in ["memory", "pids", "cpu,cpuacct", "unified"] {
+        for c in ["memory", "pids", "cpu,cpuacct", "freezer", "unified"] {
             let d = Path::new("/sys/fs/cgroup").join(c).join("envup").join(id);
             check(!d.exists(), format!("cgroup {} left", d.display()))?;
         }
@@ -182,6 +182,29 @@ fn lifecycle() -> Result<(), Failed> {
         exec(&p, "web", "cat /root/data") == "kept\n",
         "data lost after the supervisor died",
     )?;
+    // Snapshots: taken running (frozen while copied), restored running.
+    envup(&p, &["snapshot", "save", "web", "v1.0"]).status(0);
+    check(
+        exec(&p, "web", "echo ok") == "ok\n",
+        "the jail stayed frozen after the snapshot",
+    )?;
+    exec(&p, "web", "echo changed > /root/data; touch /root/new");
+    envup(&p, &["snapshot", "list", "web"])
+        .status(0)
+        .stdout_has("v1.0");
+    envup(&p, &["snapshot", "restore", "web", "v1.0"]).status(0);
+    check(
+        exec(
+            &p,
+            "web",
+            "cat /root/data; ls /root/new 2>/dev/null || echo gone",
+        ) == "kept\ngone\n",
+        "the snapshot did not bring the files back",
+    )?;
+    envup(&p, &["snapshot", "delete", "web", "v1.0"]).status(0);
+    envup(&p, &["snapshot", "restore", "web", "v1.0"])
+        .status(1)
+        .stderr_has("no snapshot `v1.0`");
     destroy_and_check(&p)
 }
 

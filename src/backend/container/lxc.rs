@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{Created, HALT_DEADLINE, PIDS_MAX, engine::Kind};
 use crate::backend::jail::supervisor::{forget_netns, name_netns};
-use crate::backend::jail::{Layer, Login, first_boot_files, lower_dir, net};
+use crate::backend::jail::{Layer, Login, first_boot_files, lower_dir, net, snapshots};
 use crate::backend::{BackendError, failed};
 use crate::boxes::StoredBox;
 use crate::envfile::Machine;
@@ -267,68 +267,25 @@ pub fn destroy(state: &MachineState, c: &Created) -> Result<(), BackendError> {
     }
 }
 
-/// Snapshots: copies of the machine's own layer (the box's rootfs below it
-/// never changes), in `lxc/snapshots/NAME`. A running container is frozen
-/// while its layer is copied, so the copy is consistent.
-fn snapshot_dir(state: &MachineState, name: &str) -> Result<PathBuf, BackendError> {
-    Ok(lxc_dir(state)?.join("snapshots").join(name))
-}
-
-/// `cp -a`: copies with owners, modes, links, devices and xattrs as they are.
-fn copy_tree(from: &Path, to: &Path) -> Result<(), BackendError> {
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(failed)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(failed(format!(
-            "copying {}: {}",
-            from.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
-}
-
+/// Snapshots: copies of the machine's own layer (jail::snapshots), frozen
+/// with lxc-freeze while copied.
 pub fn snapshot_save(state: &MachineState, c: &Created, name: &str) -> Result<(), BackendError> {
     let dir = lxc_dir(state)?;
-    let target = snapshot_dir(state, name)?;
-    std::fs::create_dir_all(target.parent().expect("snapshots dir")).map_err(failed)?;
-    let tmp = target.with_extension("part");
-    let _ = std::fs::remove_dir_all(&tmp);
     let running = lxc_state(&dir, &c.name).as_deref() == Some("RUNNING");
-    if running {
-        lxc("lxc-freeze", &dir, &c.name, &[])?;
-    }
-    let copied = copy_tree(&dir.join("upper"), &tmp);
-    if running {
-        lxc("lxc-unfreeze", &dir, &c.name, &[])?;
-    }
-    copied?;
-    std::fs::rename(&tmp, &target).map_err(failed)
+    snapshots::save(&dir, name, running, |frozen| {
+        let tool = if frozen { "lxc-freeze" } else { "lxc-unfreeze" };
+        lxc(tool, &dir, &c.name, &[]).map(drop)
+    })
 }
 
 pub fn snapshot_restore(state: &MachineState, c: &Created, name: &str) -> Result<(), BackendError> {
     let dir = lxc_dir(state)?;
-    let snap = snapshot_dir(state, name)?;
-    if !snap.is_dir() {
+    if !snapshots::exists(&dir, name) {
         return Err(failed(format!("machine has no snapshot `{name}`")));
     }
     let running = lxc_state(&dir, &c.name).as_deref() == Some("RUNNING");
     stop(state, c, true)?;
-    let upper = dir.join("upper");
-    let old = dir.join("upper.old");
-    let _ = std::fs::remove_dir_all(&old);
-    let fresh = dir.join("upper.restoring");
-    let _ = std::fs::remove_dir_all(&fresh);
-    copy_tree(&snap, &fresh)?;
-    std::fs::rename(&upper, &old).map_err(failed)?;
-    std::fs::rename(&fresh, &upper).map_err(failed)?;
-    let _ = std::fs::remove_dir_all(&old);
+    snapshots::restore(&dir, name)?;
     if running {
         start(state, c)?;
     }
@@ -336,25 +293,11 @@ pub fn snapshot_restore(state: &MachineState, c: &Created, name: &str) -> Result
 }
 
 pub fn snapshot_list(state: &MachineState) -> Result<Vec<String>, BackendError> {
-    let dir = lxc_dir(state)?.join("snapshots");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().is_dir() && e.path().extension().is_none())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    Ok(names)
+    Ok(snapshots::list(&lxc_dir(state)?))
 }
 
 pub fn snapshot_delete(state: &MachineState, name: &str) -> Result<(), BackendError> {
-    let snap = snapshot_dir(state, name)?;
-    if !snap.is_dir() {
-        return Err(failed(format!("machine has no snapshot `{name}`")));
-    }
-    std::fs::remove_dir_all(&snap).map_err(failed)
+    snapshots::delete(&lxc_dir(state)?, name)
 }
 
 #[cfg(test)]

@@ -16,6 +16,18 @@ fn write(path: &Path, value: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot write {value:?} to {}: {e}", path.display()))
 }
 
+/// Poll `done` for up to 10 s.
+fn wait_for(done: impl Fn() -> bool) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return Err("the cgroup freezer did not finish in 10 s".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
+}
+
 impl Cgroup {
     /// The cgroup directories `name` has (or would have) on this host.
     pub fn dirs_for(name: &str) -> Vec<PathBuf> {
@@ -23,7 +35,7 @@ impl Cgroup {
             &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
         );
         let mut dirs: Vec<PathBuf> = Vec::new();
-        for c in ["memory", "pids", "cpu"] {
+        for c in ["memory", "pids", "cpu", "freezer"] {
             if let Some((_, mount)) = layout.v1.iter().find(|(ctl, _)| ctl == c) {
                 let d = Path::new(mount).join("envup").join(name);
                 if !dirs.contains(&d) {
@@ -92,6 +104,28 @@ impl Cgroup {
             write(&d.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
+    }
+
+    /// Freeze (or thaw) every process of the jail: v1's freezer controller
+    /// or v2's cgroup.freeze, waiting until the kernel says it holds.
+    pub fn freeze(name: &str, frozen: bool) -> Result<(), String> {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        for d in Self::dirs_for(name) {
+            let v1 = d.join("freezer.state");
+            if v1.exists() {
+                let want = if frozen { "FROZEN" } else { "THAWED" };
+                write(&v1, want)?;
+                return wait_for(|| read(&v1).trim() == want);
+            }
+            let v2 = d.join("cgroup.freeze");
+            if v2.exists() {
+                write(&v2, if frozen { "1" } else { "0" })?;
+                let want = format!("frozen {}", u8::from(frozen));
+                let events = d.join("cgroup.events");
+                return wait_for(|| read(&events).lines().any(|l| l == want));
+            }
+        }
+        Err("this host's cgroups have no freezer for the jail".into())
     }
 
     /// SIGKILL every process in the jail's cgroup, and wait until it is empty.

@@ -13,6 +13,7 @@ mod cgroup;
 pub mod freebsd;
 pub mod net;
 pub mod probe;
+pub(crate) mod snapshots;
 pub(crate) mod supervisor;
 
 use std::os::unix::fs::PermissionsExt;
@@ -335,96 +336,15 @@ impl Backend for JailBackend {
     }
 
     fn start(&self, _m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
-        if live_supervisor(state).is_some() {
-            return Ok(());
-        }
-        let dir = jail_dir(&super::machine_dir(state)?);
-        let log = dir.join("supervisor.log");
-        let pidfile = dir.join("supervisor.pid");
-        let _ = std::fs::remove_file(&pidfile);
-        let exe = supervisor_exe()?;
-        let logf = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(failed)?;
-        let mut cmd = Command::new(exe);
-        cmd.arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().map_err(failed)?)
-            .stderr(logf);
-        // SAFETY: setsid is async-signal-safe; the supervisor leaves the
-        // command's session so it outlives it and its terminal.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid()
-                    .map(|_| ())
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| failed(format!("cannot start the jail supervisor: {e}")))?;
-        let started = Instant::now();
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&pidfile)
-                && let Some((pid, start)) = text.trim().split_once(' ')
-            {
-                state.id = Some(format!("{pid}:{start}"));
-                // The supervisor lives on; nobody waits for it here.
-                std::mem::forget(child);
-                return Ok(());
-            }
-            if let Ok(Some(st)) = child.try_wait() {
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                let last: Vec<&str> = tail.lines().rev().take(5).collect();
-                return Err(failed(format!(
-                    "the jail supervisor stopped ({st}): {}",
-                    last.into_iter().rev().collect::<Vec<_>>().join(" / ")
-                )));
-            }
-            if started.elapsed() > Duration::from_secs(20) {
-                let _ = child.kill();
-                return Err(failed(format!(
-                    "the jail supervisor did not start; see {}",
-                    log.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        launch(state)
     }
 
     fn stop(&self, state: &MachineState, force: bool) -> Result<(), BackendError> {
-        let Some(pid) = live_supervisor(state) else {
-            return Ok(());
-        };
-        let sig = if force {
-            nix::sys::signal::Signal::SIGINT
-        } else {
-            nix::sys::signal::Signal::SIGTERM
-        };
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-        let deadline = Instant::now() + HALT_DEADLINE + Duration::from_secs(5);
-        while live_supervisor(state).is_some() {
-            if Instant::now() > deadline {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                std::thread::sleep(Duration::from_millis(100));
-                if let Ok(cfg) = read_config(state) {
-                    cgroup::Cgroup::kill_all(&cfg.id);
-                    supervisor::clean_up(&cfg);
-                }
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
+        halt(state, force)
     }
 
     fn destroy(&self, state: &MachineState) -> Result<(), BackendError> {
-        self.stop(state, true)?;
+        halt(state, true)?;
         if let Ok(cfg) = read_config(state) {
             cgroup::Cgroup::kill_all(&cfg.id);
             supervisor::clean_up(&cfg);
@@ -444,6 +364,131 @@ impl Backend for JailBackend {
             other => other,
         })
     }
+
+    /// A copy of the jail's own layer, taken with the jail frozen (cgroup
+    /// freezer) when it runs.
+    fn snapshot_save(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
+        let dir = jail_dir(&super::machine_dir(state)?);
+        let id = read_config(state)?.id;
+        snapshots::save(&dir, name, live_supervisor(state).is_some(), |frozen| {
+            cgroup::Cgroup::freeze(&id, frozen).map_err(failed)
+        })
+    }
+
+    /// The jail is stopped, its layer replaced, and started again if it ran.
+    fn snapshot_restore(&self, state: &mut MachineState, name: &str) -> Result<(), BackendError> {
+        let dir = jail_dir(&super::machine_dir(state)?);
+        if !snapshots::exists(&dir, name) {
+            return Err(failed(format!("machine has no snapshot `{name}`")));
+        }
+        let running = live_supervisor(state).is_some();
+        halt(state, true)?;
+        snapshots::restore(&dir, name)?;
+        if running {
+            launch(state)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot_list(&self, state: &MachineState) -> Result<Vec<String>, BackendError> {
+        Ok(snapshots::list(&jail_dir(&super::machine_dir(state)?)))
+    }
+
+    fn snapshot_delete(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
+        snapshots::delete(&jail_dir(&super::machine_dir(state)?), name)
+    }
+}
+
+/// Start the jail's supervisor (unless it runs) and record it in `state`.
+fn launch(state: &mut MachineState) -> Result<(), BackendError> {
+    if live_supervisor(state).is_some() {
+        return Ok(());
+    }
+    let dir = jail_dir(&super::machine_dir(state)?);
+    let log = dir.join("supervisor.log");
+    let pidfile = dir.join("supervisor.pid");
+    let _ = std::fs::remove_file(&pidfile);
+    let exe = supervisor_exe()?;
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(failed)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().map_err(failed)?)
+        .stderr(logf);
+    // SAFETY: setsid is async-signal-safe; the supervisor leaves the
+    // command's session so it outlives it and its terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| failed(format!("cannot start the jail supervisor: {e}")))?;
+    let started = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&pidfile)
+            && let Some((pid, start)) = text.trim().split_once(' ')
+        {
+            state.id = Some(format!("{pid}:{start}"));
+            // The supervisor lives on; nobody waits for it here.
+            std::mem::forget(child);
+            return Ok(());
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let last: Vec<&str> = tail.lines().rev().take(5).collect();
+            return Err(failed(format!(
+                "the jail supervisor stopped ({st}): {}",
+                last.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            )));
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            return Err(failed(format!(
+                "the jail supervisor did not start; see {}",
+                log.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Stop the jail: its supervisor asks init to power off (or kills it, with
+/// `force`), within a deadline.
+fn halt(state: &MachineState, force: bool) -> Result<(), BackendError> {
+    let Some(pid) = live_supervisor(state) else {
+        return Ok(());
+    };
+    let sig = if force {
+        nix::sys::signal::Signal::SIGINT
+    } else {
+        nix::sys::signal::Signal::SIGTERM
+    };
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    let deadline = Instant::now() + HALT_DEADLINE + Duration::from_secs(5);
+    while live_supervisor(state).is_some() {
+        if Instant::now() > deadline {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            if let Ok(cfg) = read_config(state) {
+                cgroup::Cgroup::kill_all(&cfg.id);
+                supervisor::clean_up(&cfg);
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 fn read_config(state: &MachineState) -> Result<JailConfig, BackendError> {

@@ -32,7 +32,10 @@ impl CgroupLayout {
                 "cgroup2" => v2 = Some(mount_point.to_owned()),
                 "cgroup" => {
                     for opt in options.split(',') {
-                        if matches!(opt, "memory" | "pids" | "cpu" | "cpuset" | "cpuacct") {
+                        if matches!(
+                            opt,
+                            "memory" | "pids" | "cpu" | "cpuset" | "cpuacct" | "freezer"
+                        ) {
                             v1.push((opt.to_owned(), mount_point.to_owned()));
                         }
                     }

@@ -1,0 +1,148 @@
+//! Snapshots of a machine whose root is an overlay (a jail, an LXC
+//! container): copies of the machine's own layer, `DIR/upper`, kept in
+//! `DIR/snapshots/NAME`. The box's rootfs below never changes, so the
+//! layer is the whole difference. A running machine is frozen while its
+//! layer is copied, so the copy is consistent; a restore needs the machine
+//! stopped, and puts the copy in place with renames.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::backend::{BackendError, failed};
+
+fn snapshot_dir(dir: &Path, name: &str) -> PathBuf {
+    dir.join("snapshots").join(name)
+}
+
+/// Where a copy is made before it is complete (snapshot names never start
+/// with a dot, so this cannot be one).
+fn partial(dir: &Path, name: &str) -> PathBuf {
+    dir.join("snapshots").join(format!(".{name}.part"))
+}
+
+/// `cp -a`: copies with owners, modes, links, devices and xattrs as they are.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), BackendError> {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(failed)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let _ = std::fs::remove_dir_all(to);
+        Err(failed(format!(
+            "copying {}: {}",
+            from.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Copy the machine's layer to snapshot `name`; `freeze(true)` before and
+/// `freeze(false)` after when the machine is running.
+pub(crate) fn save(
+    dir: &Path,
+    name: &str,
+    running: bool,
+    freeze: impl Fn(bool) -> Result<(), BackendError>,
+) -> Result<(), BackendError> {
+    let target = snapshot_dir(dir, name);
+    std::fs::create_dir_all(dir.join("snapshots")).map_err(failed)?;
+    let tmp = partial(dir, name);
+    let _ = std::fs::remove_dir_all(&tmp);
+    if running {
+        freeze(true)?;
+    }
+    let copied = copy_tree(&dir.join("upper"), &tmp);
+    if running {
+        freeze(false)?;
+    }
+    copied?;
+    std::fs::rename(&tmp, &target).map_err(failed)
+}
+
+/// Put snapshot `name` in place of the machine's layer. The machine must
+/// be stopped; its current layer is gone afterwards.
+pub(crate) fn restore(dir: &Path, name: &str) -> Result<(), BackendError> {
+    let snap = snapshot_dir(dir, name);
+    if !snap.is_dir() {
+        return Err(failed(format!("machine has no snapshot `{name}`")));
+    }
+    let upper = dir.join("upper");
+    let old = dir.join("upper.old");
+    let fresh = dir.join("upper.restoring");
+    let _ = std::fs::remove_dir_all(&old);
+    let _ = std::fs::remove_dir_all(&fresh);
+    copy_tree(&snap, &fresh)?;
+    std::fs::rename(&upper, &old).map_err(failed)?;
+    std::fs::rename(&fresh, &upper).map_err(failed)?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Whether snapshot `name` exists.
+pub(crate) fn exists(dir: &Path, name: &str) -> bool {
+    snapshot_dir(dir, name).is_dir()
+}
+
+pub(crate) fn list(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("snapshots"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+pub(crate) fn delete(dir: &Path, name: &str) -> Result<(), BackendError> {
+    let snap = snapshot_dir(dir, name);
+    if !snap.is_dir() {
+        return Err(failed(format!("machine has no snapshot `{name}`")));
+    }
+    std::fs::remove_dir_all(&snap).map_err(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_restore_list_delete() {
+        let d = tempfile::tempdir().unwrap();
+        let upper = d.path().join("upper");
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::write(upper.join("f"), "one").unwrap();
+        save(d.path(), "v1.2", false, |_| unreachable!("not running")).unwrap();
+        std::fs::write(upper.join("f"), "two").unwrap();
+        std::fs::write(upper.join("g"), "new").unwrap();
+        assert_eq!(list(d.path()), ["v1.2"]);
+        assert!(exists(d.path(), "v1.2"));
+        restore(d.path(), "v1.2").unwrap();
+        assert_eq!(std::fs::read_to_string(upper.join("f")).unwrap(), "one");
+        assert!(!upper.join("g").exists());
+        assert!(restore(d.path(), "nope").is_err());
+        delete(d.path(), "v1.2").unwrap();
+        assert!(list(d.path()).is_empty());
+    }
+
+    #[test]
+    fn a_running_machine_is_frozen_while_copied() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("upper")).unwrap();
+        let calls = std::cell::RefCell::new(Vec::new());
+        save(d.path(), "s", true, |f| {
+            calls.borrow_mut().push(f);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(*calls.borrow(), [true, false]);
+    }
+}
