@@ -186,12 +186,12 @@ impl Layer<'_> {
     /// Write file `rel` with `mode`, owned by `owner`.
     fn write(
         &self,
-        rel: &str,
+        rel: impl AsRef<Path>,
         text: &str,
         mode: u32,
         owner: (u32, u32),
     ) -> Result<(), BackendError> {
-        let rel = Path::new(rel);
+        let rel = rel.as_ref();
         if let Some(dir) = rel.parent() {
             self.mkdir(dir, 0o755, (0, 0))?;
         }
@@ -229,7 +229,7 @@ pub(crate) fn first_boot_files(
     layer.mkdir(&login.home, 0o700, user)?;
     layer.mkdir(&ssh_dir, 0o700, user)?;
     layer.write(
-        &ssh_dir.join("authorized_keys").to_string_lossy(),
+        ssh_dir.join("authorized_keys"),
         &format!("{}\n", keys.authorized_key()),
         0o600,
         user,
