@@ -184,8 +184,8 @@ impl Resolver<'_> {
         }
         tried.push("not in the box store".into());
         // A box envup has a recipe for is built on the way.
-        if super::build::recipe_for_box(name).is_some() {
-            let b = self.build_recipe(name)?;
+        if let Some(recipe) = super::build::recipe_for_box(name) {
+            let b = self.build_recipe(name, &recipe)?;
             if backend.is_none_or(|k| b.manifest.serves(k)) {
                 return Ok(b);
             }
@@ -197,13 +197,12 @@ impl Resolver<'_> {
         })
     }
 
-    /// Build the box `name` from envup's recipe for it and store it.
-    fn build_recipe(&self, name: &str) -> Result<StoredBox, BoxError> {
-        let recipe = super::build::recipe_for_box(name).ok_or_else(|| BoxError::NotFound {
-            name: name.to_owned(),
-            req: None,
-            tried: "envup has no recipe for it".into(),
-        })?;
+    /// Build the box `name` from envup's `recipe` for it and store it.
+    fn build_recipe(
+        &self,
+        name: &str,
+        recipe: &super::build::Recipe,
+    ) -> Result<StoredBox, BoxError> {
         self.reporter.note(&format!(
             "box `{name}` is not stored; building it from its recipe"
         ));
@@ -211,7 +210,7 @@ impl Resolver<'_> {
             .store
             .root_dir()
             .join(format!(".build-{}.box", std::process::id()));
-        let built = super::build::build(&recipe, &out, self.reporter);
+        let built = super::build::build(recipe, &out, self.reporter);
         let result = built.and_then(|(_, digest)| {
             self.store.add_file(
                 &out,
@@ -273,7 +272,14 @@ impl Resolver<'_> {
                     match self.store.get(&e.sha256) {
                         Some(b) => b,
                         None => {
-                            let b = self.build_recipe(name)?;
+                            let recipe = super::build::recipe_for_box(name).ok_or_else(|| {
+                                BoxError::NotFound {
+                                    name: name.to_owned(),
+                                    req: None,
+                                    tried: "Envfile.lock names a recipe envup does not have".into(),
+                                }
+                            })?;
+                            let b = self.build_recipe(name, &recipe)?;
                             if b.digest != e.sha256 {
                                 return Err(BoxError::RecipeDiffers {
                                     name: name.to_owned(),

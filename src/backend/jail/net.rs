@@ -35,30 +35,17 @@ pub enum Lifetime {
     Detached,
 }
 
-/// One host port slirp4netns listens on, and the machine's port behind it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostFwd {
-    pub protocol: Protocol,
-    pub host_addr: String,
-    pub host_port: u16,
-    pub guest_port: u16,
-}
-
-/// SSH on 127.0.0.1:`ssh_port`, then each forward.
-pub fn host_fwds(ssh_port: u16, forwards: &[Forward]) -> Vec<HostFwd> {
-    let ssh = HostFwd {
+/// The ports slirp4netns listens on: SSH on 127.0.0.1:`ssh_port`, then
+/// each of the machine's forwards.
+pub fn host_fwds(ssh_port: u16, forwards: &[Forward]) -> Vec<Forward> {
+    let ssh = Forward {
+        guest: 22,
+        host: ssh_port,
+        host_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         protocol: Protocol::Tcp,
-        host_addr: "127.0.0.1".into(),
-        host_port: ssh_port,
-        guest_port: 22,
     };
     std::iter::once(ssh)
-        .chain(forwards.iter().map(|f| HostFwd {
-            protocol: f.protocol,
-            host_addr: f.host_ip.to_string(),
-            host_port: f.host,
-            guest_port: f.guest,
-        }))
+        .chain(forwards.iter().copied())
         .collect()
 }
 
@@ -88,14 +75,14 @@ fn api_path(id: &str) -> PathBuf {
 }
 
 /// The request that adds one forwarded port.
-pub fn add_hostfwd_request(f: &HostFwd) -> serde_json::Value {
+pub fn add_hostfwd_request(f: &Forward) -> serde_json::Value {
     serde_json::json!({
         "execute": "add_hostfwd",
         "arguments": {
             "proto": f.protocol.name(),
-            "host_addr": f.host_addr,
-            "host_port": f.host_port,
-            "guest_port": f.guest_port,
+            "host_addr": f.host_ip.to_string(),
+            "host_port": f.host,
+            "guest_port": f.guest,
         }
     })
 }
@@ -107,7 +94,7 @@ pub fn connect(
     netns: &Path,
     id: &str,
     log: &Path,
-    fwds: &[HostFwd],
+    fwds: &[Forward],
     lifetime: Lifetime,
 ) -> Result<Child, String> {
     let api = api_path(id);
@@ -160,13 +147,13 @@ pub fn connect(
     }
 }
 
-fn port_error(f: &HostFwd, why: &str) -> String {
+fn port_error(f: &Forward, why: &str) -> String {
     format!(
         "cannot listen on {}:{}/{} for the machine's port {}: {why} (is the port in use?)",
-        f.host_addr,
-        f.host_port,
+        f.host_ip,
+        f.host,
         f.protocol.name(),
-        f.guest_port
+        f.guest
     )
 }
 
@@ -259,9 +246,9 @@ mod tests {
             protocol: Protocol::Tcp,
         };
         let all = host_fwds(2222, &[f]);
-        assert_eq!(all[0].host_addr, "127.0.0.1");
-        assert_eq!((all[0].host_port, all[0].guest_port), (2222, 22));
-        assert_eq!((all[1].host_port, all[1].guest_port), (8080, 80));
+        assert_eq!(all[0].host_ip.to_string(), "127.0.0.1");
+        assert_eq!((all[0].host, all[0].guest), (2222, 22));
+        assert_eq!((all[1].host, all[1].guest), (8080, 80));
         let req = add_hostfwd_request(&all[1]);
         assert_eq!(req["execute"], "add_hostfwd");
         assert_eq!(req["arguments"]["proto"], "tcp");
