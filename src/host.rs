@@ -16,6 +16,48 @@ pub fn which(program: &str) -> Option<PathBuf> {
         })
 }
 
+/// Bytes free to an unprivileged writer on the filesystem that holds
+/// `path` (or its nearest existing parent).
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let st = nix::sys::statvfs::statvfs(existing).ok()?;
+    Some(u64::from(st.blocks_available()) * u64::from(st.fragment_size()))
+}
+
+/// What envup leaves free on a disk it fills with boxes and downloads.
+pub const DISK_RESERVE: u64 = 256 << 20;
+
+/// Whether `need` more bytes fit on the disk that holds `path` with
+/// [`DISK_RESERVE`] left over; the words of the refusal when they do not.
+pub fn check_space(path: &Path, need: u64) -> Result<(), String> {
+    match free_bytes(path) {
+        Some(free) if free < need.saturating_add(DISK_RESERVE) => Err(format!(
+            "not enough free space on the disk of {}: {} needed, {} free (envup keeps {} free)",
+            path.display(),
+            human_bytes(need),
+            human_bytes(free),
+            human_bytes(DISK_RESERVE)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Bytes in binary units, for messages.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 /// Run `program args…` with no input, giving up (and killing it) after
 /// `timeout`. The error says what went wrong in a few words.
 pub fn run_with_timeout(

@@ -4,8 +4,10 @@
 pub mod backend;
 pub mod boxes;
 pub mod cli;
+pub mod contained;
 pub mod envfile;
 pub mod host;
+pub mod ident;
 pub mod ops;
 pub mod orchestrate;
 pub mod plan;

@@ -315,7 +315,7 @@ impl<W: Write> Write for HashingWriter<W> {
 /// each artifact's sha256 and size. Entries carry no owner and a fixed time,
 /// so the same inputs make the same box. Returns the manifest and the box's
 /// sha256.
-pub fn pack(draft: &Manifest, src: &Path, out: &Path) -> Result<(Manifest, String), ArchiveError> {
+pub fn pack(draft: &Manifest, src: &Path, out: &Path) -> Result<(Manifest, crate::ident::Digest), ArchiveError> {
     let mut manifest = draft.clone();
     for a in manifest.artifacts.values_mut() {
         let p = src.join(&a.path);
@@ -361,7 +361,7 @@ pub fn pack(draft: &Manifest, src: &Path, out: &Path) -> Result<(Manifest, Strin
     writer.flush().map_err(werr)?;
     let HashingWriter { inner, hash } = writer;
     drop(inner);
-    let digest = hex(&hash.finalize());
+    let digest = crate::ident::Digest::from_sha256(&hash.finalize());
     tmp.as_file().sync_all().map_err(werr)?;
     tmp.persist(out).map_err(|e| werr(e.error))?;
     Ok((manifest, digest))

@@ -531,7 +531,7 @@ pub fn build(
     recipe: &Recipe,
     out: &Path,
     reporter: &dyn Reporter,
-) -> Result<(Manifest, String), BoxError> {
+) -> Result<(Manifest, crate::ident::Digest), BoxError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(BuildError::NotRoot.into());
     }

@@ -73,7 +73,7 @@ pub struct Choice {
     /// The URL and its mirrors, in order.
     pub urls: Vec<String>,
     /// The sha256 the catalog promises, when it gives one.
-    pub sha256: Option<String>,
+    pub sha256: Option<crate::ident::Digest>,
 }
 
 /// The host's architecture in the names catalogs use.
@@ -102,11 +102,48 @@ fn provider_serves(provider: &str, backend: BackendKind) -> bool {
 }
 
 impl Catalog {
+    /// Parse a catalog read from `location`. Everything a catalog says is
+    /// checked here: its name and versions are box names, every sha256
+    /// checksum is a digest, and a catalog from a server names only
+    /// `http(s)` URLs (never a file on this host).
     pub fn parse(text: &str, location: &str) -> Result<Catalog, CatalogError> {
-        serde_json::from_str(text).map_err(|e| CatalogError::Invalid {
-            location: location.into(),
-            reason: e.to_string(),
-        })
+        let invalid = |reason: String| CatalogError::Invalid {
+            location: crate::ident::printable(location).into(),
+            reason,
+        };
+        let cat: Catalog = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let remote = is_remote(location);
+        let name_problem = |what: &str, v: &str| {
+            crate::ident::box_name_problem(v)
+                .map(|why| invalid(format!("{what} `{}`: {why}", crate::ident::printable(v))))
+        };
+        if let Some(e) = name_problem("name", &cat.name) {
+            return Err(e);
+        }
+        for v in &cat.versions {
+            if let Some(e) = name_problem("version", &v.version) {
+                return Err(e);
+            }
+            for p in &v.providers {
+                if let (Some("sha256") | None, Some(c)) = (p.checksum_type.as_deref(), &p.checksum)
+                    && let Err(e) = crate::ident::Digest::parse(&c.to_ascii_lowercase())
+                {
+                    return Err(invalid(format!("version {}: {e}", v.version)));
+                }
+                for url in std::iter::once(&p.url).chain(&p.mirrors) {
+                    let web = url.starts_with("http://") || url.starts_with("https://");
+                    if remote && !web {
+                        return Err(invalid(format!(
+                            "version {}: `{}` is not an http(s) URL; a catalog from a server \
+                             may not point at this host's files",
+                            v.version,
+                            crate::ident::printable(url)
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(cat)
     }
 
     /// The newest version meeting `req` with a provider for `backend` on
@@ -143,7 +180,9 @@ impl Catalog {
                 continue;
             };
             let sha256 = match (best.checksum_type.as_deref(), &best.checksum) {
-                (Some("sha256") | None, Some(c)) => Some(c.to_ascii_lowercase()),
+                (Some("sha256") | None, Some(c)) => {
+                    crate::ident::Digest::parse(&c.to_ascii_lowercase()).ok()
+                }
                 _ => None,
             };
             let mut urls = vec![best.url.clone()];
@@ -152,7 +191,8 @@ impl Catalog {
                 if p.name == best.name
                     && p.url != best.url
                     && sha256.is_some()
-                    && p.checksum.as_ref().map(|c| c.to_ascii_lowercase()) == sha256
+                    && p.checksum.as_ref().map(|c| c.to_ascii_lowercase())
+                        == sha256.as_ref().map(ToString::to_string)
                 {
                     urls.push(p.url.clone());
                     urls.extend(p.mirrors.iter().cloned());
@@ -177,29 +217,52 @@ impl Catalog {
     }
 }
 
-/// Read a catalog from a URL (`http`, `https`, `file`) or a path.
+/// The largest catalog envup reads: catalogs list versions and URLs, and a
+/// larger one is a mistake or an attack.
+pub const MAX_CATALOG: u64 = 16 << 20;
+
+fn is_remote(location: &str) -> bool {
+    location.starts_with("http://") || location.starts_with("https://")
+}
+
+/// Read a catalog from a URL (`http`, `https`, `file`) or a path, at most
+/// [`MAX_CATALOG`] bytes.
 pub fn load(location: &str) -> Result<Catalog, CatalogError> {
+    use std::io::Read;
     let read_err = |reason: String| CatalogError::Read {
-        location: location.into(),
+        location: crate::ident::printable(location).into(),
         reason,
     };
-    let text = if location.starts_with("http://") || location.starts_with("https://") {
-        let resp = reqwest::blocking::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(15))
-            .timeout(std::time::Duration::from_secs(60))
-            .build()
-            .expect("the HTTP client builds")
+    let reader: Box<dyn Read> = if is_remote(location) {
+        let resp = super::download::client()
             .get(location)
             .send()
             .map_err(|e| read_err(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(read_err(format!("HTTP {}", resp.status())));
         }
-        resp.text().map_err(|e| read_err(e.to_string()))?
+        Box::new(resp)
     } else {
         let path = location.strip_prefix("file://").unwrap_or(location);
-        std::fs::read_to_string(path).map_err(|e| read_err(e.to_string()))?
+        let f = std::fs::File::open(path).map_err(|e| read_err(e.to_string()))?;
+        let meta = f.metadata().map_err(|e| read_err(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(read_err("not a regular file".into()));
+        }
+        Box::new(f)
     };
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_CATALOG + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| read_err(e.to_string()))?;
+    if bytes.len() as u64 > MAX_CATALOG {
+        return Err(read_err(format!(
+            "it is larger than {} (envup's limit for a catalog)",
+            crate::host::human_bytes(MAX_CATALOG)
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| read_err("it is not UTF-8".into()))?;
     Catalog::parse(&text, location)
 }
 
@@ -212,11 +275,11 @@ mod tests {
       "versions": [
         { "version": "1.2.0", "status": "active", "providers": [
           { "name": "virtualbox", "url": "http://x/vb.box" },
-          { "name": "libvirt", "url": "http://x/lv.box", "checksum_type": "sha256", "checksum": "AA11", "architecture": "amd64" } ] },
+          { "name": "libvirt", "url": "http://x/lv.box", "checksum_type": "sha256", "checksum": "AA11AA11AA11AA11AA11AA11AA11AA11AA11AA11AA11AA11AA11AA11AA11AA11", "architecture": "amd64" } ] },
         { "version": "1.10.0", "providers": [
-          { "name": "lxc", "url": "http://x/lxc.box", "checksum_type": "sha256", "checksum": "bb22" },
-          { "name": "lxc", "url": "http://mirror/lxc.box", "checksum_type": "sha256", "checksum": "bb22" },
-          { "name": "envup", "url": "http://x/e.box", "checksum_type": "sha256", "checksum": "cc33", "architecture": "arm64" } ] },
+          { "name": "lxc", "url": "http://x/lxc.box", "checksum_type": "sha256", "checksum": "bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22" },
+          { "name": "lxc", "url": "http://mirror/lxc.box", "checksum_type": "sha256", "checksum": "bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22bb22" },
+          { "name": "envup", "url": "http://x/e.box", "checksum_type": "sha256", "checksum": "cc33cc33cc33cc33cc33cc33cc33cc33cc33cc33cc33cc33cc33cc33cc33cc33", "architecture": "arm64" } ] },
         { "version": "2.0.0", "providers": [ { "name": "virtualbox", "url": "http://x/new.box" } ] }
       ] }"#;
 
@@ -228,7 +291,7 @@ mod tests {
             (q.version.as_str(), q.provider.as_str()),
             ("1.2.0", "libvirt")
         );
-        assert_eq!(q.sha256.as_deref(), Some("aa11"));
+        assert_eq!(q.sha256.as_deref(), Some("aa11".repeat(16).as_str()));
         let j = c.choose(None, BackendKind::Jail, "x86_64").unwrap();
         assert_eq!((j.version.as_str(), j.provider.as_str()), ("1.10.0", "lxc"));
         assert_eq!(j.urls, ["http://x/lxc.box", "http://mirror/lxc.box"]);
@@ -239,5 +302,28 @@ mod tests {
             .choose(Some(&req), BackendKind::Container, "x86_64")
             .unwrap_err();
         assert!(e.to_string().contains("matching `<1.5`"), "{e}");
+    }
+
+    #[test]
+    fn hostile_catalogs_are_refused_whole() {
+        let one = |name: &str, url: &str, sum: &str| {
+            format!(
+                r#"{{"name": "{name}", "versions": [{{"version": "1.0.0", "providers": [
+                {{"name": "envup", "url": "{url}", "checksum_type": "sha256", "checksum": "{sum}"}}]}}]}}"#
+            )
+        };
+        let d = "ab".repeat(32);
+        assert!(Catalog::parse(&one("a/b", "http://x/b.box", &d), "http://c/a.json").is_ok());
+        // A checksum that is no digest would become a file name.
+        let e = Catalog::parse(&one("a/b", "http://x/b.box", "../../x"), "c.json").unwrap_err();
+        assert!(e.to_string().contains("not a sha256"), "{e}");
+        // A server's catalog may not send envup to this host's files.
+        let e = Catalog::parse(&one("a/b", "file:///etc/shadow", &d), "https://c/a.json")
+            .unwrap_err();
+        assert!(e.to_string().contains("not an http(s) URL"), "{e}");
+        // A local catalog the user named may.
+        assert!(Catalog::parse(&one("a/b", "file:///srv/b.box", &d), "/srv/a.json").is_ok());
+        let e = Catalog::parse(&one("a/../b\\u001b[31m", "http://x", &d), "c.json").unwrap_err();
+        assert!(e.to_string().contains("name `a/../b\\u{1b}[31m`"), "{e}");
     }
 }

@@ -31,7 +31,7 @@ pub enum DownloadError {
 #[derive(Debug)]
 pub struct Downloaded {
     pub path: PathBuf,
-    pub sha256: String,
+    pub sha256: crate::ident::Digest,
     pub url: String,
 }
 
@@ -45,10 +45,35 @@ struct Attempt {
     reason: String,
 }
 
-fn client() -> reqwest::blocking::Client {
+/// How long a server may send nothing (before its headers, or between
+/// two reads of the body) before the attempt fails; `ENVUP_READ_TIMEOUT`
+/// (seconds) changes it.
+pub fn read_timeout() -> Duration {
+    std::env::var("ENVUP_READ_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map_or(Duration::from_secs(30), Duration::from_secs)
+}
+
+/// The most bytes one download may bring: 64 GiB, or
+/// `ENVUP_MAX_DOWNLOAD` (bytes).
+pub fn max_download() -> u64 {
+    std::env::var("ENVUP_MAX_DOWNLOAD")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(64 << 30)
+}
+
+/// How often (in bytes written) a download looks at the free space again.
+const SPACE_CHECK_EVERY: u64 = 16 << 20;
+
+pub(crate) fn client() -> reqwest::blocking::Client {
+    // The blocking client's timeout bounds the wait for the headers and
+    // each read of the body, not the whole transfer.
     reqwest::blocking::Client::builder()
         .connect_timeout(Duration::from_secs(15))
-        .timeout(None::<Duration>)
+        .timeout(read_timeout())
         .user_agent(concat!("envup/", env!("CARGO_PKG_VERSION")))
         .build()
         .expect("the HTTP client builds")
@@ -67,7 +92,7 @@ impl Part {
     fn open(path: &Path) -> Result<Part, DownloadError> {
         let werr = |e| DownloadError::Write(path.to_owned(), e);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(werr)?;
+            crate::state::create_private_dir(dir).map_err(werr)?;
         }
         let mut file = OpenOptions::new()
             .read(true)
@@ -174,27 +199,72 @@ fn attempt(
             });
         }
     };
+    let cap = max_download();
+    let fatal = |reason: String| Attempt {
+        retry: false,
+        reason,
+    };
+    if let Some(t) = total {
+        if t > cap {
+            return Err(fatal(format!(
+                "the server offers {t} bytes, more than envup takes in one download ({cap}; ENVUP_MAX_DOWNLOAD)"
+            )));
+        }
+        if let Some(dir) = part.path.parent() {
+            crate::host::check_space(dir, t.saturating_sub(part.len)).map_err(fatal)?;
+        }
+    }
     let progress = reporter.transfer(url, total);
     progress.set(part.len);
+    let mut next_space_check = part.len + SPACE_CHECK_EVERY;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match resp.read(&mut buf) {
             Ok(n) => n,
             Err(e) => {
                 progress.finish();
+                let reason = if e.kind() == std::io::ErrorKind::TimedOut
+                    || e.to_string().contains("timed out")
+                {
+                    format!(
+                        "the server sent nothing for {} s after {} bytes",
+                        read_timeout().as_secs(),
+                        part.len
+                    )
+                } else {
+                    format!("the connection broke after {} bytes ({e})", part.len)
+                };
                 return Err(Attempt {
                     retry: true,
-                    reason: format!("the connection broke after {} bytes ({e})", part.len),
+                    reason,
                 });
             }
         };
         if n == 0 {
             break;
         }
-        part.append(&buf[..n]).map_err(|e| Attempt {
-            retry: false,
-            reason: e.to_string(),
-        })?;
+        if part.len + n as u64 > total.unwrap_or(cap).min(cap) {
+            progress.finish();
+            return Err(fatal(format!(
+                "the server sent more than the {} bytes {}",
+                total.unwrap_or(cap).min(cap),
+                if total.is_some_and(|t| t <= cap) {
+                    "it announced"
+                } else {
+                    "envup takes in one download (ENVUP_MAX_DOWNLOAD)"
+                }
+            )));
+        }
+        part.append(&buf[..n]).map_err(|e| fatal(e.to_string()))?;
+        if part.len >= next_space_check {
+            next_space_check = part.len + SPACE_CHECK_EVERY;
+            if let Some(dir) = part.path.parent()
+                && let Err(e) = crate::host::check_space(dir, SPACE_CHECK_EVERY)
+            {
+                progress.finish();
+                return Err(fatal(e));
+            }
+        }
         progress.set(part.len);
     }
     progress.finish();
@@ -224,12 +294,13 @@ fn error_words(e: &reqwest::Error) -> String {
 /// from an earlier run is resumed.
 pub fn fetch(
     urls: &[String],
-    expected: Option<&str>,
+    expected: Option<&crate::ident::Digest>,
     dir: &Path,
     reporter: &dyn Reporter,
 ) -> Result<Downloaded, DownloadError> {
+    // The part file's name is a digest, never a string from outside.
     let key = match expected {
-        Some(d) => d.to_owned(),
+        Some(d) => d.to_string(),
         None => hex(&Sha256::digest(
             urls.first().map_or("", String::as_str).as_bytes(),
         )),
@@ -242,6 +313,7 @@ pub fn fetch(
         let mut pause = FIRST_PAUSE;
         let mut last = String::new();
         let mut done = false;
+        let mut resumable = true;
         for n in 1..=TRIES {
             match attempt(&client, url, &mut part, reporter) {
                 Ok(()) => {
@@ -250,6 +322,7 @@ pub fn fetch(
                 }
                 Err(a) => {
                     last = a.reason;
+                    resumable = a.retry;
                     if !a.retry || n == TRIES {
                         break;
                     }
@@ -263,21 +336,28 @@ pub fn fetch(
             }
         }
         if !done {
+            // A stall or a broken connection keeps what arrived, to resume
+            // next time; a refusal (too large, no space) or nothing at all
+            // keeps nothing.
+            if part.len == 0 || !resumable {
+                drop(part);
+                let _ = std::fs::remove_file(&part_path);
+            }
             errors.push(DownloadError::Failed {
                 url: url.clone(),
                 reason: last,
             });
             continue;
         }
-        let actual = hex(&part.hash.clone().finalize());
+        let actual = crate::ident::Digest::from_sha256(&part.hash.clone().finalize());
         match expected {
-            Some(exp) if exp != actual => {
+            Some(exp) if *exp != actual => {
                 drop(part);
                 let _ = std::fs::remove_file(&part_path);
                 errors.push(DownloadError::Mismatch {
                     url: url.clone(),
-                    expected: exp.to_owned(),
-                    actual,
+                    expected: exp.to_string(),
+                    actual: actual.to_string(),
                 });
             }
             _ => {

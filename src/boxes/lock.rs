@@ -29,7 +29,7 @@ pub struct LockEntry {
     pub version: String,
     /// Where the bytes came from: a URL, or a path relative to the Envfile.
     pub url: String,
-    pub sha256: String,
+    pub sha256: crate::ident::Digest,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,7 +114,7 @@ mod tests {
                 box_: "debian/bookworm".into(),
                 version: "12.8.0".into(),
                 url: "https://x/b.box".into(),
-                sha256: "ab".repeat(32),
+                sha256: crate::ident::Digest::parse(&"ab".repeat(32)).unwrap(),
             },
         );
         lock.write(dir.path()).unwrap();

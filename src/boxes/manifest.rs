@@ -77,6 +77,17 @@ pub enum ManifestError {
     Orphan(&'static str),
     #[error("box.toml: `{0}` is empty")]
     EmptyField(&'static str),
+    #[error("box.toml: {field} `{}` is not usable: {why}", crate::ident::printable(.value))]
+    BadName {
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error(
+        "box.toml: ssh_user `{}` is not a user name ([a-z_][a-z0-9_-]*, at most 32 bytes)",
+        crate::ident::printable(.0)
+    )]
+    BadUser(String),
 }
 
 /// A path that stays inside the directory it is joined to.
@@ -88,11 +99,7 @@ pub fn is_plain_relative(p: &str) -> bool {
             .all(|c| matches!(c, Component::Normal(_)))
 }
 
-pub fn is_hex_digest(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-}
+pub use crate::ident::is_hex_digest;
 
 impl Manifest {
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
@@ -112,6 +119,18 @@ impl Manifest {
         }
         if self.version.trim().is_empty() {
             return Err(ManifestError::EmptyField("version"));
+        }
+        for (field, value) in [("name", &self.name), ("version", &self.version)] {
+            if let Some(why) = crate::ident::box_name_problem(value) {
+                return Err(ManifestError::BadName {
+                    field,
+                    value: value.clone(),
+                    why,
+                });
+            }
+        }
+        if !crate::ident::is_user_name(&self.ssh_user) {
+            return Err(ManifestError::BadUser(self.ssh_user.clone()));
         }
         if self.artifacts.is_empty() {
             return Err(ManifestError::Empty);

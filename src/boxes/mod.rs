@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 pub use store::{Store, StoredBox};
 
+pub use crate::ident::Digest;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BoxError {
     #[error("cannot {what} {}", .path.display())]
@@ -59,6 +61,12 @@ pub enum BoxError {
         machine: String,
         backend: String,
     },
+    #[error("box {what} `{}` is not usable: {why}", crate::ident::printable(.value))]
+    BadName {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
     #[error("`--checksum {0}` is not sha256:<64 hex digits>")]
     BadChecksum(String),
     #[error(
@@ -85,11 +93,20 @@ pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Er
 }
 
 /// `sha256:HEX` (or bare HEX) → HEX.
-pub fn parse_checksum(s: &str) -> Result<String, BoxError> {
+pub fn parse_checksum(s: &str) -> Result<Digest, BoxError> {
     let hex = s.strip_prefix("sha256:").unwrap_or(s).to_ascii_lowercase();
-    if manifest::is_hex_digest(&hex) {
-        Ok(hex)
-    } else {
-        Err(BoxError::BadChecksum(s.to_owned()))
+    Digest::parse(&hex).map_err(|_| BoxError::BadChecksum(crate::ident::printable(s).into()))
+}
+
+/// A box name or version given to envup (by a catalog, `--name`,
+/// `--version`), checked before it is stored.
+pub fn check_name(what: &'static str, value: &str) -> Result<(), BoxError> {
+    match crate::ident::box_name_problem(value) {
+        None => Ok(()),
+        Some(why) => Err(BoxError::BadName {
+            what,
+            value: value.to_owned(),
+            why,
+        }),
     }
 }

@@ -83,7 +83,7 @@ impl Resolver<'_> {
     fn add_path(
         &self,
         path: &Path,
-        expected: Option<&str>,
+        expected: Option<&super::Digest>,
         naming: &Naming,
     ) -> Result<StoredBox, BoxError> {
         if !path.is_file() {
@@ -101,7 +101,7 @@ impl Resolver<'_> {
     fn add_urls(
         &self,
         urls: &[String],
-        expected: Option<&str>,
+        expected: Option<&super::Digest>,
         naming: &Naming,
     ) -> Result<StoredBox, BoxError> {
         if let Some(d) = expected
@@ -132,7 +132,7 @@ impl Resolver<'_> {
                 c.name, c.version
             ));
         }
-        self.add_urls(&c.urls, c.sha256.as_deref(), &naming)
+        self.add_urls(&c.urls, c.sha256.as_ref(), &naming)
     }
 
     fn choose(
@@ -231,7 +231,7 @@ impl Resolver<'_> {
         naming: &Naming,
     ) -> Result<StoredBox, BoxError> {
         let expected = checksum.map(parse_checksum).transpose()?;
-        let expected = expected.as_deref();
+        let expected = expected.as_ref();
         // `--version V` picks exactly V from a catalog or the store.
         let req = naming
             .version
@@ -284,8 +284,8 @@ impl Resolver<'_> {
                                 return Err(BoxError::RecipeDiffers {
                                     name: name.to_owned(),
                                     machine: m.name.clone(),
-                                    locked: e.sha256.clone(),
-                                    built: b.digest.clone(),
+                                    locked: e.sha256.to_string(),
+                                    built: b.digest.to_string(),
                                 });
                             }
                             b

@@ -33,7 +33,7 @@ pub struct Meta {
 
 #[derive(Debug, Clone)]
 pub struct StoredBox {
-    pub digest: String,
+    pub digest: super::Digest,
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub meta: Meta,
@@ -102,7 +102,8 @@ impl Store {
 
     fn tmp(&self) -> Result<tempfile::TempDir, BoxError> {
         let dir = self.root.join("tmp");
-        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        crate::state::ensure_private_dir(&self.root).map_err(io_err("create", &self.root))?;
+        crate::state::create_private_dir(&dir).map_err(io_err("create", &dir))?;
         tempfile::Builder::new()
             .prefix("unpack-")
             .tempdir_in(&dir)
@@ -110,10 +111,7 @@ impl Store {
     }
 
     fn load(&self, dir: &Path) -> Option<StoredBox> {
-        let digest = dir.file_name()?.to_str()?.to_owned();
-        if !super::manifest::is_hex_digest(&digest) {
-            return None;
-        }
+        let digest = super::Digest::parse(dir.file_name()?.to_str()?).ok()?;
         let manifest =
             Manifest::parse(&std::fs::read_to_string(dir.join("box.toml")).ok()?).ok()?;
         let meta: Meta =
@@ -161,10 +159,16 @@ impl Store {
     pub fn add_file(
         &self,
         path: &Path,
-        expected: Option<&str>,
+        expected: Option<&super::Digest>,
         naming: &Naming,
         source: &str,
     ) -> Result<StoredBox, BoxError> {
+        if let Some(n) = &naming.name {
+            super::check_name("name", n)?;
+        }
+        if let Some(v) = &naming.version {
+            super::check_name("version", v)?;
+        }
         if let Some(d) = expected
             && let Some(b) = self.get(d)
         {
@@ -183,11 +187,11 @@ impl Store {
             })?
         };
         if let Some(exp) = expected
-            && exp != unpacked.digest
+            && exp.as_str() != unpacked.digest
         {
             return Err(BoxError::Checksum {
                 what: source.to_owned(),
-                expected: exp.to_owned(),
+                expected: exp.to_string(),
                 actual: unpacked.digest,
             });
         }

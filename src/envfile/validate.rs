@@ -543,10 +543,38 @@ fn check_share(ctx: &mut Ctx<'_>, s: &RawShare, p: &KeyPath) -> Option<Share> {
             None,
         );
         ok = false;
+    } else if s.guest.split('/').any(|part| part == "..") || s.guest.chars().any(char::is_control)
+    {
+        ctx.at_value(
+            &p.key("guest"),
+            format!(
+                "`guest = \"{}\"` may not contain `..` or control characters: a share is \
+                 mounted at a path inside the machine",
+                s.guest.escape_default()
+            ),
+            None,
+        );
+        ok = false;
     }
+    if s.host.chars().any(char::is_control) {
+        ctx.at_value(
+            &p.key("host"),
+            format!(
+                "`host = \"{}\"` may not contain control characters",
+                s.host.escape_default()
+            ),
+            None,
+        );
+        ok = false;
+    }
+    // `/srv//app/.` is `/srv/app`.
+    let guest = format!(
+        "/{}",
+        crate::contained::normalize(std::path::Path::new(&s.guest)).display()
+    );
     ok.then(|| Share {
         host: host.canonicalize().unwrap_or(host),
-        guest: s.guest.clone(),
+        guest,
         read_only: s.read_only,
     })
 }
@@ -626,10 +654,15 @@ fn check_provision(
     let host_path = |ctx: &mut Ctx<'_>, key: &str, rel: &str, want_file: bool| {
         let abs = ctx.root.join(rel);
         match std::fs::metadata(&abs) {
-            Ok(md) if want_file && !md.is_file() => {
+            // A FIFO or a device would be read for ever (`/dev/zero`).
+            Ok(md) if !(md.is_file() || (!want_file && md.is_dir())) => {
                 ctx.at_value(
                     &p.key(key),
-                    format!("`{rel}` is not a file"),
+                    if want_file {
+                        format!("`{rel}` is not a regular file")
+                    } else {
+                        format!("`{rel}` is not a regular file or a directory")
+                    },
                     Some(format!("looked at {}", abs.display())),
                 );
                 None

@@ -60,8 +60,16 @@ fn hash_tree(path: &Path, rel: &Path, field: &mut dyn FnMut(&str, &[u8])) -> io:
         for name in names {
             hash_tree(&path.join(&name), &rel.join(&name), field)?;
         }
-    } else {
+    } else if md.is_file() {
         field("bytes", &std::fs::read(path)?);
+    } else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not a regular file, a directory or a symlink",
+                path.display()
+            ),
+        ));
     }
     Ok(())
 }

@@ -109,7 +109,7 @@ impl Status {
 pub struct BoxRef {
     pub name: String,
     pub version: String,
-    pub sha256: String,
+    pub sha256: crate::ident::Digest,
 }
 
 /// How envup reaches a machine over SSH.

@@ -58,12 +58,30 @@ pub fn envup_home() -> Result<PathBuf, StateError> {
         .ok_or(StateError::NoHome)
 }
 
+/// Make `dir` and its missing parents, each private to this user (0700):
+/// project state, the store and downloads are nobody else's to read.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Make `dir` (and its parents) and leave it 0700 even when an older
+/// envup made it 0755.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    create_private_dir(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Write `bytes` to `path` so that readers see the old file or the new one,
 /// never a part: a temp file in the same directory, synced, then renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let err = |e| StateError::Write(path.to_owned(), e);
-    std::fs::create_dir_all(dir).map_err(err)?;
+    create_private_dir(dir).map_err(err)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
@@ -152,7 +170,7 @@ impl ProjectState {
         timeout: std::time::Duration,
         on_wait: &dyn Fn(Option<u32>),
     ) -> Result<lock::FileLock, StateError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| StateError::Write(self.dir.clone(), e))?;
+        ensure_private_dir(&self.dir).map_err(|e| StateError::Write(self.dir.clone(), e))?;
         lock::FileLock::acquire(&self.dir.join("lock"), timeout, on_wait).map_err(|e| match e {
             lock::LockError::Io(p, e) => StateError::Write(p, e),
             lock::LockError::Timeout { holder, waited } => StateError::LockTimeout {

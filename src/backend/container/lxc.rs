@@ -114,6 +114,12 @@ pub fn create(
         JailNetwork::Private,
         port,
     )?;
+    // LXC makes a missing mount target itself, on the host's view of the
+    // root: make each share's target here, inside the machine's layer,
+    // so that none is made through a symlink in the box.
+    for s in &m.shares {
+        layer.mkdir(Path::new(&s.guest), 0o755, (0, 0))?;
+    }
     let text = config(m, name, &lower, &upper, super::cgroup_v1());
     crate::state::write_atomic(&dir.join(name).join("config"), text.as_bytes()).map_err(failed)?;
     state.id = Some(format!("lxc:{name}"));

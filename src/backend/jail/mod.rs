@@ -16,7 +16,6 @@ pub mod probe;
 pub(crate) mod snapshots;
 pub(crate) mod supervisor;
 
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Backend, BackendError, failed};
 use crate::boxes::StoredBox;
+use crate::contained::Root;
 use crate::envfile::config::{Forward, JailNetwork, Share};
 use crate::envfile::{BackendKind, Machine};
 use crate::ssh::MachineKeys;
@@ -117,11 +117,13 @@ pub(crate) struct Login {
 }
 
 impl Login {
-    /// `user`'s entry in the /etc/passwd of the rootfs at `root`.
+    /// `user`'s entry in the /etc/passwd of the rootfs at `root` (read
+    /// inside that root: a symlink there cannot point at the host's).
     pub fn of(root: &Path, user: &str) -> Result<Login, BackendError> {
-        let path = root.join("etc/passwd");
-        let text = std::fs::read_to_string(&path)
+        let bytes = Root::open(root)
+            .and_then(|r| r.read_file(Path::new("etc/passwd"), 4 << 20))
             .map_err(|e| failed(format!("cannot read the box's /etc/passwd: {e}")))?;
+        let text = String::from_utf8_lossy(&bytes);
         Login::from_passwd(&text, user).ok_or_else(|| {
             failed(format!(
                 "the box logs in as `{user}`, but its /etc/passwd has no such user"
@@ -137,7 +139,8 @@ impl Login {
                 name: user.to_owned(),
                 uid: f[2].parse().ok()?,
                 gid: f[3].parse().ok()?,
-                home: PathBuf::from(f[5].trim_start_matches('/')),
+                // Inside the machine, as its own root would see it.
+                home: crate::contained::normalize(Path::new(f[5])),
             })
         })
     }
@@ -154,18 +157,34 @@ pub(crate) struct Layer<'a> {
 }
 
 impl Layer<'_> {
-    /// Make directory `rel` (relative to the root) in the upper layer;
-    /// directories the box lacks get `mode` and `owner`.
-    fn mkdir(&self, rel: &Path, mode: u32, owner: (u32, u32)) -> Result<(), BackendError> {
+    /// Both layers as roots that paths are resolved inside.
+    fn roots(&self) -> Result<(Root, Root), BackendError> {
+        let open = |p: &Path| {
+            Root::open(p).map_err(|e| failed(format!("cannot open the machine's files: {e}")))
+        };
+        Ok((open(self.lower)?, open(self.upper)?))
+    }
+
+    /// Make directory `rel` (relative to the root; `..` stops at the top)
+    /// in the upper layer; directories the box lacks get `mode` and
+    /// `owner`. A symlink on the way is refused, not followed.
+    pub fn mkdir(&self, rel: &Path, mode: u32, owner: (u32, u32)) -> Result<(), BackendError> {
         use std::os::unix::fs::MetadataExt;
+        let (lower, upper) = self.roots()?;
         let mut done = PathBuf::new();
-        for part in rel.components() {
+        for part in crate::contained::normalize(rel).components() {
             done.push(part);
-            let up = self.upper.join(&done);
-            if up.is_dir() {
-                continue;
+            match upper.symlink_metadata(&done) {
+                Ok(m) if m.is_dir() => continue,
+                Ok(_) => {
+                    return Err(failed(format!(
+                        "/{} is not a directory in the machine",
+                        done.display()
+                    )));
+                }
+                Err(_) => {}
             }
-            let (mode, uid, gid) = match std::fs::symlink_metadata(self.lower.join(&done)) {
+            let (mode, uid, gid) = match lower.symlink_metadata(&done) {
                 Ok(m) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid()),
                 Ok(_) => {
                     return Err(failed(format!(
@@ -175,10 +194,9 @@ impl Layer<'_> {
                 }
                 Err(_) => (mode, owner.0, owner.1),
             };
-            std::fs::create_dir(&up)
-                .map_err(|e| failed(format!("cannot make {}: {e}", up.display())))?;
-            std::os::unix::fs::chown(&up, Some(uid), Some(gid)).map_err(failed)?;
-            std::fs::set_permissions(&up, std::fs::Permissions::from_mode(mode)).map_err(failed)?;
+            upper
+                .mkdir_all(&done, mode, Some((uid, gid)))
+                .map_err(|e| failed(format!("in the machine's layer: {e}")))?;
         }
         Ok(())
     }
@@ -191,16 +209,14 @@ impl Layer<'_> {
         mode: u32,
         owner: (u32, u32),
     ) -> Result<(), BackendError> {
-        let rel = rel.as_ref();
+        let rel = crate::contained::normalize(rel.as_ref());
         if let Some(dir) = rel.parent() {
             self.mkdir(dir, 0o755, (0, 0))?;
         }
-        let path = self.upper.join(rel);
-        let _ = std::fs::remove_file(&path);
-        std::fs::write(&path, text)
-            .map_err(|e| failed(format!("cannot write {}: {e}", path.display())))?;
-        std::os::unix::fs::chown(&path, Some(owner.0), Some(owner.1)).map_err(failed)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(failed)
+        let (_, upper) = self.roots()?;
+        upper
+            .write_file(&rel, text.as_bytes(), mode, owner)
+            .map_err(|e| failed(format!("in the machine's layer: {e}")))
     }
 }
 

@@ -17,6 +17,7 @@ use nix::unistd::Pid;
 
 use super::cgroup::Cgroup;
 use super::{HALT_DEADLINE, JailConfig, net};
+use crate::contained::{Root, fd_path};
 use crate::envfile::config::JailNetwork;
 
 /// 0: run; 1: halt gracefully; 2: kill now.
@@ -164,9 +165,17 @@ fn setup_root(cfg: &JailConfig) -> Result<(), String> {
         Some(opts.as_str()),
     )
     .map_err(e("mounting the overlay"))?;
+    // From here on every path in the jail's root is the machine's to
+    // choose (the box's and its root user's symlinks): each mount target
+    // is resolved inside the root and mounted through its descriptor.
+    let root = Root::open(m).map_err(|err| err.to_string())?;
+    let dir = |rel: &str| {
+        root.mkdir_all(Path::new(rel), 0o755, Some((0, 0)))
+            .map_err(|err| err.to_string())
+    };
     for s in &cfg.shares {
-        let target = m.join(s.guest.trim_start_matches('/'));
-        std::fs::create_dir_all(&target).map_err(|err| format!("share {}: {err}", s.guest))?;
+        let fd = dir(&s.guest).map_err(|err| format!("share {}: {err}", s.guest))?;
+        let target = fd_path(&fd);
         mount(
             Some(&s.host),
             &target,
@@ -186,13 +195,13 @@ fn setup_root(cfg: &JailConfig) -> Result<(), String> {
             .map_err(e("making a share read-only"))?;
         }
     }
-    for d in ["proc", "dev", "sys", "tmp", "run"] {
-        let _ = std::fs::create_dir_all(m.join(d));
+    for d in ["tmp", "run"] {
+        let _ = dir(d);
     }
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount(
         Some("proc"),
-        &m.join("proc"),
+        &fd_path(&dir("proc")?),
         Some("proc"),
         nosuid,
         None::<&str>,
@@ -200,21 +209,24 @@ fn setup_root(cfg: &JailConfig) -> Result<(), String> {
     .map_err(e("mounting /proc"))?;
     mount(
         Some("sysfs"),
-        &m.join("sys"),
+        &fd_path(&dir("sys")?),
         Some("sysfs"),
         nosuid | MsFlags::MS_RDONLY,
         None::<&str>,
     )
     .map_err(e("mounting /sys"))?;
-    let dev = m.join("dev");
     mount(
         Some("tmpfs"),
-        &dev,
+        &fd_path(&dir("dev")?),
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("mode=755,size=65536k"),
     )
     .map_err(e("mounting /dev"))?;
+    // The fresh tmpfs now on /dev holds nothing the machine made: paths
+    // below it are envup's own.
+    let dev_fd = root.open_dir(Path::new("dev")).map_err(|err| err.to_string())?;
+    let dev = fd_path(&dev_fd);
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
         let target = dev.join(node);
         std::fs::write(&target, b"").map_err(|err| format!("/dev/{node}: {err}"))?;
@@ -248,7 +260,10 @@ fn setup_root(cfg: &JailConfig) -> Result<(), String> {
     .map_err(e("mounting /dev/shm"))?;
     nix::unistd::sethostname(&cfg.hostname).map_err(e("setting the hostname"))?;
     nix::unistd::chdir(m).map_err(e("entering the root"))?;
-    std::fs::create_dir_all(m.join(".envup-oldroot")).map_err(|err| err.to_string())?;
+    dir(".envup-oldroot")?;
+    if !std::fs::symlink_metadata(".envup-oldroot").is_ok_and(|md| md.is_dir()) {
+        return Err("/.envup-oldroot in the jail is not a directory".into());
+    }
     nix::unistd::pivot_root(".", ".envup-oldroot").map_err(e("pivot_root"))?;
     nix::unistd::chdir("/").map_err(e("chdir /"))?;
     umount2("/.envup-oldroot", MntFlags::MNT_DETACH).map_err(e("detaching the host's root"))?;

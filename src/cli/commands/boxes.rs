@@ -34,7 +34,7 @@ pub(crate) fn boxes_in_use() -> Result<HashMap<String, Vec<String>>, CliError> {
         if let Ok(Some(st)) = read_json::<MachineState>(&e.state_dir.join("state.json"))
             && let Some(b) = st.box_ref
         {
-            used.entry(b.sha256)
+            used.entry(b.sha256.to_string())
                 .or_default()
                 .push(format!("{}/{}", e.project, e.machine));
         }
@@ -100,7 +100,7 @@ pub fn run(app: &App, cmd: &BoxCommand) -> Result<ExitCode, CliError> {
                     .map(|b| json!({
                         "name": b.meta.name, "version": b.meta.version, "sha256": b.digest,
                         "size": size_on_disk(b), "backends": b.manifest.backends(),
-                        "source": b.meta.source, "machines": used.get(&b.digest).cloned().unwrap_or_default(),
+                        "source": b.meta.source, "machines": used.get(b.digest.as_str()).cloned().unwrap_or_default(),
                     }))
                     .collect();
                 print_json(&v);
@@ -134,7 +134,7 @@ pub fn run(app: &App, cmd: &BoxCommand) -> Result<ExitCode, CliError> {
             for b in &boxes {
                 let backends: Vec<&str> = b.manifest.backends().iter().map(|k| k.name()).collect();
                 let machines = used
-                    .get(&b.digest)
+                    .get(b.digest.as_str())
                     .map(|m| m.join(", "))
                     .unwrap_or_else(|| "-".into());
                 anstream::println!(
@@ -172,7 +172,7 @@ pub fn run(app: &App, cmd: &BoxCommand) -> Result<ExitCode, CliError> {
             }
             let used = boxes_in_use()?;
             for b in &matches {
-                if let Some(machines) = used.get(&b.digest)
+                if let Some(machines) = used.get(b.digest.as_str())
                     && !force
                 {
                     return Err(CliError::Failed(format!(
@@ -199,7 +199,7 @@ pub fn run(app: &App, cmd: &BoxCommand) -> Result<ExitCode, CliError> {
                 if keep_newest {
                     newest.push(&b.meta.name);
                 }
-                if keep_newest || used.contains_key(&b.digest) {
+                if keep_newest || used.contains_key(b.digest.as_str()) {
                     continue;
                 }
                 remove_box(app, &store, b)?;
