@@ -30,7 +30,12 @@ pub struct Root {
 /// inside the root.
 fn relative(rel: &Path) -> PathBuf {
     rel.components()
-        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir | Component::Prefix(_)))
+        .filter(|c| {
+            !matches!(
+                c,
+                Component::RootDir | Component::CurDir | Component::Prefix(_)
+            )
+        })
         .collect()
 }
 
@@ -63,7 +68,12 @@ impl Root {
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| std::io::Error::new(std::io::Error::from(e).kind(), format!("{}: {e}", path.display())))?;
+        .map_err(|e| {
+            std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!("{}: {e}", path.display()),
+            )
+        })?;
         Ok(Root {
             fd,
             path: path.to_owned(),
@@ -183,7 +193,11 @@ impl Root {
     /// FIFO, a device or a larger file is refused).
     pub fn read_file(&self, rel: &Path, max: u64) -> std::io::Result<Vec<u8>> {
         let fd = self
-            .resolve(rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY, 0)
+            .resolve(
+                rel,
+                OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+                0,
+            )
             .map_err(|e| err("cannot open", rel, e))?;
         let f = std::fs::File::from(fd);
         let meta = f.metadata()?;
@@ -239,17 +253,22 @@ mod tests {
         std::os::unix::fs::symlink("/inside", root.join("abs")).unwrap();
         std::os::unix::fs::symlink("../../victim", root.join("rel")).unwrap();
         let r = Root::open(&root).unwrap();
-        let me = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+        let me = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
         r.mkdir_all(Path::new("abs/a/b"), 0o755, None).unwrap();
         assert!(root.join("inside/a/b").is_dir());
         // A symlink that leads nowhere inside the root is an error, never
         // a way out.
         assert!(r.mkdir_all(Path::new("rel/c"), 0o755, None).is_err());
-        r.mkdir_all(Path::new("../../victim/d"), 0o755, None).unwrap();
+        r.mkdir_all(Path::new("../../victim/d"), 0o755, None)
+            .unwrap();
         assert!(root.join("victim/d").is_dir());
         r.write_file(Path::new("abs/f"), b"x", 0o644, me).unwrap();
         assert!(root.join("inside/f").is_file());
-        r.write_file(Path::new("../../victim/g"), b"x", 0o644, me).unwrap();
+        r.write_file(Path::new("../../victim/g"), b"x", 0o644, me)
+            .unwrap();
         assert!(root.join("victim/g").is_file());
         assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
     }
@@ -263,7 +282,10 @@ mod tests {
         std::fs::create_dir_all(&root).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("f")).unwrap();
         let r = Root::open(&root).unwrap();
-        let me = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+        let me = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
         r.write_file(Path::new("f"), b"new", 0o600, me).unwrap();
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
         assert_eq!(std::fs::read_to_string(root.join("f")).unwrap(), "new");

@@ -21,7 +21,7 @@ pub fn which(program: &str) -> Option<PathBuf> {
 pub fn free_bytes(path: &Path) -> Option<u64> {
     let existing = path.ancestors().find(|p| p.exists())?;
     let st = nix::sys::statvfs::statvfs(existing).ok()?;
-    Some(u64::from(st.blocks_available()) * u64::from(st.fragment_size()))
+    Some(st.blocks_available().saturating_mul(st.fragment_size()))
 }
 
 /// What envup leaves free on a disk it fills with boxes and downloads.

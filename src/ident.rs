@@ -137,7 +137,13 @@ mod tests {
     fn digests() {
         let good = "ab".repeat(32);
         assert!(Digest::parse(&good).is_ok());
-        for bad in ["../../x", "", &"AB".repeat(32), &"ab".repeat(33), &"zz".repeat(32)] {
+        for bad in [
+            "../../x",
+            "",
+            &"AB".repeat(32),
+            &"ab".repeat(33),
+            &"zz".repeat(32),
+        ] {
             assert!(Digest::parse(bad).is_err(), "{bad}");
         }
         let e: Result<Digest, _> = serde_json::from_str("\"../x\"");
@@ -170,7 +176,15 @@ mod tests {
         for ok in ["root", "vagrant", "_svc", "dev-1", "machine$"] {
             assert!(is_user_name(ok), "{ok}");
         }
-        for bad in ["", "Root", "1x", "a b", "x\nProxyCommand y", "a:b", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "Root",
+            "1x",
+            "a b",
+            "x\nProxyCommand y",
+            "a:b",
+            &"a".repeat(33),
+        ] {
             assert!(!is_user_name(bad), "{bad:?}");
         }
     }

@@ -209,7 +209,23 @@ impl Ops<'_> {
 
     /// Remove a machine and all envup kept for it.
     pub fn destroy(&self, name: &str) -> Result<String, OpError> {
-        let Some(mut state) = self.project.load(name)? else {
+        let loaded = match self.project.load(name) {
+            // A damaged state file: the Envfile says which backend made
+            // the machine, and the backend identifies what is left from
+            // the machine's own files (each checked before it is used).
+            Err(StateError::Parse(path, e)) => {
+                self.reporter.note(&format!(
+                    "{} is damaged ({e}); cleaning up what the machine's own files identify",
+                    path.display()
+                ));
+                let mut s = MachineState::new(name, self.machine(name).backend);
+                s.status = Status::Running;
+                s.dir = Some(self.project.machine_dir(name));
+                Some(s)
+            }
+            other => other?,
+        };
+        let Some(mut state) = loaded else {
             return Ok("not created".into());
         };
         if state.status == Status::NotCreated {

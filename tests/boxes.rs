@@ -712,7 +712,7 @@ fn a_box_in_use_is_kept_unless_forced() {
     st.box_ref = Some(envup::state::machine::BoxRef {
         name: "acme/tiny".into(),
         version: "1.0.0".into(),
-        sha256: digest.clone(),
+        sha256: envup::ident::Digest::parse(&digest).unwrap(),
     });
     project.save(&st).unwrap();
     envup::state::index::Index::new(p.home.path())

@@ -104,6 +104,25 @@ pub(crate) fn host_name(dir: &std::path::Path) -> String {
     format!("envup-{}", &crate::boxes::archive::hex(&digest)[..12])
 }
 
+/// A name read back from a machine's own files (a cgroup, a network
+/// namespace, a container): used only when it is the name envup gives the
+/// machine whose files are in `dir`. A damaged or edited state file can
+/// then not point envup at anything it did not create.
+pub(crate) fn own_host_name(dir: &std::path::Path, recorded: &str) -> Result<(), BackendError> {
+    let mine = host_name(dir);
+    if recorded == mine {
+        Ok(())
+    } else {
+        Err(failed(format!(
+            "{} names `{}`, but this machine's name on the host is `{mine}`: \
+             the file is damaged or was edited, and envup leaves `{}` alone",
+            dir.display(),
+            crate::ident::printable(recorded),
+            crate::ident::printable(recorded),
+        )))
+    }
+}
+
 /// A process's start time (clock ticks since boot), from /proc.
 pub fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -18,6 +18,28 @@ use super::manifest::{Manifest, ManifestError};
 const MANIFEST: &str = "box.toml";
 const MANIFEST_MAX: u64 = 1 << 20;
 const CHUNK: usize = 1 << 20;
+/// What may follow the last artifact (tar's end blocks and padding).
+const TRAILING_MAX: u64 = 1 << 20;
+
+/// The most bytes one box may unpack to: 256 GiB, or `ENVUP_MAX_BOX`
+/// (bytes). What a box unpacks to is what its box.toml declares, so this
+/// and the free space are checked before anything is written.
+pub fn max_box() -> u64 {
+    std::env::var("ENVUP_MAX_BOX")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(256 << 30)
+}
+
+/// Refuse a box of `declared` bytes that is over the cap or does not fit
+/// on the disk of `dest`.
+pub fn check_unpacked_size(declared: u64, dest: &Path) -> Result<(), ArchiveError> {
+    let cap = max_box();
+    if declared > cap {
+        return Err(ArchiveError::TooLarge { declared, cap });
+    }
+    crate::host::check_space(dest, declared).map_err(ArchiveError::NoSpace)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -43,6 +65,18 @@ pub enum ArchiveError {
         declared: u64,
         actual: u64,
     },
+    #[error(
+        "the box unpacks to {}, more than envup takes ({}; ENVUP_MAX_BOX)",
+        crate::host::human_bytes(*.declared), crate::host::human_bytes(*.cap)
+    )]
+    TooLarge { declared: u64, cap: u64 },
+    #[error("{0}")]
+    NoSpace(String),
+    #[error(
+        "the box goes on for more than {} after its last artifact",
+        crate::host::human_bytes(TRAILING_MAX)
+    )]
+    Trailing,
     #[error("artifact `{0}` is listed in box.toml but missing from the box")]
     Missing(String),
     #[error("artifact `{name}` does not match box.toml: expected sha256 {expected}, got {actual}")]
@@ -208,6 +242,7 @@ fn unpack_entries(reader: ChunkReader, dest: &Path) -> Result<Manifest, ArchiveE
         .read_to_string(&mut text)
         .map_err(damaged)?;
     let manifest = Manifest::parse(&text)?;
+    check_unpacked_size(manifest.total_size(), dest)?;
     let manifest_path = dest.join(MANIFEST);
     std::fs::write(&manifest_path, &text).map_err(|e| ArchiveError::Write(manifest_path, e))?;
 
@@ -280,8 +315,12 @@ fn unpack_entries(reader: ChunkReader, dest: &Path) -> Result<Manifest, ArchiveE
     }
     // Read to the end, so that a cut-off stream is noticed and the whole
     // file is hashed.
-    let mut decoder = archive.into_inner();
-    io::copy(&mut decoder, &mut io::sink()).map_err(damaged)?;
+    let decoder = archive.into_inner();
+    let mut rest = decoder.take(TRAILING_MAX + 1);
+    if io::copy(&mut rest, &mut io::sink()).map_err(damaged)? > TRAILING_MAX {
+        return Err(ArchiveError::Trailing);
+    }
+    let decoder = rest.into_inner();
     let mut rest = decoder.finish();
     io::copy(&mut rest, &mut io::sink()).map_err(damaged)?;
     Ok(manifest)
@@ -315,7 +354,11 @@ impl<W: Write> Write for HashingWriter<W> {
 /// each artifact's sha256 and size. Entries carry no owner and a fixed time,
 /// so the same inputs make the same box. Returns the manifest and the box's
 /// sha256.
-pub fn pack(draft: &Manifest, src: &Path, out: &Path) -> Result<(Manifest, crate::ident::Digest), ArchiveError> {
+pub fn pack(
+    draft: &Manifest,
+    src: &Path,
+    out: &Path,
+) -> Result<(Manifest, crate::ident::Digest), ArchiveError> {
     let mut manifest = draft.clone();
     for a in manifest.artifacts.values_mut() {
         let p = src.join(&a.path);

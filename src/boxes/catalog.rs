@@ -318,8 +318,8 @@ mod tests {
         let e = Catalog::parse(&one("a/b", "http://x/b.box", "../../x"), "c.json").unwrap_err();
         assert!(e.to_string().contains("not a sha256"), "{e}");
         // A server's catalog may not send envup to this host's files.
-        let e = Catalog::parse(&one("a/b", "file:///etc/shadow", &d), "https://c/a.json")
-            .unwrap_err();
+        let e =
+            Catalog::parse(&one("a/b", "file:///etc/shadow", &d), "https://c/a.json").unwrap_err();
         assert!(e.to_string().contains("not an http(s) URL"), "{e}");
         // A local catalog the user named may.
         assert!(Catalog::parse(&one("a/b", "file:///srv/b.box", &d), "/srv/a.json").is_ok());

@@ -47,13 +47,29 @@ fn copy_hashed(mut from: impl Read, to: &Path) -> Result<(String, u64), BoxError
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
+    // A Vagrant box declares no sizes: bound what it unpacks to as it
+    // grows, against the cap and the free space.
+    let arch = |error| BoxError::Archive {
+        source_name: "Vagrant box".into(),
+        error,
+    };
+    let mut next_check = 0u64;
     loop {
-        let n = from.read(&mut buf).map_err(|e| BoxError::Archive {
-            source_name: "Vagrant box".into(),
-            error: damaged(e),
-        })?;
+        let n = from.read(&mut buf).map_err(|e| arch(damaged(e)))?;
         if n == 0 {
             break;
+        }
+        let cap = super::archive::max_box();
+        if size + n as u64 > cap {
+            return Err(arch(super::archive::ArchiveError::TooLarge {
+                declared: size + n as u64,
+                cap,
+            }));
+        }
+        if size + n as u64 > next_check {
+            next_check = size + (64 << 20);
+            crate::host::check_space(to, 64 << 20)
+                .map_err(|e| arch(super::archive::ArchiveError::NoSpace(e)))?;
         }
         h.update(&buf[..n]);
         out.write_all(&buf[..n]).map_err(io_err("write", to))?;

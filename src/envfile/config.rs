@@ -273,20 +273,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
                 "`{s}` is not a duration: write it like \"90s\", \"2m\" or \"1m30s\""
             ));
         }
-        let n: u64 = rest[..split]
-            .parse()
-            .map_err(|_| format!("`{s}` is too large"))?;
+        let too_large = || format!("`{s}` is too large: envup waits at most 30 days");
+        let n: u64 = rest[..split].parse().map_err(|_| too_large())?;
         rest = &rest[split..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
+        let secs = |per: u64| n.checked_mul(per).map(Duration::from_secs);
         let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => secs(1),
+            "m" => secs(60),
+            "h" => secs(3600),
             "" => {
                 return Err(format!(
                     "`{s}` needs a unit: ms, s, m or h (for example \"{n}s\")"
@@ -298,10 +298,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
                 ));
             }
         };
-        total += d;
+        total = d
+            .and_then(|d| total.checked_add(d))
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(too_large)?;
     }
     Ok(total)
 }
+
+/// The longest duration an Envfile may give: deadlines are added to the
+/// clock, and nobody waits longer for a machine.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();

@@ -59,13 +59,33 @@ pub fn find(start: &Path, explicit: Option<&Path>) -> Result<PathBuf, LoadError>
 /// Read, render, parse and validate the Envfile at `path`.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
     let started = std::time::Instant::now();
-    let source = std::fs::read_to_string(path).map_err(|e| LoadError::Read(path.to_owned(), e))?;
+    let bytes = read_bounded(path)?;
     let root = path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let root = root.canonicalize().unwrap_or(root);
     let path = root.join(path.file_name().unwrap_or(FILE_NAME.as_ref()));
+    let source = match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            // Shown where the first bad byte is, like any other mistake.
+            let at = e.utf8_error().valid_up_to();
+            let bad = e.as_bytes()[at];
+            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let line = text[..at].matches('\n').count() + 1;
+            let diag = Diagnostic::in_source(
+                &text,
+                format!("the Envfile is not UTF-8 text: byte 0x{bad:02x} cannot start a character"),
+                Some(line),
+                Some(at..at + char::REPLACEMENT_CHARACTER.len_utf8()),
+            );
+            return Err(LoadError::Invalid(Box::new(EnvfileError::new(
+                &path,
+                vec![diag],
+            ))));
+        }
+    };
     let config = parse(&source, &path, &root)
         .map_err(|diags| LoadError::Invalid(Box::new(EnvfileError::new(&path, diags))))?;
     tracing::debug!(
@@ -75,6 +95,26 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         "loaded the Envfile"
     );
     Ok(config)
+}
+
+/// The largest Envfile envup reads.
+pub const MAX_ENVFILE: u64 = 4 << 20;
+
+/// The Envfile's bytes: a regular file of at most [`MAX_ENVFILE`] bytes.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    let err = |e| LoadError::Read(path.to_owned(), e);
+    let f = std::fs::File::open(path).map_err(err)?;
+    let meta = f.metadata().map_err(err)?;
+    if !meta.is_file() || meta.len() > MAX_ENVFILE {
+        return Err(err(std::io::Error::other(format!(
+            "an Envfile is a regular file of at most {}",
+            crate::host::human_bytes(MAX_ENVFILE)
+        ))));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_ENVFILE).read_to_end(&mut bytes).map_err(err)?;
+    Ok(bytes)
 }
 
 /// What the Envfile template sees: `env` (the host environment) and

@@ -63,8 +63,35 @@ fn has_template_syntax(source: &str) -> bool {
     source.contains("{{") || source.contains("{%") || source.contains("{#")
 }
 
+/// How much work (instructions, and bytes allocated or written) one
+/// template may do. An Envfile that loops over a few hundred machines uses a
+/// small part of it; `{{ [1] * 99999999 }}` or nested `range(100000)` loops
+/// run out at once instead of taking the machine's memory or hanging
+/// every command.
+pub const FUEL: u64 = 2_000_000;
+
+/// The longest sequence a template may print as a value.
+pub const MAX_PRINTED_ITEMS: usize = 10_000;
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(FUEL));
+    env.set_recursion_limit(100);
+    // Printing a sequence is one step to the engine, however long it is
+    // (`{{ [1] * 99999999 }}` is a lazy list of that length): refuse long
+    // ones before they are written out.
+    env.set_formatter(|out, state, value| {
+        if value.len().is_some_and(|n| n > MAX_PRINTED_ITEMS)
+            && !value.is_undefined()
+            && value.as_str().is_none()
+        {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("a value with more than {MAX_PRINTED_ITEMS} items cannot be printed"),
+            ));
+        }
+        minijinja::escape_formatter(out, state, value)
+    });
     // Undefined values may be tested (`{% if env.CI %}`) but not printed:
     // a typo in `{{ env.HOEM }}` is an error, not an empty string.
     env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
@@ -107,6 +134,12 @@ pub fn render_plain(source: &str, ctx: &Value) -> Result<String, RenderError> {
 
 fn to_render_error(e: &minijinja::Error) -> RenderError {
     let mut message = e.kind().to_string();
+    if e.kind() == minijinja::ErrorKind::OutOfFuel {
+        message = format!(
+            "the template does more work than envup allows ({FUEL} units): \
+             a loop or a repeated value is far too large"
+        );
+    }
     if let Some(detail) = e.detail() {
         message = format!("{message}: {detail}");
     }

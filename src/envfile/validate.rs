@@ -543,8 +543,7 @@ fn check_share(ctx: &mut Ctx<'_>, s: &RawShare, p: &KeyPath) -> Option<Share> {
             None,
         );
         ok = false;
-    } else if s.guest.split('/').any(|part| part == "..") || s.guest.chars().any(char::is_control)
-    {
+    } else if s.guest.split('/').any(|part| part == "..") || s.guest.chars().any(char::is_control) {
         ctx.at_value(
             &p.key("guest"),
             format!(

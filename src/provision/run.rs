@@ -107,12 +107,19 @@ pub struct Runner<'a> {
 }
 
 impl Runner<'_> {
+    /// The provisioning log: it holds what provisioners print (secrets,
+    /// often), so it is the user's alone.
     pub fn open_log(path: &Path) -> Option<File> {
-        std::fs::OpenOptions::new()
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(path)
-            .ok()
+            .ok()?;
+        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+        Some(f)
     }
 
     fn text(

@@ -142,6 +142,16 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connect to 127.0.0.1:22 inside the network namespace at `ns`, from a
 /// thread that enters it (a socket stays in the namespace it was made in).
+/// A network namespace name envup gives (`/run/netns/envup-` and 12 hex
+/// digits); a state file naming any other is not followed into it.
+fn is_envup_netns(ns: &Path) -> bool {
+    ns.parent() == Some(Path::new("/run/netns"))
+        && ns
+            .file_name()
+            .and_then(|n| n.to_str()?.strip_prefix("envup-"))
+            .is_some_and(|h| h.len() == 12 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 fn connect_in_netns(ns: &Path, timeout: Duration) -> std::io::Result<TcpStream> {
     let f = std::fs::File::open(ns)?;
     std::thread::scope(|s| {
@@ -174,6 +184,7 @@ impl Ssh {
         let tcp = match ep
             .netns
             .as_deref()
+            .filter(|ns| is_envup_netns(ns))
             .filter(|_| nix::unistd::geteuid().is_root())
         {
             Some(ns) => connect_in_netns(ns, timeout),

@@ -67,11 +67,15 @@ fn record_path(state: &MachineState) -> Result<PathBuf, BackendError> {
     Ok(super::machine_dir(state)?.join("container.json"))
 }
 
+/// The machine's record, with the container name envup gave it (an
+/// edited record cannot name someone else's container).
 fn record(state: &MachineState) -> Result<Created, BackendError> {
     let p = record_path(state)?;
-    crate::state::read_json(&p)
+    let c: Created = crate::state::read_json(&p)
         .map_err(failed)?
-        .ok_or_else(|| failed(format!("{} is missing", p.display())))
+        .ok_or_else(|| failed(format!("{} is missing", p.display())))?;
+    super::own_host_name(&super::machine_dir(state)?, &c.name)?;
+    Ok(c)
 }
 
 /// The machine's record and its Docker or Podman engine; for LXC, the

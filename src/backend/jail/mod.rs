@@ -88,22 +88,64 @@ pub(crate) fn lower_dir(stored: &StoredBox) -> Result<PathBuf, BackendError> {
         .prefix(".rootfs-")
         .tempdir_in(&stored.dir)
         .map_err(failed)?;
-    let f = std::fs::File::open(&tar_path)
-        .map_err(|e| failed(format!("cannot read {}: {e}", tar_path.display())))?;
-    let mut a = tar::Archive::new(std::io::BufReader::new(f));
-    a.set_preserve_permissions(true);
-    a.set_preserve_ownerships(true);
-    a.set_preserve_mtime(true);
-    a.set_unpack_xattrs(true);
-    a.unpack(tmp.path()).map_err(|e| {
+    unpack_rootfs(&tar_path, tmp.path()).map_err(|e| {
         failed(format!(
             "cannot unpack the rootfs of `{}`: {e}",
-            stored.meta.name
+            crate::ident::printable(&stored.meta.name)
         ))
     })?;
     std::fs::rename(tmp.keep(), &dir).map_err(failed)?;
     drop(lock);
     Ok(dir)
+}
+
+/// Unpack a box's rootfs tar into `dest`, bounded: the store is private
+/// to its owner (no other host user reaches a setuid file in it), the
+/// disk must hold the tar's size, and no entry may make the tree larger
+/// than the tar itself (sparse entries, which could, are refused). The
+/// tar crate keeps every path and link inside `dest`.
+fn unpack_rootfs(tar_path: &Path, dest: &Path) -> std::io::Result<()> {
+    if let Some(store) = dest.parent().and_then(Path::parent) {
+        crate::state::ensure_private_dir(store)?;
+    }
+    let f = std::fs::File::open(tar_path)?;
+    let budget = f.metadata()?.len();
+    crate::host::check_space(dest, budget).map_err(std::io::Error::other)?;
+    let mut a = tar::Archive::new(std::io::BufReader::new(f));
+    a.set_preserve_permissions(true);
+    a.set_preserve_ownerships(true);
+    a.set_preserve_mtime(true);
+    a.set_unpack_xattrs(true);
+    let dest = &dest.canonicalize()?;
+    let mut total = 0u64;
+    // As the tar crate's own unpack does: directories last, deepest
+    // first, so that their modes do not stop what goes inside them.
+    let mut directories = Vec::new();
+    for entry in a.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type() == tar::EntryType::GNUSparse {
+            return Err(std::io::Error::other(format!(
+                "{} is a sparse file; a box's rootfs holds none",
+                String::from_utf8_lossy(&entry.path_bytes()).escape_default()
+            )));
+        }
+        total += entry.size();
+        if total > budget {
+            return Err(std::io::Error::other(
+                "its files add up to more than the rootfs tar itself",
+            ));
+        }
+        if entry.header().entry_type() == tar::EntryType::Directory {
+            directories.push(entry);
+        } else {
+            entry.unpack_in(dest)?;
+        }
+    }
+    directories.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    for mut dir in directories {
+        dir.unpack_in(dest)?;
+    }
+    Ok(())
 }
 
 /// The box's user that envup logs in as, from the box's own /etc/passwd.
@@ -508,10 +550,38 @@ fn halt(state: &MachineState, force: bool) -> Result<(), BackendError> {
 }
 
 fn read_config(state: &MachineState) -> Result<JailConfig, BackendError> {
-    let p = jail_dir(&super::machine_dir(state)?).join("jail.json");
-    crate::state::read_json(&p)
-        .map_err(failed)?
-        .ok_or_else(|| failed(format!("{} is missing", p.display())))
+    JailConfig::load(&jail_dir(&super::machine_dir(state)?))
+}
+
+impl JailConfig {
+    /// The jail's config from its directory `dir`, checked against what
+    /// envup writes there: its own layer directories, a box rootfs in a
+    /// store as the lower layer, and the host name that belongs to `dir`.
+    pub fn load(dir: &Path) -> Result<JailConfig, BackendError> {
+        let p = dir.join("jail.json");
+        let cfg: JailConfig = crate::state::read_json(&p)
+            .map_err(failed)?
+            .ok_or_else(|| failed(format!("{} is missing", p.display())))?;
+        super::own_host_name(dir, &cfg.id)?;
+        let own = [
+            (&cfg.upper, "upper"),
+            (&cfg.work, "work"),
+            (&cfg.merged, "merged"),
+        ];
+        let stored_rootfs = cfg.lower.file_name() == Some("rootfs".as_ref())
+            && cfg
+                .lower
+                .parent()
+                .and_then(|d| d.file_name()?.to_str())
+                .is_some_and(crate::ident::is_hex_digest);
+        if own.iter().any(|(path, name)| **path != dir.join(name)) || !stored_rootfs {
+            return Err(failed(format!(
+                "{} names directories that are not this jail's: it is damaged or was edited",
+                p.display()
+            )));
+        }
+        Ok(cfg)
+    }
 }
 
 #[cfg(test)]

@@ -225,7 +225,9 @@ fn setup_root(cfg: &JailConfig) -> Result<(), String> {
     .map_err(e("mounting /dev"))?;
     // The fresh tmpfs now on /dev holds nothing the machine made: paths
     // below it are envup's own.
-    let dev_fd = root.open_dir(Path::new("dev")).map_err(|err| err.to_string())?;
+    let dev_fd = root
+        .open_dir(Path::new("dev"))
+        .map_err(|err| err.to_string())?;
     let dev = fd_path(&dev_fd);
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
         let target = dev.join(node);
@@ -286,10 +288,10 @@ fn connect_network(cfg: &JailConfig, child: Pid, dir: &Path) -> Result<Child, St
 
 /// Run one jail until it ends. Returns the process exit code.
 pub fn supervise(dir: &Path) -> i32 {
-    let cfg: JailConfig = match crate::state::read_json(&dir.join("jail.json")) {
-        Ok(Some(c)) => c,
-        other => {
-            eprintln!("cannot read {}/jail.json: {other:?}", dir.display());
+    let cfg = match JailConfig::load(dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
             return 1;
         }
     };

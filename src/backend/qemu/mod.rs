@@ -302,9 +302,22 @@ pub fn qemu_args(
 
 /// The qemu recorded in the state, if it still runs and is still ours
 /// (its command line names this machine's QMP socket).
+/// The machine's qemu, if it runs: the process the state records, or (when
+/// the state lost it: a kill before it was recorded, a damaged file) the one
+/// in qemu's own pid file; either only if its command line names this
+/// machine's QMP socket.
 fn live_qemu(state: &MachineState) -> Option<i32> {
-    let qmp = Paths::of(state).ok()?.qmp();
-    super::live_process(state.id.as_deref(), &qmp.to_string_lossy())
+    let p = Paths::of(state).ok()?;
+    let marker = p.qmp().to_string_lossy().into_owned();
+    let recorded = state.id.clone().or_else(|| {
+        let pid: i32 = std::fs::read_to_string(p.pidfile())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(format!("{pid}:{}", start_time(pid)?))
+    });
+    super::live_process(recorded.as_deref(), &marker)
 }
 
 fn read_config(state: &MachineState) -> Result<VmConfig, BackendError> {

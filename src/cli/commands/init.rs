@@ -2,6 +2,8 @@ use std::io::Write;
 
 use crate::cli::{App, CliError, ExitCode, InitArgs};
 use crate::envfile::{self, BackendKind, FILE_NAME};
+use std::os::unix::fs::OpenOptionsExt;
+
 use crate::state::write_atomic;
 
 /// An Envfile template: its name, what it is, its text, and the box and
@@ -113,11 +115,23 @@ fn ignore_state_dir(app: &App) -> Result<(), CliError> {
     {
         return Ok(());
     }
-    let mut f = std::fs::OpenOptions::new()
+    // Never through a symlink: it could point anywhere.
+    let mut f = match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&path)
-        .map_err(CliError::io(format!("open {}", path.display())))?;
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            anstream::eprintln!(
+                "note: {} is a symlink; envup does not write through it. Add `.envup/` to it yourself",
+                path.display()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(CliError::io(format!("open {}", path.display()))(e)),
+    };
     let sep = if existing.is_empty() || existing.ends_with('\n') {
         ""
     } else {
