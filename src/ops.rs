@@ -242,7 +242,12 @@ impl Ops<'_> {
     fn destroy_with(&self, backend: &dyn Backend, state: &mut MachineState) -> Result<(), OpError> {
         if state.status.can_destroy() {
             self.apply(state, Event::BeginDestroy)?;
-            backend.destroy(state)?;
+            match backend.destroy(state) {
+                // envup's own files go; what they named and is not the
+                // machine's stays, and the user is told.
+                Err(BackendError::NotOurs(what)) => self.reporter.note(&what),
+                other => other?,
+            }
             state.apply(Event::Destroyed)?;
         }
         self.project.remove(&state.name)?;

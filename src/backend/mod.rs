@@ -21,6 +21,10 @@ pub enum BackendError {
     NotBuilt(BackendKind),
     #[error("the {0} backend cannot take snapshots")]
     NoSnapshots(BackendKind),
+    /// A machine's own files name something envup did not create for it
+    /// (they are damaged or were edited); envup leaves that thing alone.
+    #[error("{0}")]
+    NotOurs(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -113,7 +117,7 @@ pub(crate) fn own_host_name(dir: &std::path::Path, recorded: &str) -> Result<(),
     if recorded == mine {
         Ok(())
     } else {
-        Err(failed(format!(
+        Err(BackendError::NotOurs(format!(
             "{} names `{}`, but this machine's name on the host is `{mine}`: \
              the file is damaged or was edited, and envup leaves `{}` alone",
             dir.display(),

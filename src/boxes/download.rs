@@ -223,9 +223,11 @@ fn attempt(
             Ok(n) => n,
             Err(e) => {
                 progress.finish();
-                let reason = if e.kind() == std::io::ErrorKind::TimedOut
-                    || e.to_string().contains("timed out")
-                {
+                let timed_out = e.kind() == std::io::ErrorKind::TimedOut
+                    || e.get_ref()
+                        .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
+                        .is_some_and(reqwest::Error::is_timeout);
+                let reason = if timed_out {
                     format!(
                         "the server sent nothing for {} s after {} bytes",
                         read_timeout().as_secs(),

@@ -171,8 +171,18 @@ pub struct Diagnostic {
 }
 
 /// Line (1-based), column (1-based, characters) of a byte offset.
+/// `offset` moved back to the start of the character it falls in: spans
+/// from other parsers (the template engine's) may point inside one.
+fn char_floor(text: &str, offset: usize) -> usize {
+    let mut at = offset.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
+    let offset = char_floor(text, offset);
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
@@ -238,7 +248,9 @@ impl Diagnostic {
         let (column, width) = match range {
             Some(r) if r.start <= source.len() => {
                 let (l, c) = line_col(source, r.start);
-                let w = source[r.start..r.end.min(source.len())]
+                let start = char_floor(source, r.start);
+                let end = char_floor(source, r.end).max(start);
+                let w = source[start..end]
                     .split('\n')
                     .next()
                     .map_or(1, |s| s.chars().count().max(1));

@@ -149,6 +149,12 @@ impl RawBox {
         self.entry(name, tar::EntryType::Regular, data, None, None)
     }
 
+    /// `n` bytes after the end of the tar (its two zero blocks).
+    pub fn trailing(mut self, n: usize) -> Self {
+        self.tar.extend(std::iter::repeat_n(0u8, 1024 + n));
+        self
+    }
+
     pub fn write(mut self, path: &Path) {
         self.tar.extend(std::iter::repeat_n(0u8, 1024));
         let mut enc = zstd::Encoder::new(std::fs::File::create(path).unwrap(), 3).unwrap();

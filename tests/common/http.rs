@@ -17,6 +17,14 @@ pub enum Mode {
     WrongBytes,
     /// Answers with this status and no body.
     Status(u16),
+    /// Announces the whole file, sends this many bytes, then goes silent
+    /// for a minute.
+    StallAfter(usize),
+    /// Sends zeros with no length until the client hangs up (at most
+    /// 1 GiB).
+    Endless,
+    /// Announces this length, sends zeros until the client hangs up.
+    Announces(u64),
 }
 
 #[derive(Default)]
@@ -113,6 +121,34 @@ fn serve(stream: TcpStream, routes: &Mutex<Routes>) {
         }
         if mode == Mode::WrongBytes {
             body.reverse();
+        }
+        match mode {
+            Mode::StallAfter(n) => {
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = out.write_all(&body[..n.min(body.len())]);
+                let _ = out.flush();
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                return;
+            }
+            Mode::Endless | Mode::Announces(_) => {
+                let head = match mode {
+                    Mode::Announces(len) => format!("Content-Length: {len}\r\n"),
+                    _ => "Connection: close\r\n".into(),
+                };
+                let _ = write!(out, "HTTP/1.1 200 OK\r\n{head}\r\n");
+                let zeros = vec![0u8; 1 << 16];
+                for _ in 0..(1 << 14) {
+                    if out.write_all(&zeros).is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            _ => {}
         }
         let total = body.len();
         let honour_range = mode != Mode::DropThenIgnoreRange || first_drop;

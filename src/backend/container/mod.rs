@@ -328,9 +328,11 @@ impl Backend for ContainerBackend {
     }
 
     fn destroy(&self, state: &MachineState) -> Result<(), BackendError> {
-        let Ok((e, c)) = load(state) else {
+        let (e, c) = match load(state) {
+            Ok(found) => found,
+            Err(e @ BackendError::NotOurs(_)) => return Err(e),
             // Never created on an engine: nothing outside the state directory.
-            return Ok(());
+            Err(_) => return Ok(()),
         };
         let Some(e) = e else {
             return lxc::destroy(state, &c);

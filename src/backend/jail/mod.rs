@@ -403,16 +403,21 @@ impl Backend for JailBackend {
 
     fn destroy(&self, state: &MachineState) -> Result<(), BackendError> {
         halt(state, true)?;
-        if let Ok(cfg) = read_config(state) {
+        let cfg = read_config(state);
+        if let Ok(cfg) = &cfg {
             cgroup::Cgroup::kill_all(&cfg.id);
-            supervisor::clean_up(&cfg);
+            supervisor::clean_up(cfg);
         }
         let dir = jail_dir(&super::machine_dir(state)?);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(failed(format!("cannot remove {}: {e}", dir.display())))
             }
-            _ => Ok(()),
+            // What the jail's files named but envup did not make is told.
+            _ => match cfg {
+                Err(e @ BackendError::NotOurs(_)) => Err(e),
+                _ => Ok(()),
+            },
         }
     }
 
@@ -575,7 +580,7 @@ impl JailConfig {
                 .and_then(|d| d.file_name()?.to_str())
                 .is_some_and(crate::ident::is_hex_digest);
         if own.iter().any(|(path, name)| **path != dir.join(name)) || !stored_rootfs {
-            return Err(failed(format!(
+            return Err(BackendError::NotOurs(format!(
                 "{} names directories that are not this jail's: it is damaged or was edited",
                 p.display()
             )));
