@@ -124,6 +124,20 @@ fn lock_digest_is_a_path() -> Result<(), Failed> {
     );
     let out = p.cmd(&["up"]).env("PATH", "/nonexistent").out();
     refused(&out, 1, &["Envfile.lock", "not a sha256"])?;
+    // A version that would steer the terminal.
+    let digest = "ab".repeat(32);
+    p.write(
+        "Envfile.lock",
+        &format!(
+            "version = 1\n[machines.web]\nbox = \"tiny\"\nversion = \"1\\u001b[2J\"\nurl = \"http://127.0.0.1:9/b.box\"\nsha256 = \"{digest}\"\n"
+        ),
+    );
+    let out = p.cmd(&["up"]).env("PATH", "/nonexistent").out();
+    refused(&out, 1, &["Envfile.lock", "`web`", "not usable"])?;
+    check(
+        !out.stderr().contains('\u{1b}'),
+        "an escape was printed raw",
+    )?;
     v.untouched()?;
     store_clean(&p)
 }
@@ -527,23 +541,6 @@ fn state_points_elsewhere() -> Result<(), Failed> {
 
 // ---- root inside a machine, and boxes, against a real jail ----
 
-fn jails_unavailable() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("jails need root".into());
-    }
-    for (tool, pkg) in [
-        ("slirp4netns", "slirp4netns"),
-        ("unshare", "util-linux"),
-        ("apt-get", "apt"),
-        ("debootstrap", "debootstrap"),
-    ] {
-        if common::host_lacks(tool) {
-            return Some(format!("{tool} is missing (apt-get install {pkg})"));
-        }
-    }
-    None
-}
-
 fn tiny_home() -> &'static tempfile::TempDir {
     static HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     HOME.get_or_init(|| common::boxes::home_with(&["tiny"]))
@@ -555,11 +552,10 @@ fn in_jail_home(p: &Project, args: &[&str]) -> common::Done {
         .out()
 }
 
-/// tiny's rootfs with `edit` applied to each entry's (path, header, data),
-/// and `extra` entries appended.
+/// tiny's rootfs, rewritten (see `rewrite_rootfs`).
 fn tiny_rootfs_with(
     edit: impl Fn(&str, &mut Vec<u8>),
-    extra: &[(&str, tar::EntryType, &str)],
+    links: &[(&str, tar::EntryType, &str)],
 ) -> Vec<u8> {
     let digest = common::boxes::stored_digest(tiny_home().path(), "tiny");
     let stored = tiny_home()
@@ -567,39 +563,9 @@ fn tiny_rootfs_with(
         .join("boxes-v1")
         .join(digest)
         .join("rootfs.tar");
-    let mut out = tar::Builder::new(Vec::new());
-    let mut a = tar::Archive::new(std::fs::File::open(stored).unwrap());
-    for e in a.entries().unwrap() {
-        let mut e = e.unwrap();
-        let path = e
-            .path()
-            .unwrap()
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .to_owned();
-        let mut header = e.header().clone();
-        let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-        if extra.iter().any(|(p, _, _)| *p == path) {
-            continue;
-        }
-        edit(&path, &mut data);
-        header.set_size(data.len() as u64);
-        header.set_cksum();
-        if header.entry_type().is_symlink() || header.entry_type().is_hard_link() {
-            out.append(&header, std::io::empty()).unwrap();
-        } else {
-            out.append(&header, data.as_slice()).unwrap();
-        }
-    }
-    for (path, kind, link) in extra {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(*kind);
-        h.set_mode(0o777);
-        h.set_size(0);
-        out.append_link(&mut h, path, link).unwrap();
-    }
-    out.into_inner().unwrap()
+    common::boxes::rewrite_rootfs(&stored, edit, links)
+        .into_inner()
+        .unwrap()
 }
 
 fn add_box(p: &Project, name: &str, rootfs: &[u8]) {
@@ -613,25 +579,12 @@ fn add_box(p: &Project, name: &str, rootfs: &[u8]) {
     in_jail_home(p, &["-q", "box", "add", b.to_str().unwrap()]).status(0);
 }
 
-/// Nothing of the project's jails is left: no mount, process or state.
-fn nothing_left(p: &Project) -> Result<(), Failed> {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    check(
-        !mounts.contains(p.path().to_str().unwrap()),
-        "a mount is left",
-    )?;
-    let procs = std::process::Command::new("pgrep")
-        .args(["-af", p.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    check(
-        procs.stdout.is_empty(),
-        format!("processes left: {}", String::from_utf8_lossy(&procs.stdout)),
-    )?;
-    check(
-        !p.path().join(".envup/machines/web").exists(),
-        "the machine's state is left",
-    )
+/// `destroy --force`, then nothing of the project's jails is left: no
+/// mount, process, cgroup, namespace or state.
+fn destroy_leaves_nothing(p: &Project) -> Result<(), Failed> {
+    let ids = common::jail_ids(p);
+    in_jail_home(p, &["destroy", "--force"]).status(0);
+    common::nothing_left(p, &ids)
 }
 
 /// A box whose SSH user's home climbs out of the root: the key lands
@@ -654,62 +607,69 @@ fn passwd_home_escapes() -> Result<(), Failed> {
     add_box(&p, "evil-home", &rootfs);
     let out = in_jail_home(&p, &["up"]);
     v.untouched()?;
-    if out.code() == 0 {
-        // The home is the path inside the machine, with `..` stopped at
-        // its root, as the machine's own kernel would resolve it.
-        let inside = common::exec_in(
-            tiny_home().path(),
-            &p,
-            "web",
-            &format!(
-                "cat {}/sub/.ssh/authorized_keys | wc -l",
-                v.path().display()
-            ),
-        );
-        check(
-            inside.trim() == "1",
-            format!("the key is not inside: {inside}"),
-        )?;
-    }
-    in_jail_home(&p, &["destroy", "--force"]).status(0);
+    check(out.code() == 0, format!("up failed: {}", out.stderr()))?;
+    // The home is the path inside the machine, with `..` stopped at
+    // its root, as the machine's own kernel would resolve it.
+    let inside = common::exec_in(
+        tiny_home().path(),
+        &p,
+        "web",
+        &format!(
+            "cat {}/sub/.ssh/authorized_keys | wc -l",
+            v.path().display()
+        ),
+    );
+    check(
+        inside.trim() == "1",
+        format!("the key is not inside: {inside}"),
+    )?;
+
+    destroy_leaves_nothing(&p)?;
     in_jail_home(&p, &["-q", "box", "remove", "evil-home", "--force"]).status(0);
-    v.untouched()?;
-    nothing_left(&p)
+    v.untouched()
 }
 
-/// A box whose /srv is a symlink to a host directory, and a share mounted
-/// at /srv/app: the mount target is made inside the machine.
+/// A box whose /srv climbs to the host's /tmp, and a share mounted at
+/// /srv/VICTIM/app: on the host that is the victim directory; inside the
+/// machine it is the machine's own /tmp, where the target is made.
 fn share_through_box_symlink() -> Result<(), Failed> {
     let v = Victim::new();
-    let target = v.path().display().to_string();
-    let rootfs = tiny_rootfs_with(|_, _| {}, &[("srv", tar::EntryType::Symlink, &target)]);
-    let p = envfile(
+    let up = "../".repeat(30);
+    let host_tmp = v.path().parent().unwrap().display().to_string();
+    let link = format!("{up}{}", host_tmp.trim_start_matches('/'));
+    let name = v.path().file_name().unwrap().to_str().unwrap().to_owned();
+    let rootfs = tiny_rootfs_with(|_, _| {}, &[("srv", tar::EntryType::Symlink, &link)]);
+    let p = envfile(&format!(
         "[machines.web]\nbox = \"evil-srv\"\nbackend = \"jail\"\nmemory = \"128MiB\"\n\
-         share = [{ host = \"data\", guest = \"/srv/app\" }]\n",
-    );
+         share = [{{ host = \"data\", guest = \"/srv/{name}/app\" }}]\n",
+    ));
     p.write("data/hello", "shared\n");
     add_box(&p, "evil-srv", &rootfs);
     let out = in_jail_home(&p, &["up"]);
     v.untouched()?;
-    if out.code() == 0 {
-        let seen = common::exec_in(tiny_home().path(), &p, "web", "cat /srv/app/hello");
-        check(
-            seen == "shared\n",
-            format!("the share is not at /srv/app: {seen}"),
-        )?;
-    }
-    in_jail_home(&p, &["destroy", "--force"]).status(0);
+    check(out.code() == 0, format!("up failed: {}", out.stderr()))?;
+    let seen = common::exec_in(
+        tiny_home().path(),
+        &p,
+        "web",
+        &format!("cat {host_tmp}/{name}/app/hello"),
+    );
+    check(
+        seen == "shared\n",
+        format!("the share is not inside the machine: {seen}"),
+    )?;
+    destroy_leaves_nothing(&p)?;
     in_jail_home(&p, &["-q", "box", "remove", "evil-srv", "--force"]).status(0);
-    v.untouched()?;
-    nothing_left(&p)
+    v.untouched()
 }
 
-/// Root in a running jail turns /dev and a share's parent into symlinks to
-/// the host; the next start mounts nothing on the host's directories.
+/// Root in a running jail turns a share's parent and /dev into symlinks to
+/// a host directory; the next start makes and mounts nothing there (it
+/// resolves them inside the jail, and refuses a /dev that leads nowhere).
 fn root_in_the_jail_plants_symlinks() -> Result<(), Failed> {
     let v = Victim::new();
     let p = envfile(
-        "[machines.web]\nbox = \"tiny\"\nbackend = \"jail\"\nmemory = \"128MiB\"\n\
+        "[machines.web]\nbox = \"tiny\"\nbackend = \"jail\"\nmemory = \"128MiB\"\nboot_timeout = \"15s\"\n\
          share = [{ host = \"data\", guest = \"/mnt/app\" }]\n",
     );
     p.write("data/hello", "shared\n");
@@ -719,7 +679,8 @@ fn root_in_the_jail_plants_symlinks() -> Result<(), Failed> {
         &p,
         "web",
         &format!(
-            "umount /mnt/app; rm -rf /mnt && ln -s {0} /mnt && mkdir -p /tmp/t && ln -s {0} /tmp/t/proc",
+            "umount /mnt/app; rm -rf /mnt && ln -s {0} /mnt && \
+             umount -l /dev/pts /dev/shm /dev; rm -rf /dev && ln -s {0} /dev",
             v.path().display()
         ),
     );
@@ -736,9 +697,8 @@ fn root_in_the_jail_plants_symlinks() -> Result<(), Failed> {
         );
         check(seen == "shared\n", format!("the share moved: {seen}"))?;
     }
-    in_jail_home(&p, &["destroy", "--force"]).status(0);
-    v.untouched()?;
-    nothing_left(&p)
+    destroy_leaves_nothing(&p)?;
+    v.untouched()
 }
 
 /// A damaged state.json: `destroy --force` still ends the running jail and
@@ -746,6 +706,7 @@ fn root_in_the_jail_plants_symlinks() -> Result<(), Failed> {
 fn damaged_state_still_destroys() -> Result<(), Failed> {
     let p = envfile("[machines.web]\nbox = \"tiny\"\nbackend = \"jail\"\nmemory = \"128MiB\"\n");
     in_jail_home(&p, &["up"]).status(0);
+    let ids = common::jail_ids(&p);
     std::fs::write(
         p.path().join(".envup/machines/web/state.json"),
         "{ this is not json",
@@ -756,7 +717,7 @@ fn damaged_state_still_destroys() -> Result<(), Failed> {
         out.code() == 0 && out.stderr().contains("damaged"),
         format!("destroy: exit {} {}", out.code(), out.stderr()),
     )?;
-    nothing_left(&p)
+    common::nothing_left(&p, &ids)
 }
 
 /// `ssh-config` in a project whose path has a space works with `ssh -F`;
@@ -852,7 +813,7 @@ fn main() {
             ssh_config_is_quoted_and_checked,
         ),
     ];
-    let skip = jails_unavailable();
+    let skip = common::jails_unavailable();
     if let Some(why) = &skip {
         eprintln!("skipping the hostile cases that need a jail: {why}");
     }

@@ -13,23 +13,6 @@ use std::time::Duration;
 use common::{Project, check};
 use libtest_mimic::{Arguments, Failed, Trial};
 
-fn unavailable() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("jails need root".into());
-    }
-    for (tool, pkg) in [
-        ("slirp4netns", "slirp4netns"),
-        ("unshare", "util-linux"),
-        ("apt-get", "apt"),
-        ("mkfs.ext4", "e2fsprogs"),
-    ] {
-        if common::host_lacks(tool) {
-            return Some(format!("{tool} is missing (apt-get install {pkg})"));
-        }
-    }
-    None
-}
-
 /// One ENVUP_HOME with `tiny` in its store, shared by the tests.
 fn home() -> &'static tempfile::TempDir {
     static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
@@ -63,73 +46,12 @@ fn exec(p: &Project, machine: &str, script: &str) -> String {
     common::exec_in(home().path(), p, machine, script)
 }
 
-/// The host names (cgroup, netns) of the project's jails.
-fn jail_ids(p: &Project) -> Vec<String> {
-    let dir = p.path().join(".envup/machines");
-    std::fs::read_dir(&dir)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read(e.path().join("jail/jail.json")).ok())
-                .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .filter_map(|v| v["id"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Destroy the project's machines, then check nothing of them is left.
 fn destroy_and_check(p: &Project) -> Result<(), Failed> {
-    let ids = jail_ids(p);
+    let ids = common::jail_ids(p);
     check(!ids.is_empty(), "no jails to destroy")?;
     envup(p, &["destroy", "-f"]).status(0);
-    nothing_left(p, &ids)
-}
-
-/// Nothing of the machines is left on the host.
-fn nothing_left(p: &Project, ids: &[String]) -> Result<(), Failed> {
-    let dir = p.path().join(".envup/machines");
-    for m in ["web", "a", "b", "many"] {
-        check(
-            !dir.join(m).exists(),
-            format!("state directory of {m} left"),
-        )?;
-    }
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    check(
-        !mounts.contains(p.path().to_str().unwrap()),
-        "a mount is left",
-    )?;
-    let procs = std::process::Command::new("pgrep")
-        .args(["-af", p.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    check(
-        procs.stdout.is_empty(),
-        format!("processes left: {}", String::from_utf8_lossy(&procs.stdout)),
-    )?;
-    for id in ids {
-        check(
-            !Path::new("/run/netns").join(id).exists(),
-            format!("netns {id} left"),
-        )?;
-        // The network helper names the namespace, not the project.
-        let helpers = std::process::Command::new("pgrep")
-            .args(["-af", id])
-            .output()
-            .unwrap();
-        check(
-            helpers.stdout.is_empty(),
-            format!(
-                "processes left: {}",
-                String::from_utf8_lossy(&helpers.stdout)
-            ),
-        )?;
-        for c in ["memory", "pids", "cpu,cpuacct", "freezer", "unified"] {
-            let d = Path::new("/sys/fs/cgroup").join(c).join("envup").join(id);
-            check(!d.exists(), format!("cgroup {} left", d.display()))?;
-        }
-    }
-    Ok(())
+    common::nothing_left(p, &ids)
 }
 
 const TINY: &str = "[machines.web]\nbox = \"tiny\"\nbackend = \"jail\"\nmemory = \"256MiB\"\n";
@@ -457,7 +379,7 @@ fn private_network() -> Result<(), Failed> {
         out.stderr().contains(&format!("{open}/tcp")) && out.stderr().contains("in use"),
         format!("the error does not name the port: {}", out.stderr()),
     )?;
-    nothing_left(&busy, &[])
+    common::nothing_left(&busy, &[])
 }
 
 /// Two jails on the host's network at once: each SSH server on a port of
@@ -572,13 +494,13 @@ fn quickstart() -> Result<(), Failed> {
             == std::fs::read_to_string(example.join("files/motd")).unwrap(),
         "the motd was not uploaded",
     )?;
-    let ids = jail_ids(&p);
+    let ids = common::jail_ids(&p);
     envup(&p, &["destroy", "-f"]).status(0);
     check(
         !p.path().join(".envup/machines/hello").exists(),
         "state directory of hello left",
     )?;
-    nothing_left(&p, &ids)
+    common::nothing_left(&p, &ids)
 }
 
 /// A lock that pins a box built from a recipe: built here, it is used when
@@ -595,9 +517,9 @@ fn locked_recipe_box() -> Result<(), Failed> {
     let same = Project::with_envfile(TINY);
     same.write("Envfile.lock", &lock(&digest));
     same.cmd(&["up"]).out().status(0);
-    let ids = jail_ids(&same);
+    let ids = common::jail_ids(&same);
     same.cmd(&["destroy", "-f"]).out().status(0);
-    nothing_left(&same, &ids)?;
+    common::nothing_left(&same, &ids)?;
 
     let other = "0".repeat(64);
     let differs = Project::with_envfile(TINY);
@@ -622,7 +544,7 @@ type TestFn = fn() -> Result<(), Failed>;
 
 fn main() {
     let args = Arguments::from_args();
-    let skip = unavailable();
+    let skip = common::jails_unavailable();
     if let Some(why) = &skip {
         eprintln!("skipping the jail tests: {why}");
     }

@@ -54,6 +54,23 @@ impl Lockfile {
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
+                // The digest was checked as it was read; the rest is text
+                // that is printed and matched, never a path of its own.
+                for (machine, e) in &lock.machines {
+                    let bad = [&e.box_, &e.url]
+                        .iter()
+                        .any(|s| s.chars().any(char::is_control))
+                        || crate::ident::box_name_problem(&e.version).is_some();
+                    if bad {
+                        return Err(LockError::Parse {
+                            path,
+                            message: format!(
+                                "the entry for `{}` has a box, version or url that is not usable",
+                                crate::ident::printable(machine)
+                            ),
+                        });
+                    }
+                }
                 if lock.version != 1 {
                     return Err(LockError::Parse {
                         path,

@@ -64,25 +64,31 @@ pub fn rootfs_bytes(marker: &str) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// The rootfs tar at `from` with a user added: `name` (uid and gid 1000,
-/// home /home/NAME, no password), as the rootfs of a box that logs in as
-/// that user.
-pub fn rootfs_with_user(from: &Path, name: &str) -> Vec<u8> {
+/// The rootfs tar at `from`, rewritten: `edit` may change each entry's
+/// data (given its path without `./`); entries named in `links` are
+/// replaced by those symlinks or hard links (path, kind, target).
+pub fn rewrite_rootfs(
+    from: &Path,
+    edit: impl Fn(&str, &mut Vec<u8>),
+    links: &[(&str, tar::EntryType, &str)],
+) -> tar::Builder<Vec<u8>> {
     let mut out = tar::Builder::new(Vec::new());
     let mut a = tar::Archive::new(std::fs::File::open(from).unwrap());
     for e in a.entries().unwrap() {
         let mut e = e.unwrap();
-        let path = e.path().unwrap().into_owned();
+        let path = e
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_owned();
+        if links.iter().any(|(p, _, _)| *p == path) {
+            continue;
+        }
         let mut header = e.header().clone();
         let mut data = Vec::new();
         std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-        let extra = match path.to_str().unwrap().trim_start_matches("./") {
-            "etc/passwd" => format!("{name}:x:1000:1000::/home/{name}:/bin/sh\n"),
-            "etc/shadow" => format!("{name}:*:19000:0:99999:7:::\n"),
-            "etc/group" => format!("{name}:x:1000:\n"),
-            _ => String::new(),
-        };
-        data.extend_from_slice(extra.as_bytes());
+        edit(&path, &mut data);
         header.set_size(data.len() as u64);
         header.set_cksum();
         if header.entry_type().is_symlink() || header.entry_type().is_hard_link() {
@@ -91,6 +97,36 @@ pub fn rootfs_with_user(from: &Path, name: &str) -> Vec<u8> {
             out.append(&header, data.as_slice()).unwrap();
         }
     }
+    for (path, kind, target) in links {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(0);
+        out.append_link(&mut h, path, target).unwrap();
+    }
+    out
+}
+
+/// The rootfs tar at `from` with a user added: `name` (uid and gid 1000,
+/// home /home/NAME, no password), as the rootfs of a box that logs in as
+/// that user.
+pub fn rootfs_with_user(from: &Path, name: &str) -> Vec<u8> {
+    let mut out = rewrite_rootfs(
+        from,
+        |path, data| {
+            let extra = match path {
+                "etc/passwd" => format!("{name}:x:1000:1000::/home/{name}:/bin/sh\n"),
+                "etc/shadow" => format!("{name}:*:19000:0:99999:7:::\n"),
+                "etc/group" => format!("{name}:x:1000:\n"),
+                _ => String::new(),
+            };
+            data.extend_from_slice(extra.as_bytes());
+        },
+        &[],
+    );
     let mut h = tar::Header::new_gnu();
     h.set_path(format!("home/{name}")).unwrap();
     h.set_entry_type(tar::EntryType::Directory);

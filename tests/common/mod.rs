@@ -161,6 +161,85 @@ pub mod boxes;
 pub mod http;
 pub mod qemu;
 
+/// Why jails cannot run on this host, if they cannot.
+pub fn jails_unavailable() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("jails need root".into());
+    }
+    for (tool, pkg) in [
+        ("slirp4netns", "slirp4netns"),
+        ("unshare", "util-linux"),
+        ("apt-get", "apt"),
+        ("mkfs.ext4", "e2fsprogs"),
+    ] {
+        if host_lacks(tool) {
+            return Some(format!("{tool} is missing (apt-get install {pkg})"));
+        }
+    }
+    None
+}
+
+/// The host names (cgroup, netns) of the project's jails.
+pub fn jail_ids(p: &Project) -> Vec<String> {
+    let dir = p.path().join(".envup/machines");
+    std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read(e.path().join("jail/jail.json")).ok())
+                .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .filter_map(|v| v["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Nothing of the machines is left on the host.
+pub fn nothing_left(p: &Project, ids: &[String]) -> Result<(), libtest_mimic::Failed> {
+    let dir = p.path().join(".envup/machines");
+    for m in ["web", "a", "b", "many"] {
+        check(
+            !dir.join(m).exists(),
+            format!("state directory of {m} left"),
+        )?;
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    check(
+        !mounts.contains(p.path().to_str().unwrap()),
+        "a mount is left",
+    )?;
+    let procs = std::process::Command::new("pgrep")
+        .args(["-af", p.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    check(
+        procs.stdout.is_empty(),
+        format!("processes left: {}", String::from_utf8_lossy(&procs.stdout)),
+    )?;
+    for id in ids {
+        check(
+            !Path::new("/run/netns").join(id).exists(),
+            format!("netns {id} left"),
+        )?;
+        // The network helper names the namespace, not the project.
+        let helpers = std::process::Command::new("pgrep")
+            .args(["-af", id])
+            .output()
+            .unwrap();
+        check(
+            helpers.stdout.is_empty(),
+            format!(
+                "processes left: {}",
+                String::from_utf8_lossy(&helpers.stdout)
+            ),
+        )?;
+        for c in ["memory", "pids", "cpu,cpuacct", "freezer", "unified"] {
+            let d = Path::new("/sys/fs/cgroup").join(c).join("envup").join(id);
+            check(!d.exists(), format!("cgroup {} left", d.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// True when `program` is not on PATH.
 pub fn host_lacks(program: &str) -> bool {
     envup::host::which(program).is_none()

@@ -90,8 +90,9 @@ pub(crate) fn lower_dir(stored: &StoredBox) -> Result<PathBuf, BackendError> {
         .map_err(failed)?;
     unpack_rootfs(&tar_path, tmp.path()).map_err(|e| {
         failed(format!(
-            "cannot unpack the rootfs of `{}`: {e}",
-            crate::ident::printable(&stored.meta.name)
+            "cannot unpack the rootfs of `{}`: {}",
+            crate::ident::printable(&stored.meta.name),
+            crate::cli::error::chain(&e)
         ))
     })?;
     std::fs::rename(tmp.keep(), &dir).map_err(failed)?;
