@@ -362,7 +362,21 @@ fn store_is_private() -> Result<(), Failed> {
     check(
         mode & 0o077 == 0,
         format!("the store is {:o}", mode & 0o777),
+    )?;
+    // The project's state too, even when an older envup made it 0755.
+    let p = envfile("[machines.web]\nbox = \"tiny\"\nbackend = \"container\"\n");
+    std::fs::create_dir(p.path().join(".envup")).unwrap();
+    std::fs::set_permissions(
+        p.path().join(".envup"),
+        std::fs::Permissions::from_mode(0o755),
     )
+    .unwrap();
+    let _ = p.cmd(&["up"]).env("PATH", "/nonexistent").out();
+    let mode = std::fs::metadata(p.path().join(".envup"))
+        .unwrap()
+        .permissions()
+        .mode();
+    check(mode & 0o077 == 0, format!(".envup is {:o}", mode & 0o777))
 }
 
 // ---- the Envfile's own bounds ----
