@@ -92,17 +92,7 @@ fn refused(out: &common::Done, code: i32, words: &[&str]) -> Result<(), Failed> 
 
 /// Nothing is left in the store: no box, no unpacking, no part file.
 fn store_clean(p: &Project) -> Result<(), Failed> {
-    let root = p.home.path().join("boxes-v1");
-    let mut left = Vec::new();
-    for sub in [root.clone(), root.join("tmp"), root.join("downloads")] {
-        for e in std::fs::read_dir(&sub).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !matches!(name.as_str(), "tmp" | "downloads") {
-                left.push(e.path());
-            }
-        }
-    }
-    check(left.is_empty(), format!("left in the store: {left:?}"))
+    store_entries_except(p, &[])
 }
 
 fn envfile(text: &str) -> Project {
@@ -340,6 +330,79 @@ fn box_bomb() -> Result<(), Failed> {
     let out = p.cmd(&["box", "add", path.to_str().unwrap()]).out();
     refused(&out, 1, &["after its last artifact"])?;
     store_clean(&p)
+}
+
+/// A box that would leave the disk with less than envup keeps free is
+/// refused before it is unpacked; a small one still fits. (A 300 MiB tmpfs
+/// as ENVUP_HOME, so only root runs it.)
+fn disk_space_is_checked() -> Result<(), Failed> {
+    let p = Project::new();
+    let mount = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let home = p.home.path().to_str().unwrap().to_owned();
+    check(
+        mount(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=300m",
+            "envup-test",
+            &home,
+        ]),
+        "cannot mount a tmpfs",
+    )?;
+    let dir = tempfile::tempdir().unwrap();
+    let big = make_box(
+        dir.path(),
+        "big",
+        "1.0.0",
+        &[("rootfs", "rootfs.tar", &vec![0u8; 64 << 20])],
+    );
+    let small = make_box(
+        dir.path(),
+        "small",
+        "1.0.0",
+        &[("rootfs", "rootfs.tar", &rootfs_bytes("x"))],
+    );
+    let refused_big = p.cmd(&["box", "add", big.to_str().unwrap()]).out();
+    let took_small = p.cmd(&["box", "add", small.to_str().unwrap()]).out();
+    let clean = store_entries_except(&p, &["small"]);
+    mount(&["umount", &home]);
+    refused(
+        &refused_big,
+        1,
+        &["not enough free space", "64.0 MiB needed"],
+    )?;
+    check(
+        took_small.code() == 0,
+        format!("a small box did not fit: {}", took_small.stderr()),
+    )?;
+    clean
+}
+
+/// Nothing in the store but the boxes named.
+fn store_entries_except(p: &Project, keep: &[&str]) -> Result<(), Failed> {
+    let root = p.home.path().join("boxes-v1");
+    let mut left = Vec::new();
+    for sub in [root.clone(), root.join("tmp"), root.join("downloads")] {
+        for e in std::fs::read_dir(&sub).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let meta = std::fs::read_to_string(e.path().join("meta.json")).unwrap_or_default();
+            let kept = keep
+                .iter()
+                .any(|k| meta.contains(&format!("\"name\": \"{k}\"")));
+            if !matches!(name.as_str(), "tmp" | "downloads") && !kept {
+                left.push(e.path());
+            }
+        }
+    }
+    check(left.is_empty(), format!("left in the store: {left:?}"))
 }
 
 /// The store is its owner's alone: nobody else reaches a setuid file a box
@@ -835,6 +898,12 @@ fn main() {
         .into_iter()
         .map(|(name, f)| Trial::test(name, f))
         .collect();
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("skipping disk_space_is_checked: it mounts a tmpfs, which needs root");
+    }
+    trials
+        .push(Trial::test("disk_space_is_checked", disk_space_is_checked).with_ignored_flag(!root));
     for (name, f) in jail {
         let t = Trial::test(name, f);
         trials.push(match &skip {
