@@ -778,6 +778,103 @@ fn root_in_the_jail_plants_symlinks() -> Result<(), Failed> {
     v.untouched()
 }
 
+/// A jail.json edited between two starts to share a host directory into
+/// the jail: the jail starts with the Envfile's shares, not the file's.
+fn edited_state_grants_nothing() -> Result<(), Failed> {
+    let v = Victim::new();
+    let p = envfile("[machines.web]\nbox = \"tiny\"\nbackend = \"jail\"\nmemory = \"128MiB\"\n");
+    in_jail_home(&p, &["up"]).status(0);
+    in_jail_home(&p, &["halt"]).status(0);
+    let cfg_path = p.path().join(".envup/machines/web/jail/jail.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["shares"] = serde_json::json!([
+        { "host": v.path(), "guest": "/mnt/host", "read_only": false }
+    ]);
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    in_jail_home(&p, &["up"]).status(0);
+    let seen = common::exec_in(
+        tiny_home().path(),
+        &p,
+        "web",
+        "ls /mnt/host 2>&1; touch /mnt/host/planted 2>&1; true",
+    );
+    check(
+        !seen.contains("x.part"),
+        format!("the host directory is shared into the jail: {seen}"),
+    )?;
+    destroy_leaves_nothing(&p)?;
+    v.untouched()
+}
+
+/// LXC: a share works; a share whose target the box symlinks out is
+/// refused; a container config edited to run a hook on the host, or to
+/// share a host directory, is written again from the Envfile at the next
+/// start.
+fn lxc_shares_and_config() -> Result<(), Failed> {
+    if common::host_lacks("lxc-start") {
+        return Ok(());
+    }
+    let v = Victim::new();
+    let machine = |b: &str| {
+        format!(
+            "[machines.web]\nbox = \"{b}\"\nbackend = \"container\"\nmemory = \"128MiB\"\n\
+             container = {{ engine = \"lxc\" }}\n\
+             share = [{{ host = \"data\", guest = \"/srv/app\" }}]\n"
+        )
+    };
+    let p = envfile(&machine("tiny"));
+    p.write("data/hello", "shared\n");
+    in_jail_home(&p, &["up"]).status(0);
+    let seen = common::exec_in(tiny_home().path(), &p, "web", "cat /srv/app/hello");
+    let shared = check(seen == "shared\n", format!("the share: {seen}"));
+    in_jail_home(&p, &["halt"]).status(0);
+    let dir = p.path().join(".envup/machines/web/lxc");
+    let config = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("config"))
+        .find(|c| c.is_file())
+        .unwrap();
+    let planted = v.path().join("hook-ran");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "lxc.hook.pre-start = /bin/sh -c 'touch {}'\nlxc.mount.entry = {} mnt none bind,create=dir 0 0\n",
+        planted.display(),
+        v.path().display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    in_jail_home(&p, &["up"]).status(0);
+    let mnt = common::exec_in(tiny_home().path(), &p, "web", "ls /mnt; true");
+    destroy_leaves_nothing(&p)?;
+    shared?;
+    check(
+        !planted.exists(),
+        "a hook from the edited config ran on the host",
+    )?;
+    check(
+        !mnt.contains("x.part"),
+        format!("a host directory is shared: {mnt}"),
+    )?;
+    // A box whose /srv climbs out: refused, nothing made on the host.
+    let up = "../".repeat(30);
+    let host_tmp = v.path().parent().unwrap().display().to_string();
+    let link = format!("{up}{}", host_tmp.trim_start_matches('/'));
+    let rootfs = tiny_rootfs_with(|_, _| {}, &[("srv", tar::EntryType::Symlink, &link)]);
+    let p = envfile(&machine("evil-lxc"));
+    p.write("data/hello", "shared\n");
+    add_box(&p, "evil-lxc", &rootfs);
+    let out = in_jail_home(&p, &["up"]);
+    in_jail_home(&p, &["destroy", "--force"]).status(0);
+    in_jail_home(&p, &["-q", "box", "remove", "evil-lxc", "--force"]).status(0);
+    refused(&out, 1, &["/srv is not a directory in the box"])?;
+    check(
+        !Path::new(&host_tmp).join("app").exists(),
+        "a share target was made on the host",
+    )?;
+    v.untouched()
+}
+
 /// A damaged state.json: `destroy --force` still ends the running jail and
 /// removes what envup made for it.
 fn damaged_state_still_destroys() -> Result<(), Failed> {
@@ -885,6 +982,8 @@ fn main() {
             root_in_the_jail_plants_symlinks,
         ),
         ("damaged_state_still_destroys", damaged_state_still_destroys),
+        ("edited_state_grants_nothing", edited_state_grants_nothing),
+        ("lxc_shares_and_config", lxc_shares_and_config),
         (
             "ssh_config_is_quoted_and_checked",
             ssh_config_is_quoted_and_checked,

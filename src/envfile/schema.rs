@@ -152,3 +152,13 @@ pub enum JailNetwork {
     Private,
     Host,
 }
+
+impl JailNetwork {
+    /// The word the Envfile uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            JailNetwork::Private => "private",
+            JailNetwork::Host => "host",
+        }
+    }
+}

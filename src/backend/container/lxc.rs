@@ -114,12 +114,6 @@ pub fn create(
         JailNetwork::Private,
         port,
     )?;
-    // LXC makes a missing mount target itself, on the host's view of the
-    // root: make each share's target here, inside the machine's layer,
-    // so that none is made through a symlink in the box.
-    for s in &m.shares {
-        layer.mkdir(Path::new(&s.guest), 0o755, (0, 0))?;
-    }
     let text = config(m, name, &lower, &upper, super::cgroup_v1());
     crate::state::write_atomic(&dir.join(name).join("config"), text.as_bytes()).map_err(failed)?;
     state.id = Some(format!("lxc:{name}"));
@@ -152,11 +146,61 @@ fn init_pid(dir: &Path, name: &str) -> Option<i32> {
         .ok()
 }
 
-pub fn start(state: &MachineState, c: &Created) -> Result<(), BackendError> {
+/// The container's config again, from the Envfile: `lxc-start` runs what
+/// the config says (hooks, mounts, capabilities), so an edited one would
+/// be authority over the host. Only the lower layer is kept from it, and
+/// only if it is a box rootfs in a store. Share targets are made again in
+/// the machine's layer, where a symlink root in the container planted
+/// cannot redirect them.
+fn refresh_config(m: &Machine, dir: &Path, name: &str) -> Result<(), BackendError> {
+    let path = dir.join(name).join("config");
+    let old = std::fs::read_to_string(&path)
+        .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
+    let upper = dir.join("upper");
+    let lower = old
+        .lines()
+        .find_map(|l| l.strip_prefix("lxc.rootfs.path = overlay:"))
+        .and_then(|v| v.strip_suffix(&format!(":{}", upper.display())))
+        .map(PathBuf::from)
+        .filter(|l| {
+            l.file_name() == Some("rootfs".as_ref())
+                && l.parent()
+                    .and_then(|d| d.file_name()?.to_str())
+                    .is_some_and(crate::ident::is_hex_digest)
+        })
+        .ok_or_else(|| {
+            BackendError::NotOurs(format!(
+                "{} does not name a box rootfs over this container's own layer: \
+                 it is damaged or was edited",
+                path.display()
+            ))
+        })?;
+    let layer = Layer {
+        lower: &lower,
+        upper: &upper,
+    };
+    for s in &m.shares {
+        layer.mkdir(Path::new(&s.guest), 0o755, (0, 0))?;
+    }
+    let text = config(m, name, &lower, &upper, super::cgroup_v1());
+    crate::state::write_atomic(&path, text.as_bytes()).map_err(failed)
+}
+
+pub fn start(m: &Machine, state: &mut MachineState, c: &Created) -> Result<(), BackendError> {
     let dir = lxc_dir(state)?;
     if lxc_state(&dir, &c.name).as_deref() == Some("RUNNING") {
         return Ok(());
     }
+    refresh_config(m, &dir, &c.name)?;
+    // The forwards too are the Envfile's, not the state's.
+    state.forwards = m.forwards.clone();
+    boot(state, c)
+}
+
+/// Start the container with the config it has (written from the Envfile
+/// by the last `start`).
+fn boot(state: &MachineState, c: &Created) -> Result<(), BackendError> {
+    let dir = lxc_dir(state)?;
     // A container that powered itself off left its helper holding ports.
     end_net(&dir, &c.name);
     let log = dir.join("lxc.log");
@@ -293,7 +337,7 @@ pub fn snapshot_restore(state: &MachineState, c: &Created, name: &str) -> Result
     stop(state, c, true)?;
     snapshots::restore(&dir, name)?;
     if running {
-        start(state, c)?;
+        boot(state, c)?;
     }
     Ok(())
 }

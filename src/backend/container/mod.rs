@@ -282,9 +282,9 @@ impl Backend for ContainerBackend {
         Ok(())
     }
 
-    fn start(&self, _m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
+    fn start(&self, m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
         let (Some(e), c) = load(state)? else {
-            return lxc::start(state, &record(state)?);
+            return lxc::start(m, state, &record(state)?);
         };
         // Starting a running container does nothing, in both engines.
         if let Some(ep) = &state.ssh

@@ -394,7 +394,10 @@ impl Backend for JailBackend {
         Ok(())
     }
 
-    fn start(&self, _m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
+    fn start(&self, m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
+        if live_supervisor(state).is_none() {
+            refresh_config(m, state)?;
+        }
         launch(state)
     }
 
@@ -461,6 +464,32 @@ impl Backend for JailBackend {
     fn snapshot_delete(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
         snapshots::delete(&jail_dir(&super::machine_dir(state)?), name)
     }
+}
+
+/// What the jail is started with comes from the Envfile, not from the
+/// state: a `jail.json` edited to add a share of a host directory, a
+/// forward on another address or the host's network grants nothing.
+/// (It also means a restart applies changed limits, shares and forwards.)
+fn refresh_config(m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
+    let dir = jail_dir(&super::machine_dir(state)?);
+    let mut cfg = JailConfig::load(&dir)?;
+    if cfg.network != m.jail.network {
+        return Err(failed(format!(
+            "the jail was made with a {} network and the Envfile now asks for {}: \
+             `envup destroy` it and `up` again to change that",
+            cfg.network.name(),
+            m.jail.network.name()
+        )));
+    }
+    cfg.hostname = m.hostname.clone();
+    cfg.cpus = m.cpus;
+    cfg.memory = m.memory.bytes();
+    cfg.pids = PIDS_MAX;
+    cfg.forwards = m.forwards.clone();
+    cfg.shares = m.shares.clone();
+    crate::state::write_json(&dir.join("jail.json"), &cfg).map_err(failed)?;
+    state.forwards = m.forwards.clone();
+    Ok(())
 }
 
 /// Start the jail's supervisor (unless it runs) and record it in `state`.
