@@ -472,7 +472,8 @@ impl Backend for JailBackend {
 /// (It also means a restart applies changed limits, shares and forwards.)
 fn refresh_config(m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
     let dir = jail_dir(&super::machine_dir(state)?);
-    let mut cfg = JailConfig::load(&dir)?;
+    let recorded = JailConfig::load(&dir)?;
+    let mut cfg = recorded.clone();
     if cfg.network != m.jail.network {
         return Err(failed(format!(
             "the jail was made with a {} network and the Envfile now asks for {}: \
@@ -487,7 +488,12 @@ fn refresh_config(m: &Machine, state: &mut MachineState) -> Result<(), BackendEr
     cfg.pids = PIDS_MAX;
     cfg.forwards = m.forwards.clone();
     cfg.shares = m.shares.clone();
-    crate::state::write_json(&dir.join("jail.json"), &cfg).map_err(failed)?;
+    // Written (and synced) only when it changed: the first start follows
+    // create, which wrote the same.
+    let value = |c: &JailConfig| serde_json::to_value(c).expect("configs serialize");
+    if value(&cfg) != value(&recorded) {
+        crate::state::write_json(&dir.join("jail.json"), &cfg).map_err(failed)?;
+    }
     state.forwards = m.forwards.clone();
     Ok(())
 }
