@@ -96,6 +96,44 @@ fn add_list_verify_remove_a_local_box() {
 }
 
 #[test]
+fn stored_bytes_are_not_renamed_silently() {
+    let p = Project::new();
+    let b = make_box(
+        p.path(),
+        "tiny",
+        "1.0.0",
+        &[("rootfs", "rootfs.tar", &rootfs_bytes("same"))],
+    );
+    let path = b.to_str().unwrap();
+    p.cmd(&["box", "add", path]).out().status(0);
+    // The same name again is fine; another name is refused, not dropped.
+    p.cmd(&["box", "add", path, "--name", "tiny"])
+        .out()
+        .status(0);
+    p.cmd(&["box", "add", path, "--name", "team/tiny"])
+        .out()
+        .status(1)
+        .stderr_has("stored already, as `tiny` 1.0.0")
+        .stderr_has("cannot also be `team/tiny 1.0.0`");
+    let digest = sha256(&b);
+    p.cmd(&[
+        "box",
+        "add",
+        path,
+        "--checksum",
+        &digest,
+        "--version",
+        "2.0.0",
+    ])
+    .out()
+    .status(1)
+    .stderr_has("cannot also be `tiny 2.0.0`");
+    let j = p.cmd(&["--json", "box", "list"]).out().status(0).json();
+    assert_eq!(j.as_array().unwrap().len(), 1);
+    assert_eq!(j[0]["name"], "tiny");
+}
+
+#[test]
 fn checksum_flag_is_enforced() {
     let p = Project::new();
     let b = make_box(

@@ -70,9 +70,14 @@ fn destroyed_cleanly(p: &Project, machines: &[&str]) -> Result<(), Failed> {
 const TINY: &str = "[machines.vm]\nbox = \"tiny\"\nbackend = \"qemu\"\nmemory = \"256MiB\"\n";
 
 fn tiny_lifecycle() -> Result<(), Failed> {
-    let p = Project::with_envfile(&format!(
-        "{TINY}provision = [{{ name = \"hi\", shell = \"echo provisioned > /root/p\" }}]\n"
-    ));
+    // In a directory whose name holds a space, commas and quotes: qemu's
+    // option lists end a value at a comma unless it is doubled.
+    let p = Project::with_envfile_in(
+        "envup a,b 'q' ",
+        &format!(
+            "{TINY}provision = [{{ name = \"hi\", shell = \"echo provisioned > /root/p\" }}]\n"
+        ),
+    );
     envup(&p, &["up"]).status(0);
     check(
         exec(&p, "vm", "cat /root/p") == "provisioned\n",

@@ -67,6 +67,15 @@ pub enum BoxError {
         value: String,
         why: &'static str,
     },
+    #[error(
+        "these bytes are stored already, as `{name}` {version}; a box is stored under one name, \
+         so it cannot also be `{asked}` (`envup box remove {name}` first to store it under the new name)"
+    )]
+    StoredAs {
+        name: String,
+        version: String,
+        asked: String,
+    },
     #[error("`--checksum {0}` is not sha256:<64 hex digits>")]
     BadChecksum(String),
     #[error(

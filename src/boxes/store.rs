@@ -66,6 +66,26 @@ pub fn lenient_version(v: &str) -> Option<semver::Version> {
     })
 }
 
+/// A box whose bytes are stored already: it keeps the one name and version
+/// it is stored under, so a different `naming` is refused rather than
+/// dropped without a word.
+fn already_stored(b: StoredBox, naming: &Naming) -> Result<StoredBox, BoxError> {
+    let differs =
+        |given: &Option<String>, stored: &str| given.as_deref().is_some_and(|g| g != stored);
+    if differs(&naming.name, &b.meta.name) || differs(&naming.version, &b.meta.version) {
+        return Err(BoxError::StoredAs {
+            name: b.meta.name.clone(),
+            version: b.meta.version.clone(),
+            asked: format!(
+                "{} {}",
+                naming.name.as_deref().unwrap_or(&b.meta.name),
+                naming.version.as_deref().unwrap_or(&b.meta.version)
+            ),
+        });
+    }
+    Ok(b)
+}
+
 /// Name and version given on the command line or by a catalog, which win
 /// over what the box says of itself.
 #[derive(Debug, Clone, Default)]
@@ -172,7 +192,7 @@ impl Store {
         if let Some(d) = expected
             && let Some(b) = self.get(d)
         {
-            return Ok(b);
+            return already_stored(b, naming);
         }
         let tmp = self.tmp()?;
         let unpacked = if vagrant::is_vagrant_box(path).map_err(io_err("read", path))? {
@@ -217,9 +237,13 @@ impl Store {
         let staged = tmp.keep();
         match std::fs::rename(&staged, &dest) {
             Ok(()) => {}
-            // Someone stored the same bytes meanwhile: theirs will do.
+            // The same bytes are stored already (by an earlier add, or
+            // by someone meanwhile): those will do, under their name.
             Err(_) if dest.join("box.toml").exists() => {
                 let _ = std::fs::remove_dir_all(&staged);
+                if let Some(b) = self.get(&unpacked.digest) {
+                    return already_stored(b, naming);
+                }
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&staged);

@@ -18,6 +18,17 @@ impl Project {
         }
     }
 
+    /// A project in a directory whose name starts with `prefix` (for
+    /// names with spaces, commas and quotes).
+    pub fn with_envfile_in(prefix: &str, text: &str) -> Self {
+        let p = Self {
+            dir: tempfile::Builder::new().prefix(prefix).tempdir().unwrap(),
+            home: tempfile::tempdir().unwrap(),
+        };
+        p.write("Envfile", text);
+        p
+    }
+
     pub fn with_envfile(text: &str) -> Self {
         let p = Self::new();
         p.write("Envfile", text);

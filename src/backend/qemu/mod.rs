@@ -218,6 +218,13 @@ fn boots_under_kvm(kernel: &Path) -> bool {
     ok
 }
 
+/// A path as the value in one of qemu's `key=value,…` option lists: a
+/// comma in it is doubled, which qemu reads as a literal comma (a project
+/// directory named `a,b` would otherwise end the value there).
+fn opt_path(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
 /// qemu's arguments for a machine.
 #[allow(clippy::too_many_arguments)]
 pub fn qemu_args(
@@ -252,7 +259,7 @@ pub fn qemu_args(
         "-drive",
         &format!(
             "file={},if=virtio,format=qcow2,discard=unmap",
-            p.overlay().display()
+            opt_path(&p.overlay())
         ),
     ]);
     // Read-only, so it needs no snapshot support of its own.
@@ -260,7 +267,7 @@ pub fn qemu_args(
         "-drive",
         &format!(
             "file={},if=virtio,format=raw,readonly=on",
-            p.seed().display()
+            opt_path(&p.seed())
         ),
     ]);
     let mut net = format!("user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22");
@@ -282,18 +289,18 @@ pub fn qemu_args(
             "-virtfs",
             &format!(
                 "local,path={},mount_tag=envup{i},security_model=none,id=fs{i}{ro}",
-                s.host.display()
+                opt_path(&s.host)
             ),
         ]);
     }
     push(&[
         "-chardev",
-        &format!("file,id=console,path={},append=on", p.console().display()),
+        &format!("file,id=console,path={},append=on", opt_path(&p.console())),
     ]);
     push(&["-serial", "chardev:console"]);
     push(&[
         "-qmp",
-        &format!("unix:{},server=on,wait=off", p.qmp().display()),
+        &format!("unix:{},server=on,wait=off", opt_path(&p.qmp())),
     ]);
     push(&["-pidfile", &p.pidfile().to_string_lossy()]);
     push(&["-daemonize"]);
@@ -308,7 +315,8 @@ pub fn qemu_args(
 /// machine's QMP socket.
 fn live_qemu(state: &MachineState) -> Option<i32> {
     let p = Paths::of(state).ok()?;
-    let marker = p.qmp().to_string_lossy().into_owned();
+    // As it stands in qemu's command line.
+    let marker = opt_path(&p.qmp());
     let recorded = state.id.clone().or_else(|| {
         let pid: i32 = std::fs::read_to_string(p.pidfile())
             .ok()?

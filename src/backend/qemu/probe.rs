@@ -42,6 +42,22 @@ pub fn probe() -> (bool, Vec<Check>) {
     (ready, checks)
 }
 
+/// How to get KVM, from why /dev/kvm would not open: a device that is
+/// there but refused is a matter of group membership, not firmware.
+fn kvm_fix(e: &std::io::Error) -> String {
+    use std::os::unix::fs::MetadataExt;
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        let group = std::fs::metadata("/dev/kvm")
+            .ok()
+            .and_then(|m| nix::unistd::Group::from_gid(m.gid().into()).ok().flatten())
+            .map_or_else(|| "kvm".to_owned(), |g| g.name);
+        return format!(
+            "join the `{group}` group that owns /dev/kvm (`sudo usermod -aG {group} $USER`, then log in again)"
+        );
+    }
+    "enable virtualisation in the firmware or the host VM, and load kvm_intel or kvm_amd".into()
+}
+
 fn kvm_check() -> Check {
     use std::os::fd::AsRawFd;
     let file = match std::fs::OpenOptions::new()
@@ -54,7 +70,7 @@ fn kvm_check() -> Check {
             return Check::missing(
                 "kvm",
                 format!("/dev/kvm cannot be opened ({e}); guests will run under TCG"),
-                "enable virtualisation in the firmware or the host VM, and load kvm_intel or kvm_amd",
+                kvm_fix(&e),
             );
         }
     };
@@ -86,5 +102,19 @@ fn kvm_check() -> Check {
             format!("/dev/kvm does not answer ({e})"),
             "load kvm_intel or kvm_amd",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_hint_names_the_group_when_access_is_denied() {
+        let denied = kvm_fix(&std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(denied.starts_with("join the `"), "{denied}");
+        assert!(denied.contains("usermod -aG"), "{denied}");
+        let missing = kvm_fix(&std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(missing.contains("firmware"), "{missing}");
     }
 }
