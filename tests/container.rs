@@ -65,12 +65,30 @@ fn engine_knows(engine: &str, what: &[&str]) -> String {
 }
 
 fn lifecycle(engine: &'static str, boxname: &'static str) -> Result<(), Failed> {
-    let p = Project::with_envfile(&format!(
-        "[machines.web]\nbox = \"{boxname}\"\nbackend = \"container\"\nmemory = \"512MiB\"\n\
-         container = {{ engine = \"{engine}\" }}\n\
-         provision = [{{ name = \"hi\", shell = \"echo provisioned > /root/p\" }}]\n"
-    ));
+    // In a directory whose name holds a space and quotes, with a share
+    // from inside it; for Docker and Podman also a comma and a colon
+    // (`--volume` split at the colon). LXC's overlay rootfs spec is split
+    // at colons and its mount options at commas: not yet.
+    let (dir, share) = if engine == "lxc" {
+        ("envup a b 'q' ", "da ta")
+    } else {
+        ("envup a,b:'q' ", "da,ta")
+    };
+    let p = Project::with_envfile_in(
+        dir,
+        &format!(
+            "[machines.web]\nbox = \"{boxname}\"\nbackend = \"container\"\nmemory = \"512MiB\"\n\
+             container = {{ engine = \"{engine}\" }}\n\
+             share = [{{ host = \"{share}\", guest = \"/srv/data\", read_only = true }}]\n\
+             provision = [{{ name = \"hi\", shell = \"echo provisioned > /root/p\" }}]\n"
+        ),
+    );
+    p.write(&format!("{share}/hello"), "shared\n");
     envup(&p, &["up"]).status(0);
+    check(
+        exec(&p, "web", "cat /srv/data/hello") == "shared\n",
+        "the share is not mounted",
+    )?;
     let names = containers(&p);
     check(names.len() == 1, format!("containers: {names:?}"))?;
     check(

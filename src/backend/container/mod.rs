@@ -158,14 +158,27 @@ pub fn create_args(
         ]);
     }
     for s in &m.shares {
-        let ro = if s.read_only { ":ro" } else { "" };
-        a.extend([
-            "--volume".into(),
-            format!("{}:{}{ro}", s.host.display(), s.guest),
-        ]);
+        a.extend(bind_mount(&s.host, &s.guest, s.read_only));
     }
     a.extend(host_args.iter().cloned());
     a
+}
+
+/// A bind mount as `--mount`, which Docker and Podman both read as CSV:
+/// each field quoted (a `"` doubled), so a path with a colon, a comma, a
+/// space or a quote stays one path. (`--volume host:guest` splits at the
+/// first colon.)
+fn bind_mount(host: &Path, guest: &str, read_only: bool) -> [String; 2] {
+    let field = |k: &str, v: &str| format!("\"{k}={}\"", v.replace('"', "\"\""));
+    let mut spec = format!(
+        "type=bind,{},{}",
+        field("source", &host.to_string_lossy()),
+        field("target", guest)
+    );
+    if read_only {
+        spec.push_str(",readonly");
+    }
+    ["--mount".into(), spec]
 }
 
 /// What the machine finds on first start, as read-only bind mounts from
@@ -191,10 +204,7 @@ fn key_mounts(dir: &Path, keys: &MachineKeys) -> Result<Vec<String>, BackendErro
         std::fs::write(&path, text).map_err(failed)?;
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(failed)?;
-        args.extend([
-            "--volume".to_owned(),
-            format!("{}:{guest}:ro", path.display()),
-        ]);
+        args.extend(bind_mount(&path, guest, true));
     }
     Ok(args)
 }
@@ -494,7 +504,7 @@ mod tests {
             "--pids-limit 1024",
             "--volume /sys/fs/cgroup:/sys/fs/cgroup:ro",
             "--publish 127.0.0.1:8080:80/tcp",
-            "--volume /src:/srv/src:ro",
+            "--mount type=bind,\"source=/src\",\"target=/srv/src\",readonly",
             "--ulimit nofile=1:1",
         ] {
             assert!(s.contains(want), "{want} missing from {s}");
@@ -507,16 +517,31 @@ mod tests {
     }
 
     #[test]
+    fn bind_mounts_keep_any_path_whole() {
+        let [flag, spec] = bind_mount(Path::new("/a b/my proj:x,y \"q\""), "/srv/a,b", false);
+        assert_eq!(flag, "--mount");
+        assert_eq!(
+            spec,
+            "type=bind,\"source=/a b/my proj:x,y \"\"q\"\"\",\"target=/srv/a,b\""
+        );
+    }
+
+    #[test]
     fn keys_are_mounted_read_only_with_private_modes() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let keys = MachineKeys::ensure(dir.path(), "web").unwrap();
         let a = key_mounts(dir.path(), &keys).unwrap().join(" ");
         assert!(
-            a.contains("container/authorized_keys:/root/.ssh/authorized_keys:ro"),
+            a.contains(
+                "container/authorized_keys\",\"target=/root/.ssh/authorized_keys\",readonly"
+            ),
             "{a}"
         );
-        assert!(a.contains(":/etc/ssh/ssh_host_ed25519_key:ro"), "{a}");
+        assert!(
+            a.contains("\"target=/etc/ssh/ssh_host_ed25519_key\",readonly"),
+            "{a}"
+        );
         let mode = std::fs::metadata(dir.path().join("container/ssh_host_ed25519_key"))
             .unwrap()
             .permissions()
