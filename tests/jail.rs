@@ -57,13 +57,33 @@ fn destroy_and_check(p: &Project) -> Result<(), Failed> {
 const TINY: &str = "[machines.web]\nbox = \"tiny\"\nbackend = \"jail\"\nmemory = \"256MiB\"\n";
 
 fn lifecycle() -> Result<(), Failed> {
-    let p = project(&format!(
-        "{TINY}provision = [{{ name = \"hi\", shell = \"echo provisioned > /root/p\" }}]\n"
-    ));
+    // In a directory whose name holds a space, a comma, a colon and quotes
+    // (overlayfs options end at a comma and split lower layers at colons),
+    // with a share from inside it.
+    let p = Project::with_envfile_in(
+        "envup a,b:'q' ",
+        &format!(
+            "{TINY}provision = [{{ name = \"hi\", shell = \"echo provisioned > /root/p\" }}]\n\
+             share = [{{ host = \"da,ta\", guest = \"/srv/data\", read_only = true }}]\n"
+        ),
+    );
+    p.write("da,ta/hello", "shared\n");
     envup(&p, &["up"]).status(0);
     check(
         exec(&p, "web", "cat /root/p") == "provisioned\n",
         "provisioner did not run",
+    )?;
+    check(
+        exec(&p, "web", "cat /srv/data/hello") == "shared\n",
+        "the share is not mounted",
+    )?;
+    check(
+        exec(
+            &p,
+            "web",
+            "touch /srv/data/x 2>/dev/null && echo rw || echo ro",
+        ) == "ro\n",
+        "the read-only share is writable",
     )?;
     check(exec(&p, "web", "hostname") == "web\n", "hostname")?;
     exec(&p, "web", "echo kept > /root/data");
@@ -141,6 +161,18 @@ fn debian_lifecycle() -> Result<(), Failed> {
     check(
         exec(&p, "web", "cat /root/p") == "provisioned\n",
         "provisioner did not run",
+    )?;
+    check(
+        exec(&p, "web", "cat /srv/data/hello") == "shared\n",
+        "the share is not mounted",
+    )?;
+    check(
+        exec(
+            &p,
+            "web",
+            "touch /srv/data/x 2>/dev/null && echo rw || echo ro",
+        ) == "ro\n",
+        "the read-only share is writable",
     )?;
     check(
         exec(&p, "web", "cat /proc/1/comm") == "systemd\n",

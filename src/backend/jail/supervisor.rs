@@ -137,6 +137,20 @@ fn drop_capabilities(network: JailNetwork) -> Result<(), String> {
     Ok(())
 }
 
+/// A path as a value in overlayfs's mount options: a backslash escapes a
+/// comma (which would end the option) and a colon (which separates lower
+/// layers), as overlayfs reads them.
+fn overlay_path(p: &Path) -> String {
+    let mut out = String::new();
+    for c in p.to_string_lossy().chars() {
+        if matches!(c, '\\' | ',' | ':') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn setup_root(cfg: &JailConfig) -> Result<(), String> {
     let m = &cfg.merged;
     let e = |what: &str| {
@@ -153,9 +167,9 @@ fn setup_root(cfg: &JailConfig) -> Result<(), String> {
     .map_err(e("making mounts private"))?;
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
-        cfg.lower.display(),
-        cfg.upper.display(),
-        cfg.work.display()
+        overlay_path(&cfg.lower),
+        overlay_path(&cfg.upper),
+        overlay_path(&cfg.work)
     );
     mount(
         Some("overlay"),
@@ -185,9 +199,15 @@ fn setup_root(cfg: &JailConfig) -> Result<(), String> {
         )
         .map_err(e("binding a share"))?;
         if s.read_only {
+            // The descriptor is of the directory under the new mount;
+            // the remount needs the mount itself, found again by path
+            // (nothing runs in the jail yet to change it).
+            let mounted = root
+                .open_dir(Path::new(&s.guest))
+                .map_err(|err| format!("share {}: {err}", s.guest))?;
             mount(
                 None::<&str>,
-                &target,
+                &fd_path(&mounted),
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                 None::<&str>,
