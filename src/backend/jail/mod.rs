@@ -336,10 +336,19 @@ fn supervisor_exe() -> Result<PathBuf, BackendError> {
     )))
 }
 
-/// The supervisor recorded in the state, if it is still running and still
-/// ours.
+/// The jail's supervisor, if it is still running and still ours: the
+/// process the state records or, when the state lost it (a damaged file, a
+/// kill before it was recorded), the one in the supervisor's own pid file;
+/// either only with the same start time and this jail's directory on its
+/// command line.
 fn live_supervisor(state: &MachineState) -> Option<i32> {
-    super::live_process(state.id.as_deref(), SUPERVISOR)
+    let dir = jail_dir(&super::machine_dir(state).ok()?);
+    let recorded = state.id.clone().or_else(|| {
+        let text = std::fs::read_to_string(dir.join("supervisor.pid")).ok()?;
+        let (pid, start) = text.trim().split_once(' ')?;
+        Some(format!("{pid}:{start}"))
+    });
+    super::live_process(recorded.as_deref(), &dir.to_string_lossy())
 }
 
 impl Backend for JailBackend {
