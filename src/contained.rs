@@ -9,10 +9,8 @@
 //! magic link (`/proc/self/…`) is followed. Nothing here joins a string
 //! onto a host path.
 
-use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -23,7 +21,6 @@ use nix::sys::stat::Mode;
 #[derive(Debug)]
 pub struct Root {
     fd: OwnedFd,
-    path: PathBuf,
 }
 
 /// A path made relative, with `.` dropped. `..` stays: the kernel keeps it
@@ -74,15 +71,7 @@ impl Root {
                 format!("{}: {e}", path.display()),
             )
         })?;
-        Ok(Root {
-            fd,
-            path: path.to_owned(),
-        })
-    }
-
-    /// The host path the root was opened at (for messages).
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Root { fd })
     }
 
     /// Open `rel` inside the root.
@@ -232,9 +221,7 @@ impl Root {
 /// A path through which a syscall that takes a path (`mount`) reaches the
 /// file behind `fd` without resolving anything again.
 pub fn fd_path(fd: &impl AsRawFd) -> PathBuf {
-    PathBuf::from(OsStr::from_bytes(
-        format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes(),
-    ))
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 #[cfg(test)]

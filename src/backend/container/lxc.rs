@@ -162,12 +162,7 @@ fn refresh_config(m: &Machine, dir: &Path, name: &str) -> Result<(), BackendErro
         .find_map(|l| l.strip_prefix("lxc.rootfs.path = overlay:"))
         .and_then(|v| v.strip_suffix(&format!(":{}", upper.display())))
         .map(PathBuf::from)
-        .filter(|l| {
-            l.file_name() == Some("rootfs".as_ref())
-                && l.parent()
-                    .and_then(|d| d.file_name()?.to_str())
-                    .is_some_and(crate::ident::is_hex_digest)
-        })
+        .filter(|l| crate::backend::jail::is_store_rootfs(l))
         .ok_or_else(|| {
             BackendError::NotOurs(format!(
                 "{} does not name a box rootfs over this container's own layer: \

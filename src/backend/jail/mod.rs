@@ -149,6 +149,16 @@ fn unpack_rootfs(tar_path: &Path, dest: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether `p` has the shape of a box rootfs in a store (`<sha256>/rootfs`,
+/// as [`lower_dir`] makes it): the only lower layer a machine's files may
+/// name.
+pub(crate) fn is_store_rootfs(p: &Path) -> bool {
+    p.file_name() == Some("rootfs".as_ref())
+        && p.parent()
+            .and_then(|d| d.file_name()?.to_str())
+            .is_some_and(crate::ident::is_hex_digest)
+}
+
 /// The box's user that envup logs in as, from the box's own /etc/passwd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Login {
@@ -618,13 +628,7 @@ impl JailConfig {
             (&cfg.work, "work"),
             (&cfg.merged, "merged"),
         ];
-        let stored_rootfs = cfg.lower.file_name() == Some("rootfs".as_ref())
-            && cfg
-                .lower
-                .parent()
-                .and_then(|d| d.file_name()?.to_str())
-                .is_some_and(crate::ident::is_hex_digest);
-        if own.iter().any(|(path, name)| **path != dir.join(name)) || !stored_rootfs {
+        if own.iter().any(|(path, name)| **path != dir.join(name)) || !is_store_rootfs(&cfg.lower) {
             return Err(BackendError::NotOurs(format!(
                 "{} names directories that are not this jail's: it is damaged or was edited",
                 p.display()
