@@ -57,7 +57,7 @@ fn main() {
     let ep = state.ssh.clone().unwrap();
 
     let handshake = mean(30, || {
-        Ssh::connect(&ep, &keys, Duration::from_secs(5)).unwrap();
+        Ssh::connect(&ep, None, &keys, Duration::from_secs(5)).unwrap();
     });
 
     let envfile = |n: usize| {
@@ -72,7 +72,7 @@ fn main() {
     std::fs::write(root.path().join("Envfile"), envfile(1)).unwrap();
     let config = envup::envfile::load(&root.path().join("Envfile")).unwrap();
     let machine = &config.machines["web"];
-    let ssh = Ssh::connect(&ep, &keys, Duration::from_secs(5)).unwrap();
+    let ssh = Ssh::connect(&ep, None, &keys, Duration::from_secs(5)).unwrap();
     let quiet = Human::new(true, false);
     let mut runner = Runner {
         ssh: &ssh,

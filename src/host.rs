@@ -109,3 +109,9 @@ pub fn first_line(out: &Output) -> String {
         .trim()
         .to_owned()
 }
+
+/// Whether the host's cgroups are the first version's (a memory
+/// controller mounted on its own).
+pub fn cgroup_v1() -> bool {
+    Path::new("/sys/fs/cgroup/memory").is_dir()
+}

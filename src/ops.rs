@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use crate::backend::{self, Backend, BackendError};
+use crate::backend::{Backend, BackendError, BackendName, Registry};
 use crate::boxes::lock::{LockEntry, Lockfile};
 use crate::boxes::resolve::Resolver;
 use crate::boxes::{BoxError, Store};
@@ -43,6 +43,8 @@ pub struct Ops<'a> {
     pub project: &'a ProjectState,
     pub index: &'a Index,
     pub reporter: &'a dyn Reporter,
+    /// The backends machines run on.
+    pub backends: &'a Registry,
     pub store: &'a Store,
     /// Envfile.lock as it was when the command started.
     pub lock: &'a Lockfile,
@@ -72,7 +74,7 @@ impl Ops<'_> {
         let mut recorded = self.project.load(name)?;
         if let Some(s) = recorded.as_mut()
             && s.status == Status::Running
-            && backend::observed_status(s) == Status::Stopped
+            && self.backends.observed_status(s) == Status::Stopped
         {
             self.reporter.line(
                 name,
@@ -101,10 +103,36 @@ impl Ops<'_> {
         if plan.is_noop() {
             return Ok("already up; nothing to do".into());
         }
-        let backend = backend::get(m.backend)?;
+        // A machine made already stays with the backend that made it; a
+        // new one goes to the backend its Envfile names (or the one that
+        // backend hands it to).
+        let made = recorded
+            .as_ref()
+            .filter(|s| s.status != Status::NotCreated && !s.status.is_interrupted());
+        let backend = match made {
+            Some(s) => self.backends.for_state(s)?,
+            None => {
+                let (b, note) = self.backends.for_machine(m)?;
+                if let Some(note) = note {
+                    self.reporter
+                        .line(name, crate::ui::Stream::Stderr, &format!("note: {note}"));
+                }
+                b
+            }
+        };
         backend.check(m)?;
-        let mut state = recorded.unwrap_or_else(|| MachineState::new(name, m.backend));
-        state.dir = Some(self.project.machine_dir(name));
+        let new_state = || {
+            let mut s = MachineState::new(name, BackendName::new(backend.name()).expect("a name"));
+            s.dir = Some(self.project.machine_dir(name));
+            s
+        };
+        let mut state = match recorded {
+            Some(mut s) => {
+                s.dir = Some(self.project.machine_dir(name));
+                s
+            }
+            None => new_state(),
+        };
         let mut done = Vec::new();
         let mut provision = Vec::new();
         for step in &plan.steps {
@@ -112,9 +140,9 @@ impl Ops<'_> {
                 Action::CleanUp => {
                     self.reporter
                         .step(name, "cleaning up an interrupted machine");
-                    self.destroy_with(&*backend, &mut state)?;
-                    state = MachineState::new(name, m.backend);
-                    state.dir = Some(self.project.machine_dir(name));
+                    let interrupted = self.backends.for_state(&state)?;
+                    self.destroy_with(interrupted, &mut state)?;
+                    state = new_state();
                 }
                 Action::Create => {
                     self.reporter.step(name, "getting the box");
@@ -122,9 +150,10 @@ impl Ops<'_> {
                         store: self.store,
                         root: &self.config.root,
                         reporter: self.reporter,
+                        backends: self.backends,
                     };
                     let locked = self.lock.valid_entry(name, &m.box_, m.box_version.as_ref());
-                    let (stored, entry) = resolver.resolve(m, locked)?;
+                    let (stored, entry) = resolver.resolve(m, backend, locked)?;
                     state.box_ref = Some(crate::state::machine::BoxRef {
                         name: stored.meta.name.clone(),
                         version: stored.meta.version.clone(),
@@ -146,7 +175,7 @@ impl Ops<'_> {
                         });
                     if let Err(e) = created {
                         if !keep_on_error {
-                            let _ = self.destroy_with(&*backend, &mut state);
+                            let _ = self.destroy_with(backend, &mut state);
                         }
                         return Err(e.into());
                     }
@@ -193,7 +222,7 @@ impl Ops<'_> {
         if !state.status.can_stop() {
             return Ok(format!("{}; nothing to stop", state.status));
         }
-        let backend = backend::get(state.backend)?;
+        let backend = self.backends.for_state(&state)?;
         self.reporter.step(
             name,
             if force {
@@ -218,7 +247,7 @@ impl Ops<'_> {
                     "{} is damaged ({e}); cleaning up what the machine's own files identify",
                     path.display()
                 ));
-                let mut s = MachineState::new(name, self.machine(name).backend);
+                let mut s = MachineState::new(name, self.machine(name).backend.clone());
                 s.status = Status::Running;
                 s.dir = Some(self.project.machine_dir(name));
                 Some(s)
@@ -233,9 +262,9 @@ impl Ops<'_> {
             self.index.forget(&self.config.root, name)?;
             return Ok("not created".into());
         }
-        let backend = backend::get(state.backend)?;
+        let backend = self.backends.for_state(&state)?;
         self.reporter.step(name, "destroying");
-        self.destroy_with(&*backend, &mut state)?;
+        self.destroy_with(backend, &mut state)?;
         Ok("destroyed".into())
     }
 
@@ -290,6 +319,7 @@ impl Ops<'_> {
         self.reporter.step(&m.name, "waiting for SSH");
         Ok(Ssh::wait(
             &ep,
+            self.backends.dial(state).as_ref(),
             &keys,
             m.boot_timeout,
             console.exists().then_some(console.as_path()),

@@ -67,9 +67,7 @@ pub fn settings(m: &Machine) -> Value {
         "hostname": m.hostname,
         "forwards": m.forwards,
         "shares": m.shares,
-        "qemu": m.qemu,
-        "container": m.container,
-        "jail": m.jail,
+        "options": m.options,
     })
 }
 
@@ -180,10 +178,17 @@ pub fn plan_up(m: &Machine, state: Option<&MachineState>, choice: &ProvisionChoi
         Status::Running => {}
     }
     if let Some(s) = state.filter(|_| matches!(status, Status::Stopped | Status::Running)) {
-        if s.backend != m.backend {
+        // The backend the Envfile named when the machine was made (the one
+        // that runs it may be another it was handed to).
+        let named = s
+            .settings
+            .get("backend")
+            .and_then(|b| b.as_str())
+            .unwrap_or(s.backend.as_str());
+        if named != m.backend.as_str() {
             notes.push(format!(
-                "the Envfile now says backend `{}` but the machine was created with `{}`; `envup destroy {}` then `envup up {}` moves it",
-                m.backend, s.backend, m.name, m.name
+                "the Envfile now says backend `{}` but the machine was created with `{named}`; `envup destroy {}` then `envup up {}` moves it",
+                m.backend, m.name, m.name
             ));
         } else if status == Status::Running {
             let changed = changed_settings(&s.settings, &settings(m));
@@ -210,7 +215,6 @@ pub fn plan_up(m: &Machine, state: Option<&MachineState>, choice: &ProvisionChoi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envfile::BackendKind;
     use crate::state::Event;
 
     fn machine(src: &str) -> Machine {
@@ -222,7 +226,7 @@ mod tests {
     const WEB: &str = "[machines.web]\nbox = \"b\"\nprovision = [{ shell = \"echo 1\", name = \"a\" }, { shell = \"echo 2\", run = \"always\", name = \"b\" }, { shell = \"x\", run = \"never\", name = \"c\" }]\n";
 
     fn running(m: &Machine) -> MachineState {
-        let mut s = MachineState::new(&m.name, BackendKind::Jail);
+        let mut s = MachineState::new(&m.name, crate::backend::BackendName::new("fake").unwrap());
         s.apply(Event::BeginCreate).unwrap();
         s.apply(Event::Created).unwrap();
         s.apply(Event::Started).unwrap();
@@ -293,7 +297,7 @@ mod tests {
     #[test]
     fn interrupted_create_is_cleaned_up() {
         let m = machine(WEB);
-        let mut s = MachineState::new("web", BackendKind::Jail);
+        let mut s = MachineState::new("web", crate::backend::BackendName::new("fake").unwrap());
         s.apply(Event::BeginCreate).unwrap();
         let p = plan_up(&m, Some(&s), &ProvisionChoice::default());
         assert_eq!(p.steps[0].action, Action::CleanUp);

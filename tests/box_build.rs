@@ -66,7 +66,7 @@ fn tiny_builds_and_repeats() -> Result<(), Failed> {
     let j = p.cmd(&["--json", "box", "list"]).out().status(0).json();
     check(
         j[0]["name"] == "tiny"
-            && j[0]["backends"] == serde_json::json!(["qemu", "jail", "container"]),
+            && j[0]["backends"] == serde_json::json!(["qemu", "jail", "container", "lxc"]),
         j.to_string(),
     )?;
     let dir = tempfile::tempdir().unwrap();
@@ -162,13 +162,12 @@ fn tiny_answers_envups_ssh() -> Result<(), Failed> {
         .spawn()
         .unwrap();
     let ep = envup::state::machine::SshEndpoint {
-        netns: None,
         host: "127.0.0.1".into(),
         port,
         user: "root".into(),
     };
     let result = (|| {
-        let ssh = envup::ssh::Ssh::wait(&ep, &keys, Duration::from_secs(15), None)
+        let ssh = envup::ssh::Ssh::wait(&ep, None, &keys, Duration::from_secs(15), None)
             .map_err(|e| Failed::from(e.to_string()))?;
         let out = ssh
             .run("hostname", "cat /etc/hostname", None)

@@ -54,7 +54,10 @@ fn add_list_verify_remove_a_local_box() {
     let j = p.cmd(&["--json", "box", "list"]).out().status(0).json();
     assert_eq!(j[0]["name"], "acme/tiny");
     assert_eq!(j[0]["sha256"], digest.as_str());
-    assert_eq!(j[0]["backends"], serde_json::json!(["jail", "container"]));
+    assert_eq!(
+        j[0]["backends"],
+        serde_json::json!(["jail", "container", "lxc"])
+    );
     p.cmd(&["box", "list"])
         .out()
         .status(0)
@@ -744,7 +747,8 @@ fn a_box_in_use_is_kept_unless_forced() {
     // the box, the host index names the machine.
     let root = p.path().join("proj");
     let project = envup::state::ProjectState::new(root.join(".envup"));
-    let mut st = envup::state::MachineState::new("web", envup::envfile::BackendKind::Jail);
+    let mut st =
+        envup::state::MachineState::new("web", envup::envfile::BackendName::new("jail").unwrap());
     st.apply(envup::state::Event::BeginCreate).unwrap();
     st.apply(envup::state::Event::Created).unwrap();
     st.box_ref = Some(envup::state::machine::BoxRef {

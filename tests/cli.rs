@@ -412,12 +412,12 @@ fn global_status_reads_and_prunes_the_index() {
 fn doctor_reports_every_backend() {
     let p = Project::new();
     let out = p.cmd(&["doctor"]).out();
-    for b in ["qemu", "jail", "container"] {
+    for b in ["qemu", "jail", "container", "lxc"] {
         assert!(out.stdout().contains(&format!("{b}:")), "{}", out.stdout());
     }
     // Exit 0 exactly when some backend can run machines here.
     let j = p.cmd(&["--json", "doctor"]).out().json();
-    assert_eq!(j.as_array().unwrap().len(), 3);
+    assert_eq!(j.as_array().unwrap().len(), 4);
     let usable = j
         .as_array()
         .unwrap()

@@ -42,17 +42,20 @@ fn exec(p: &Project, machine: &str, script: &str) -> String {
     common::exec_in(home().path(), p, machine, script)
 }
 
-/// The engine's names of the project's containers.
+/// The engine's names of the project's containers: Docker's and Podman's
+/// from the machine's `container.json`, LXC's from the container
+/// directories under its `lxc/` (those with a `config`).
 fn containers(p: &Project) -> Vec<String> {
     let dir = p.path().join(".envup/machines");
+    let names = |machine: std::path::PathBuf| -> Vec<String> {
+        if let Ok(b) = std::fs::read(machine.join("container.json")) {
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+            return v["name"].as_str().map(str::to_owned).into_iter().collect();
+        }
+        common::lxc_names(&machine)
+    };
     std::fs::read_dir(&dir)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read(e.path().join("container.json")).ok())
-                .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .filter_map(|v| v["name"].as_str().map(str::to_owned))
-                .collect()
-        })
+        .map(|d| d.flatten().flat_map(|e| names(e.path())).collect())
         .unwrap_or_default()
 }
 
@@ -65,20 +68,21 @@ fn engine_knows(engine: &str, what: &[&str]) -> String {
 }
 
 fn lifecycle(engine: &'static str, boxname: &'static str) -> Result<(), Failed> {
-    // In a directory whose name holds a space and quotes, with a share
-    // from inside it; for Docker and Podman also a comma and a colon
-    // (`--volume` split at the colon). LXC's overlay rootfs spec is split
-    // at colons and its mount options at commas: not yet.
-    let (dir, share) = if engine == "lxc" {
-        ("envup a b 'q' ", "da ta")
+    // In a directory whose name holds a space, a comma, a colon and
+    // quotes, with a share from inside it (`--volume` splits at the colon;
+    // LXC's overlay spec at colons, its mount options at commas).
+    let (dir, share) = ("envup a,b:'q' ", "da,ta");
+    // LXC is a backend of its own; `container` with `engine = "lxc"` is
+    // handed over to it (tiny goes that way, debian the direct one).
+    let backend = if engine == "lxc" && boxname != "tiny" {
+        "backend = \"lxc\"".to_owned()
     } else {
-        ("envup a,b:'q' ", "da,ta")
+        format!("backend = \"container\"\ncontainer = {{ engine = \"{engine}\" }}")
     };
     let p = Project::with_envfile_in(
         dir,
         &format!(
-            "[machines.web]\nbox = \"{boxname}\"\nbackend = \"container\"\nmemory = \"512MiB\"\n\
-             container = {{ engine = \"{engine}\" }}\n\
+            "[machines.web]\nbox = \"{boxname}\"\n{backend}\nmemory = \"512MiB\"\n\
              share = [{{ host = \"{share}\", guest = \"/srv/data\", read_only = true }}]\n\
              provision = [{{ name = \"hi\", shell = \"echo provisioned > /root/p\" }}]\n"
         ),

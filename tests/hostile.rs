@@ -574,8 +574,11 @@ fn state_points_elsewhere() -> Result<(), Failed> {
     );
     let project = envup::state::ProjectState::new(p.path().join(".envup"));
     for (name, kind) in [
-        ("web", envup::envfile::BackendKind::Container),
-        ("jl", envup::envfile::BackendKind::Jail),
+        (
+            "web",
+            envup::envfile::BackendName::new("container").unwrap(),
+        ),
+        ("jl", envup::envfile::BackendName::new("jail").unwrap()),
     ] {
         let mut st = envup::state::MachineState::new(name, kind);
         st.apply(envup::state::Event::BeginCreate).unwrap();
@@ -843,8 +846,20 @@ fn lxc_shares_and_config() -> Result<(), Failed> {
     std::fs::write(&config, text).unwrap();
     in_jail_home(&p, &["up"]).status(0);
     let mnt = common::exec_in(tiny_home().path(), &p, "web", "ls /mnt; true");
+    // The `lower` link (the box's rootfs under the machine's own layer)
+    // edited to name a host directory: refused, by name.
+    in_jail_home(&p, &["halt"]).status(0);
+    let lower = dir.join("lower");
+    std::fs::remove_file(&lower).unwrap();
+    std::os::unix::fs::symlink(v.path(), &lower).unwrap();
+    let edited = refused(
+        &in_jail_home(&p, &["up"]),
+        1,
+        &["lxc/lower", "damaged or was edited"],
+    );
     destroy_leaves_nothing(&p)?;
     shared?;
+    edited?;
     check(
         !planted.exists(),
         "a hook from the edited config ran on the host",

@@ -1,26 +1,100 @@
-//! Backends: what runs a machine. One object-safe trait; the command line
-//! picks the implementation from the Envfile's `backend` at run time.
+//! Backends: what runs a machine. One object-safe trait, and a registry of
+//! the backends this envup has; the rest of envup reaches a backend only
+//! through the registry, by the name the Envfile gives.
 //!
-//! Each backend module also knows how to probe the host for what it needs
-//! (`envup doctor`).
+//! A backend declares what it is (its name, the box artifacts it runs, the
+//! Vagrant providers whose boxes it takes, what it needs from the host),
+//! owns its Envfile table (`[machines.NAME.<backend>]`), and says how the
+//! SSH client reaches its machines. Adding one is a folder here and a line
+//! in [`Registry::builtin`] (docs/architecture.md has the checklist).
 
 pub mod container;
+#[doc(hidden)]
+pub mod fake;
 pub mod jail;
+pub mod lxc;
 pub mod qemu;
+pub mod rootfs;
 
-use serde::Serialize;
+use std::fmt;
+use std::sync::LazyLock;
+
+use serde::{Deserialize, Serialize};
 
 use crate::boxes::StoredBox;
-use crate::envfile::{BackendKind, Machine};
+use crate::envfile::Machine;
 use crate::ssh::MachineKeys;
 use crate::state::{MachineState, Status};
 
+/// A backend's name as the Envfile, the state files and the host index
+/// write it: a short lowercase word. A name read back from a state file
+/// may be one this envup does not have (the registry says so when asked).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BackendName(String);
+
+impl BackendName {
+    pub fn new(name: &str) -> Result<Self, String> {
+        let ok = !name.is_empty()
+            && name.len() <= 32
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(format!(
+                "`{}` is not a backend name (lowercase letters, digits and `-`, at most 32)",
+                crate::ident::printable(name)
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for BackendName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::new(&s)
+    }
+}
+
+impl From<BackendName> for String {
+    fn from(n: BackendName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for BackendName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for BackendName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for BackendName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    #[error("unknown backend `{name}`; this envup has {known}")]
+    Unknown { name: String, known: String },
     #[error("the {0} backend is not available in this build of envup yet")]
-    NotBuilt(BackendKind),
+    NotBuilt(&'static str),
     #[error("the {0} backend cannot take snapshots")]
-    NoSnapshots(BackendKind),
+    NoSnapshots(&'static str),
     /// A machine's own files name something envup did not create for it
     /// (they are damaged or were edited); envup leaves that thing alone.
     #[error("{0}")]
@@ -29,10 +103,77 @@ pub enum BackendError {
     Failed(String),
 }
 
+/// How envup's SSH client reaches a machine's SSH server when the address
+/// in its state is not the way (a jail's server, reached from inside the
+/// jail's network namespace): given a timeout, a connected stream.
+pub type Dial =
+    Box<dyn Fn(std::time::Duration) -> std::io::Result<std::net::TcpStream> + Send + Sync>;
+
+/// A Vagrant provider whose boxes a backend runs, and how its boxes are
+/// laid out: the envup artifact its image becomes (`disk`, `rootfs`) and
+/// the user its boxes log in as.
+#[derive(Debug, Clone, Copy)]
+pub struct VagrantProvider {
+    pub name: &'static str,
+    pub artifact: &'static str,
+    pub user: &'static str,
+}
+
+/// A machine the Envfile gives one backend that another runs (the
+/// container backend's `engine = "lxc"` is the lxc backend's), and what to
+/// tell the user about it.
+pub struct HandOver {
+    pub to: &'static str,
+    pub note: Option<String>,
+}
+
 /// A machine backend. Optional capabilities (snapshots) get default
 /// methods that say the backend does not support them.
 pub trait Backend: Send + Sync {
-    fn kind(&self) -> BackendKind;
+    /// The name the Envfile's `backend` and the backend's own table use.
+    fn name(&self) -> &'static str;
+    /// The box artifacts it runs (`rootfs`, `disk`), by preference.
+    fn artifacts(&self) -> &'static [&'static str];
+    /// The Vagrant providers whose boxes it runs.
+    fn vagrant_providers(&self) -> &'static [VagrantProvider] {
+        &[]
+    }
+    /// Whether this build of envup can run it (on this operating system).
+    fn built(&self) -> bool {
+        true
+    }
+    /// What the host has of what the backend needs (`envup doctor`):
+    /// whether it is all there, and each check.
+    fn probe(&self) -> (bool, Vec<Check>);
+    /// Check the backend's own Envfile table, `[machines.NAME.<name>]` or
+    /// `[defaults.<name>]`: its keys, their types and values. The error
+    /// carries the position of the value at fault, and the Envfile loader
+    /// words it as it words every other problem. A backend without
+    /// settings takes no keys.
+    fn check_options(&self, table: toml::de::ValueDeserializer<'_>) -> Result<(), toml::de::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct NoOptions {}
+        NoOptions::deserialize(table).map(|_| ())
+    }
+    /// Another backend runs this machine, or None.
+    fn hand_over(&self, _m: &Machine) -> Result<Option<HandOver>, BackendError> {
+        Ok(None)
+    }
+    /// Another backend runs this recorded machine now (it was made by an
+    /// earlier envup, when that backend was part of this one), or None.
+    fn adopted_by(&self, _state: &MachineState) -> Option<&'static str> {
+        None
+    }
+    /// A box left the store: remove what the backend made of it (engine
+    /// images); returns what it removed, for the user.
+    fn box_removed(&self, _digest: &crate::ident::Digest) -> Vec<String> {
+        Vec::new()
+    }
+    /// How SSH reaches the machine, when not at the address in its state.
+    fn dial(&self, _state: &MachineState) -> Option<Dial> {
+        None
+    }
     /// Refuse, before anything is made, a machine this backend cannot run.
     fn check(&self, _m: &Machine) -> Result<(), BackendError> {
         Ok(())
@@ -73,18 +214,18 @@ pub trait Backend: Send + Sync {
 
     /// Save the machine as snapshot `name`.
     fn snapshot_save(&self, _state: &MachineState, _name: &str) -> Result<(), BackendError> {
-        Err(BackendError::NoSnapshots(self.kind()))
+        Err(BackendError::NoSnapshots(self.name()))
     }
     /// Bring the machine back to snapshot `name`.
     fn snapshot_restore(&self, _state: &mut MachineState, _name: &str) -> Result<(), BackendError> {
-        Err(BackendError::NoSnapshots(self.kind()))
+        Err(BackendError::NoSnapshots(self.name()))
     }
     /// The machine's snapshots, by name.
     fn snapshot_list(&self, _state: &MachineState) -> Result<Vec<String>, BackendError> {
-        Err(BackendError::NoSnapshots(self.kind()))
+        Err(BackendError::NoSnapshots(self.name()))
     }
     fn snapshot_delete(&self, _state: &MachineState, _name: &str) -> Result<(), BackendError> {
-        Err(BackendError::NoSnapshots(self.kind()))
+        Err(BackendError::NoSnapshots(self.name()))
     }
 }
 
@@ -184,29 +325,6 @@ fn getrandom_port(buf: &mut [u8]) -> Result<(), rand_core::Error> {
     rand_core::OsRng.try_fill_bytes(buf)
 }
 
-/// The backend for `kind`, or why there is none.
-pub fn get(kind: BackendKind) -> Result<Box<dyn Backend>, BackendError> {
-    match kind {
-        BackendKind::Jail if cfg!(target_os = "linux") => Ok(Box::new(jail::JailBackend)),
-        BackendKind::Container => Ok(Box::new(container::ContainerBackend)),
-        BackendKind::Qemu => Ok(Box::new(qemu::QemuBackend)),
-        other => Err(BackendError::NotBuilt(other)),
-    }
-}
-
-/// The machine's status as its backend sees it now, when this envup has
-/// the backend; otherwise (and for an interrupted create or destroy) the
-/// recorded one.
-pub fn observed_status(state: &MachineState) -> Status {
-    if state.status.is_interrupted() {
-        return state.status;
-    }
-    get(state.backend)
-        .ok()
-        .and_then(|b| b.status(state).ok())
-        .unwrap_or(state.status)
-}
-
 /// One thing a backend needs from the host, and whether it is there.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
@@ -241,7 +359,7 @@ impl Check {
 /// What `doctor` found for one backend.
 #[derive(Debug, Clone, Serialize)]
 pub struct Support {
-    pub backend: BackendKind,
+    pub backend: &'static str,
     /// The host has what the backend needs.
     pub host_ready: bool,
     /// This envup has the backend.
@@ -255,27 +373,165 @@ impl Support {
     }
 }
 
-/// Probe the host for every backend, in parallel.
-pub fn probe_all() -> Vec<Support> {
-    std::thread::scope(|s| {
-        let handles = BackendKind::ALL.map(|k| {
-            s.spawn(move || {
-                let (host_ready, checks) = match k {
-                    BackendKind::Qemu => qemu::probe(),
-                    BackendKind::Jail => jail::probe(),
-                    BackendKind::Container => container::probe(),
-                };
-                Support {
-                    backend: k,
-                    host_ready,
-                    built: get(k).is_ok(),
-                    checks,
-                }
-            })
-        });
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("probe thread"))
-            .collect()
-    })
+/// The backends an envup has, in the order lists show them, and the one a
+/// machine gets when its Envfile names none.
+pub struct Registry {
+    backends: Vec<Box<dyn Backend>>,
+    default: usize,
+}
+
+static BUILTIN: LazyLock<Registry> = LazyLock::new(|| {
+    Registry::new(vec![
+        Box::new(qemu::QemuBackend),
+        Box::new(jail::JailBackend),
+        Box::new(container::ContainerBackend),
+        Box::new(lxc::LxcBackend),
+    ])
+    .with_default("jail")
+});
+
+impl Registry {
+    pub fn new(backends: Vec<Box<dyn Backend>>) -> Self {
+        assert!(
+            !backends.is_empty(),
+            "a registry holds at least one backend"
+        );
+        Self {
+            backends,
+            default: 0,
+        }
+    }
+
+    /// The backend named `name` is the default (the first, unless said).
+    pub fn with_default(mut self, name: &str) -> Self {
+        self.default = self
+            .backends
+            .iter()
+            .position(|b| b.name() == name)
+            .expect("the default backend is in the registry");
+        self
+    }
+
+    /// The backends built into envup.
+    pub fn builtin() -> &'static Registry {
+        &BUILTIN
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &dyn Backend> {
+        self.backends.iter().map(|b| &**b)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.all().map(|b| b.name()).collect()
+    }
+
+    /// The backend a machine gets when the Envfile names none.
+    pub fn default_name(&self) -> &'static str {
+        self.backends[self.default].name()
+    }
+
+    /// The backend named `name`, built or not.
+    pub fn find(&self, name: &str) -> Option<&dyn Backend> {
+        self.all().find(|b| b.name() == name)
+    }
+
+    /// The backend named `name`, or why this envup cannot run it.
+    pub fn get(&self, name: &BackendName) -> Result<&dyn Backend, BackendError> {
+        match self.find(name.as_str()) {
+            Some(b) if b.built() => Ok(b),
+            Some(b) => Err(BackendError::NotBuilt(b.name())),
+            None => Err(BackendError::Unknown {
+                name: name.to_string(),
+                known: self.names().join(", "),
+            }),
+        }
+    }
+
+    /// The backend that runs machine `m` (the one its Envfile names, or
+    /// the one that one hands it to), and a note for the user.
+    pub fn for_machine(&self, m: &Machine) -> Result<(&dyn Backend, Option<String>), BackendError> {
+        let named = self.get(&m.backend)?;
+        match named.hand_over(m)? {
+            Some(h) => {
+                let to = BackendName::new(h.to).expect("backend names are names");
+                Ok((self.get(&to)?, h.note))
+            }
+            None => Ok((named, None)),
+        }
+    }
+
+    /// The backend that runs the recorded machine of `state`.
+    pub fn for_state(&self, state: &MachineState) -> Result<&dyn Backend, BackendError> {
+        let recorded = self.get(&state.backend)?;
+        match recorded.adopted_by(state) {
+            Some(to) => self.get(&BackendName::new(to).expect("backend names are names")),
+            None => Ok(recorded),
+        }
+    }
+
+    /// The machine's status as its backend sees it now, when this envup
+    /// has the backend; otherwise (and for an interrupted create or
+    /// destroy) the recorded one.
+    pub fn observed_status(&self, state: &MachineState) -> Status {
+        if state.status.is_interrupted() {
+            return state.status;
+        }
+        self.for_state(state)
+            .ok()
+            .and_then(|b| b.status(state).ok())
+            .unwrap_or(state.status)
+    }
+
+    /// Probe the host for every backend, in parallel.
+    pub fn probe_all(&self) -> Vec<Support> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .all()
+                .map(|b| {
+                    s.spawn(move || {
+                        let (host_ready, checks) = b.probe();
+                        Support {
+                            backend: b.name(),
+                            host_ready,
+                            built: b.built(),
+                            checks,
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("probe thread"))
+                .collect()
+        })
+    }
+
+    /// How SSH reaches the machine of `state`: its backend's way, or (with
+    /// none, or a backend this envup lacks) the address in the state.
+    pub fn dial(&self, state: &MachineState) -> Option<Dial> {
+        self.for_state(state).ok()?.dial(state)
+    }
+
+    /// Tell every backend that a box left the store; what they removed.
+    pub fn box_removed(&self, digest: &crate::ident::Digest) -> Vec<String> {
+        self.all().flat_map(|b| b.box_removed(digest)).collect()
+    }
+
+    /// The backend that takes boxes of Vagrant provider `provider`, and how
+    /// they are laid out.
+    pub fn vagrant_provider(&self, provider: &str) -> Option<VagrantProvider> {
+        self.all()
+            .flat_map(|b| b.vagrant_providers())
+            .find(|p| p.name == provider)
+            .copied()
+    }
+}
+
+/// A backend's typed settings, read from the machine's own table of it
+/// (checked by [`Backend::check_options`] when the Envfile was loaded).
+pub fn options<T: serde::de::DeserializeOwned>(m: &Machine) -> Result<T, BackendError> {
+    m.options
+        .clone()
+        .try_into()
+        .map_err(|e| failed(format!("machine `{}`: {e}", m.name)))
 }

@@ -822,7 +822,7 @@ mod tests {
     fn builtin_recipes_parse() {
         for (name, _) in BUILTIN {
             let r = find_recipe(name).unwrap();
-            assert!(r.vm.is_some(), "{name} serves qemu");
+            assert!(r.vm.is_some(), "{name} makes a disk image");
         }
         assert!(matches!(
             find_recipe("nope"),

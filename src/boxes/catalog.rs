@@ -17,7 +17,7 @@
 use serde::Deserialize;
 
 use super::store::lenient_version;
-use crate::envfile::BackendKind;
+use crate::backend::Backend;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -29,7 +29,7 @@ pub enum CatalogError {
     NoMatch {
         name: String,
         req: Option<String>,
-        backend: BackendKind,
+        backend: &'static str,
         arch: String,
         versions: Vec<String>,
     },
@@ -92,13 +92,14 @@ fn same_arch(a: &str, b: &str) -> bool {
     norm(a) == norm(b)
 }
 
-fn provider_serves(provider: &str, backend: BackendKind) -> bool {
-    match provider {
-        "envup" => true,
-        "libvirt" => backend == BackendKind::Qemu,
-        "lxc" => matches!(backend, BackendKind::Jail | BackendKind::Container),
-        _ => false,
-    }
+/// An `envup` provider serves every backend (its box says which artifacts
+/// it holds); a Vagrant provider, the backends that take its boxes.
+fn provider_serves(provider: &str, backend: &dyn Backend) -> bool {
+    provider == "envup"
+        || backend
+            .vagrant_providers()
+            .iter()
+            .any(|p| p.name == provider)
 }
 
 impl Catalog {
@@ -151,7 +152,7 @@ impl Catalog {
     pub fn choose(
         &self,
         req: Option<&semver::VersionReq>,
-        backend: BackendKind,
+        backend: &dyn Backend,
         arch: &str,
     ) -> Result<Choice, CatalogError> {
         let mut versions: Vec<(&CatalogVersion, semver::Version)> = self
@@ -210,7 +211,7 @@ impl Catalog {
         Err(CatalogError::NoMatch {
             name: self.name.clone(),
             req: req.map(ToString::to_string),
-            backend,
+            backend: backend.name(),
             arch: arch.into(),
             versions: self.versions.iter().map(|v| v.version.clone()).collect(),
         })
@@ -269,6 +270,7 @@ pub fn load(location: &str) -> Result<Catalog, CatalogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::fake::Fake;
 
     const VAGRANT: &str = r#"{
       "name": "acme/base", "description": "Vagrant-shaped",
@@ -286,21 +288,20 @@ mod tests {
     #[test]
     fn chooses_newest_fitting_version_and_provider() {
         let c = Catalog::parse(VAGRANT, "t").unwrap();
-        let q = c.choose(None, BackendKind::Qemu, "x86_64").unwrap();
+        let (vm, ct) = (Fake::vm(), Fake::ct());
+        let q = c.choose(None, &vm, "x86_64").unwrap();
         assert_eq!(
             (q.version.as_str(), q.provider.as_str()),
             ("1.2.0", "libvirt")
         );
         assert_eq!(q.sha256.as_deref(), Some("aa11".repeat(16).as_str()));
-        let j = c.choose(None, BackendKind::Jail, "x86_64").unwrap();
+        let j = c.choose(None, &ct, "x86_64").unwrap();
         assert_eq!((j.version.as_str(), j.provider.as_str()), ("1.10.0", "lxc"));
         assert_eq!(j.urls, ["http://x/lxc.box", "http://mirror/lxc.box"]);
-        let arm = c.choose(None, BackendKind::Jail, "aarch64").unwrap();
+        let arm = c.choose(None, &ct, "aarch64").unwrap();
         assert_eq!(arm.provider, "envup");
         let req = semver::VersionReq::parse("<1.5").unwrap();
-        let e = c
-            .choose(Some(&req), BackendKind::Container, "x86_64")
-            .unwrap_err();
+        let e = c.choose(Some(&req), &ct, "x86_64").unwrap_err();
         assert!(e.to_string().contains("matching `<1.5`"), "{e}");
     }
 

@@ -5,7 +5,7 @@ use std::path::{Component, Path};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use crate::envfile::BackendKind;
+use crate::backend::{Backend, Registry};
 
 /// The artifacts a box may carry, and the backends each serves.
 pub const ARTIFACTS: [&str; 4] = ["rootfs", "disk", "kernel", "initrd"];
@@ -70,7 +70,7 @@ pub enum ManifestError {
     #[error("box.toml: artifact `{0}` has a sha256 that is not 64 hex digits")]
     BadDigest(String),
     #[error(
-        "box.toml: the box carries no artifact: it needs `rootfs` (jail, container) or `disk` (qemu)"
+        "box.toml: the box carries no artifact: it needs `rootfs` (a root file tree) or `disk` (a disk image)"
     )]
     Empty,
     #[error("box.toml: `{0}` needs `disk` too")]
@@ -172,20 +172,20 @@ impl Manifest {
     }
 
     /// The backends this box can serve.
-    pub fn backends(&self) -> Vec<BackendKind> {
-        let mut out = Vec::new();
-        if self.artifacts.contains_key("disk") {
-            out.push(BackendKind::Qemu);
-        }
-        if self.artifacts.contains_key("rootfs") {
-            out.push(BackendKind::Jail);
-            out.push(BackendKind::Container);
-        }
-        out
+    pub fn backends(&self, registry: &Registry) -> Vec<&'static str> {
+        registry
+            .all()
+            .filter(|b| self.serves(*b))
+            .map(|b| b.name())
+            .collect()
     }
 
-    pub fn serves(&self, backend: BackendKind) -> bool {
-        self.backends().contains(&backend)
+    /// Whether the box holds an artifact `backend` runs.
+    pub fn serves(&self, backend: &dyn Backend) -> bool {
+        backend
+            .artifacts()
+            .iter()
+            .any(|a| self.artifacts.contains_key(*a))
     }
 
     /// Total bytes of all artifacts.
@@ -210,7 +210,11 @@ mod tests {
             "[artifacts.rootfs]\npath = \"rootfs.tar\"\nsha256 = \"{D}\"\nsize = 10\n"
         ))
         .unwrap();
-        assert_eq!(m.backends(), [BackendKind::Jail, BackendKind::Container]);
+        let registry = Registry::new(vec![
+            Box::new(crate::backend::fake::Fake::vm()),
+            Box::new(crate::backend::fake::Fake::ct()),
+        ]);
+        assert_eq!(m.backends(&registry), ["ct"]);
         assert_eq!(m.ssh_user, "root");
         assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m);
     }

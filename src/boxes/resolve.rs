@@ -8,7 +8,8 @@ use super::download;
 use super::lock::LockEntry;
 use super::store::{Naming, Store, StoredBox};
 use super::{BoxError, parse_checksum};
-use crate::envfile::{BackendKind, Machine};
+use crate::backend::{Backend, Registry};
+use crate::envfile::Machine;
 use crate::ui::Reporter;
 
 /// How a box built from one of envup's recipes names its source (and its
@@ -69,6 +70,8 @@ pub struct Resolver<'a> {
     /// The Envfile's directory: relative paths start here.
     pub root: &'a Path,
     pub reporter: &'a dyn Reporter,
+    /// The backends boxes are chosen for.
+    pub backends: &'a Registry,
 }
 
 impl Resolver<'_> {
@@ -139,14 +142,25 @@ impl Resolver<'_> {
         &self,
         cat: &Catalog,
         req: Option<&semver::VersionReq>,
-        backend: Option<BackendKind>,
+        backend: Option<&dyn Backend>,
     ) -> Result<Choice, CatalogError> {
         let arch = catalog::host_arch();
         match backend {
             Some(b) => cat.choose(req, b, arch),
-            None => cat
-                .choose(req, BackendKind::Jail, arch)
-                .or_else(|_| cat.choose(req, BackendKind::Qemu, arch)),
+            // Any backend's: the first, in the registry's order, that the
+            // catalog has a box for.
+            None => {
+                let mut first_err = None;
+                for b in self.backends.all() {
+                    match cat.choose(req, b, arch) {
+                        Ok(c) => return Ok(c),
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+                Err(first_err.expect("a registry holds a backend"))
+            }
         }
     }
 
@@ -157,7 +171,7 @@ impl Resolver<'_> {
         &self,
         name: &str,
         req: Option<&semver::VersionReq>,
-        backend: Option<BackendKind>,
+        backend: Option<&dyn Backend>,
     ) -> Result<StoredBox, BoxError> {
         let bases = catalog_bases();
         let mut tried = Vec::new();
@@ -253,6 +267,7 @@ impl Resolver<'_> {
     pub fn resolve(
         &self,
         m: &Machine,
+        backend: &dyn Backend,
         locked: Option<&LockEntry>,
     ) -> Result<(StoredBox, LockEntry), BoxError> {
         let req = m.box_version.as_ref();
@@ -307,22 +322,16 @@ impl Resolver<'_> {
                 Source::BoxUrl(u) => self.add_urls(&[u], None, &Naming::default())?,
                 Source::Catalog(loc) => {
                     let cat = catalog::load(&loc)?;
-                    self.add_choice(&self.choose(&cat, req, Some(m.backend))?)?
+                    self.add_choice(&self.choose(&cat, req, Some(backend))?)?
                 }
-                Source::Name(n) => self.by_name(&n, req, Some(m.backend))?,
+                Source::Name(n) => self.by_name(&n, req, Some(backend))?,
             },
         };
-        if !stored.manifest.serves(m.backend) {
+        if !stored.manifest.serves(backend) {
             return Err(BoxError::WrongBackend {
                 name: stored.meta.name.clone(),
                 version: stored.meta.version.clone(),
-                serves: stored
-                    .manifest
-                    .backends()
-                    .iter()
-                    .map(|b| b.name())
-                    .collect::<Vec<_>>()
-                    .join(" and "),
+                serves: stored.manifest.backends(self.backends).join(" and "),
                 machine: m.name.clone(),
                 backend: m.backend.to_string(),
             });

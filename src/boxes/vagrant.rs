@@ -157,7 +157,7 @@ pub fn import(path: &Path, dest: &Path, naming: &Naming) -> Result<Unpacked, Box
                     },
                 );
             }
-            _ => {} // Vagrantfile, info.json, lxc-config…: not needed
+            _ => {} // Vagrantfile, info.json, a provider's config…: not needed
         }
     }
     let mut rest = archive.into_inner();
@@ -169,12 +169,25 @@ pub fn import(path: &Path, dest: &Path, naming: &Naming) -> Result<Unpacked, Box
         .map_err(io_err("read", path))?;
     let metadata =
         metadata.ok_or_else(|| arch_err(ArchiveError::NoManifest("(no metadata.json)".into())))?;
-    let (wanted, user) = match metadata.provider.as_str() {
-        "libvirt" => ("disk", "vagrant"),
-        "lxc" => ("rootfs", "root"),
-        other => {
+    // The backend that takes the provider's boxes says how they are laid out.
+    let registry = crate::backend::Registry::builtin();
+    let (wanted, user) = match registry.vagrant_provider(&metadata.provider) {
+        Some(p) => (p.artifact, p.user),
+        None => {
+            let mut by_provider: IndexMap<&str, Vec<&str>> = IndexMap::new();
+            for b in registry.all() {
+                for p in b.vagrant_providers() {
+                    by_provider.entry(p.name).or_default().push(b.name());
+                }
+            }
+            let takes: Vec<String> = by_provider
+                .iter()
+                .map(|(p, bs)| format!("`{p}` ({})", bs.join(", ")))
+                .collect();
             return Err(BoxError::Unsupported(format!(
-                "a Vagrant box for the `{other}` provider: envup imports `libvirt` (qemu) and `lxc` (jail, container) boxes"
+                "a Vagrant box for the `{}` provider: envup imports {} boxes",
+                crate::ident::printable(&metadata.provider),
+                takes.join(", ")
             )));
         }
     };

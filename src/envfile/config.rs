@@ -9,7 +9,8 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-pub use super::schema::{Accel, Engine, JailNetwork, Protocol, RunPolicy};
+pub use super::schema::{Protocol, RunPolicy};
+pub use crate::backend::BackendName;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -41,36 +42,6 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    Qemu,
-    Jail,
-    Container,
-}
-
-impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [Self::Qemu, Self::Jail, Self::Container];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Qemu => "qemu",
-            Self::Jail => "jail",
-            Self::Container => "container",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == s)
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// A machine with `[defaults]` merged in.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -79,7 +50,7 @@ pub struct Machine {
     pub box_: String,
     #[serde(serialize_with = "ser_display_opt")]
     pub box_version: Option<semver::VersionReq>,
-    pub backend: BackendKind,
+    pub backend: BackendName,
     pub cpus: u32,
     pub memory: Size,
     pub disk: Size,
@@ -94,9 +65,10 @@ pub struct Machine {
     pub boot_timeout: Duration,
     #[serde(skip)]
     pub provisioners: Vec<Provisioner>,
-    pub qemu: QemuOptions,
-    pub container: ContainerOptions,
-    pub jail: JailOptions,
+    /// The machine's table for its backend (`[machines.NAME.<backend>]`
+    /// over `[defaults.<backend>]`, key by key), checked by the backend;
+    /// the backend reads it with `backend::options`.
+    pub options: toml::Table,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,21 +85,6 @@ pub struct Share {
     pub host: PathBuf,
     pub guest: String,
     pub read_only: bool,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct QemuOptions {
-    pub accel: Accel,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ContainerOptions {
-    pub engine: Engine,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct JailOptions {
-    pub network: JailNetwork,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

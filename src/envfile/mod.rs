@@ -9,9 +9,12 @@ pub mod validate;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use toml::de::DeTable;
+use toml::de::{DeTable, DeValue};
 
-pub use config::{BackendKind, Config, Machine, Size};
+use crate::backend::Registry;
+
+pub use crate::backend::BackendName;
+pub use config::{Config, Machine, Size};
 use diag::{Diagnostic, EnvfileError, KeyPath, Problem, Seg, Spans, did_you_mean};
 use schema::RawEnvfile;
 
@@ -136,34 +139,132 @@ fn template_context(root: &Path) -> minijinja::Value {
 
 /// Parse Envfile text; `path` and `root` say where it lives.
 pub fn parse(source: &str, path: &Path, root: &Path) -> Result<Config, Vec<Diagnostic>> {
+    parse_with(source, path, root, Registry::builtin())
+}
+
+/// Parse Envfile text for the backends of `registry`.
+pub fn parse_with(
+    source: &str,
+    path: &Path,
+    root: &Path,
+    registry: &Registry,
+) -> Result<Config, Vec<Diagnostic>> {
     let rendered = render::render(source, &template_context(root))
         .map_err(|e| vec![Diagnostic::in_source(source, e.message, e.line, e.range)])?;
     let locate = |p: Problem| Diagnostic::locate(source, &rendered, p);
 
-    let table = DeTable::parse(&rendered.text).map_err(|e| {
+    let mut table = DeTable::parse(&rendered.text).map_err(|e| {
         vec![locate(Problem {
             message: format!("TOML syntax error: {}", e.message()),
             span: e.span(),
             help: None,
         })]
     })?;
-    let spans = Spans::new(&table);
-    let raw = RawEnvfile::deserialize(toml::de::Deserializer::from(table.clone()))
-        .map_err(|e| vec![locate(explain(e.message(), e.span(), &spans))])?;
-    validate::validate(&raw, &spans, path, root)
-        .map_err(|problems| problems.into_iter().map(locate).collect())
+    let whole = table.clone();
+    let spans = Spans::new(&whole);
+    let names = registry.names();
+    let backend_tables = take_backend_tables(table.get_mut(), &names);
+    let mut raw = RawEnvfile::deserialize(toml::de::Deserializer::from(table))
+        .map_err(|e| vec![locate(explain(e.message(), e.span(), &spans, &names))])?;
+    // Each backend checks its own tables; the rest of the Envfile is
+    // checked whatever they say, so that every problem shows at once.
+    let mut problems = Vec::new();
+    for (machine, backend, value) in backend_tables {
+        let owner = registry.find(&backend).expect("taken by registered name");
+        let checked = owner
+            .check_options(toml::de::ValueDeserializer::from(value.clone()))
+            .and_then(|()| toml::Table::deserialize(toml::de::ValueDeserializer::from(value)));
+        match checked {
+            Ok(t) => {
+                let m = match &machine {
+                    Some(name) => raw.machines.get_mut(name),
+                    None => Some(&mut raw.defaults),
+                };
+                if let Some(m) = m {
+                    m.backend_tables.insert(backend, t);
+                }
+            }
+            Err(e) => problems.push(explain(e.message(), e.span(), &spans, &names)),
+        }
+    }
+    match validate::validate(&raw, &spans, path, root, registry) {
+        Ok(config) if problems.is_empty() => Ok(config),
+        Ok(_) => Err(problems.into_iter().map(locate).collect()),
+        Err(more) => {
+            problems.extend(more);
+            Err(problems.into_iter().map(locate).collect())
+        }
+    }
+}
+
+/// Take each backend's table (a key named after a backend) out of
+/// `[defaults]` and every `[machines.NAME]`: those tables belong to their
+/// backends, which check them. Each comes with its machine's name (None
+/// for `[defaults]`) and its backend's name.
+fn take_backend_tables<'i>(
+    top: &mut DeTable<'i>,
+    names: &[&str],
+) -> Vec<(Option<String>, String, toml::Spanned<DeValue<'i>>)> {
+    fn take<'i>(
+        t: &mut DeTable<'i>,
+        names: &[&str],
+        machine: Option<String>,
+        out: &mut Vec<(Option<String>, String, toml::Spanned<DeValue<'i>>)>,
+    ) {
+        let keys: Vec<_> = t
+            .keys()
+            .filter(|k| names.contains(&k.get_ref().as_ref()))
+            .cloned()
+            .collect();
+        for k in keys {
+            if let Some(v) = t.remove(&k) {
+                out.push((machine.clone(), k.into_inner().into_owned(), v));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (k, v) in top.iter_mut() {
+        let DeValue::Table(t) = v.get_mut() else {
+            continue;
+        };
+        match k.get_ref().as_ref() {
+            "defaults" => take(t, names, None, &mut out),
+            "machines" => {
+                for (name, m) in t.iter_mut() {
+                    if let DeValue::Table(m) = m.get_mut() {
+                        take(m, names, Some(name.get_ref().to_string()), &mut out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Turn serde's wording into the Envfile's: keys, tables, arrays, and a
 /// suggestion for a misspelt key or value.
-fn explain(message: &str, span: Option<std::ops::Range<usize>>, spans: &Spans<'_>) -> Problem {
+fn explain(
+    message: &str,
+    span: Option<std::ops::Range<usize>>,
+    spans: &Spans<'_>,
+    backends: &[&str],
+) -> Problem {
     let at = span
         .as_ref()
         .map(|s| spans.path_at(s.start))
         .unwrap_or_default();
     let (message, help) = if let Some(rest) = message.strip_prefix("unknown field ") {
-        let (word, expected) = split_expected(rest);
+        let (word, mut expected) = split_expected(rest);
         let table = KeyPath(at.0[..at.0.len().saturating_sub(1)].to_vec());
+        // A machine's table (or `[defaults]`) also takes each backend's.
+        let machine_level = matches!(
+            &table.0[..],
+            [Seg::Key(d)] if d == "defaults"
+        ) || matches!(&table.0[..], [Seg::Key(m), Seg::Key(_)] if m == "machines");
+        if machine_level {
+            expected.extend(backends.iter().map(|b| b.to_string()));
+        }
         let place = if table.0.is_empty() {
             "at the top level".to_owned()
         } else {
@@ -309,7 +410,7 @@ backend = "container"
         assert_eq!(web.provisioners[1].name, "web");
         let db = &c.machines["db"];
         assert_eq!(db.memory, Size(2 << 30));
-        assert_eq!(db.backend, BackendKind::Container);
+        assert_eq!(db.backend, "container");
         assert_eq!(c.machine_names().collect::<Vec<_>>(), ["web", "db"]);
     }
 

@@ -44,9 +44,10 @@ pub struct RawMachine {
     /// A duration string or a number of seconds; checked by `validate`.
     pub boot_timeout: Option<toml::Value>,
     pub provision: Option<Vec<RawProvision>>,
-    pub qemu: Option<RawQemu>,
-    pub container: Option<RawContainer>,
-    pub jail: Option<RawJail>,
+    /// Each backend's own table (`[machines.NAME.<backend>]`), taken out
+    /// and checked by its backend before the rest is read.
+    #[serde(skip)]
+    pub backend_tables: IndexMap<String, toml::Table>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,59 +107,4 @@ pub enum RunPolicy {
     Once,
     Always,
     Never,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawQemu {
-    pub accel: Option<Accel>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    #[default]
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawContainer {
-    pub engine: Option<Engine>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Engine {
-    #[default]
-    Auto,
-    Docker,
-    Podman,
-    Lxc,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawJail {
-    pub network: Option<JailNetwork>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JailNetwork {
-    #[default]
-    Private,
-    Host,
-}
-
-impl JailNetwork {
-    /// The word the Envfile uses.
-    pub fn name(self) -> &'static str {
-        match self {
-            JailNetwork::Private => "private",
-            JailNetwork::Host => "host",
-        }
-    }
 }

@@ -10,13 +10,12 @@ use std::time::Duration;
 use indexmap::IndexMap;
 
 use super::config::{
-    BackendKind, Config, ContainerOptions, Forward, JailOptions, Machine, ProvisionKind,
-    Provisioner, QemuOptions, Share, Size, parse_duration,
+    BackendName, Config, Forward, Machine, ProvisionKind, Provisioner, Share, Size, parse_duration,
 };
 use super::diag::{KeyPath, Problem, Spans, did_you_mean};
 use super::schema::{Protocol, RawEnvfile, RawForward, RawMachine, RawProvision, RawShare};
+use crate::backend::Registry;
 
-pub const DEFAULT_BACKEND: BackendKind = BackendKind::Jail;
 pub const DEFAULT_CPUS: u32 = 1;
 pub const DEFAULT_MEMORY: Size = Size(Size::GIB);
 pub const DEFAULT_DISK: Size = Size(8 * Size::GIB);
@@ -27,6 +26,7 @@ const MAX_CPUS: i64 = 1024;
 
 struct Ctx<'a> {
     spans: &'a Spans<'a>,
+    registry: &'a Registry,
     root: &'a Path,
     problems: Vec<Problem>,
 }
@@ -151,9 +151,11 @@ pub fn validate(
     spans: &Spans<'_>,
     path: &Path,
     root: &Path,
+    registry: &Registry,
 ) -> Result<Config, Vec<Problem>> {
     let mut ctx = Ctx {
         spans,
+        registry,
         root,
         problems: Vec::new(),
     };
@@ -265,21 +267,21 @@ fn build_machine(
         None => None,
     };
 
+    let default_backend = ctx.registry.default_name();
     let backend = match pick(&m.backend, &d.backend, mpath, dpath, "backend") {
-        Some((b, p)) => match BackendKind::from_name(b) {
-            Some(k) => k,
-            None => {
-                let names = BackendKind::ALL.map(BackendKind::name);
-                let help = match did_you_mean(b, names) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None => format!("the backends are {}", names.join(", ")),
-                };
-                ctx.at_value(&p, format!("unknown backend `{b}`"), Some(help));
-                DEFAULT_BACKEND
-            }
-        },
-        None => DEFAULT_BACKEND,
+        Some((b, _)) if ctx.registry.find(b).is_some() => b.as_str(),
+        Some((b, p)) => {
+            let names = ctx.registry.names();
+            let help = match did_you_mean(b, names.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("the backends are {}", names.join(", ")),
+            };
+            ctx.at_value(&p, format!("unknown backend `{b}`"), Some(help));
+            default_backend
+        }
+        None => default_backend,
     };
+    let backend = BackendName::new(backend).expect("registered names are names");
 
     let cpus = match pick(&m.cpus, &d.cpus, mpath, dpath, "cpus") {
         Some((&c, p)) if !(1..=MAX_CPUS).contains(&c) => {
@@ -435,30 +437,16 @@ fn build_machine(
         }
     }
 
-    let qemu = QemuOptions {
-        accel: m
-            .qemu
-            .as_ref()
-            .and_then(|q| q.accel)
-            .or(d.qemu.as_ref().and_then(|q| q.accel))
-            .unwrap_or_default(),
-    };
-    let container = ContainerOptions {
-        engine: m
-            .container
-            .as_ref()
-            .and_then(|c| c.engine)
-            .or(d.container.as_ref().and_then(|c| c.engine))
-            .unwrap_or_default(),
-    };
-    let jail = JailOptions {
-        network: m
-            .jail
-            .as_ref()
-            .and_then(|j| j.network)
-            .or(d.jail.as_ref().and_then(|j| j.network))
-            .unwrap_or_default(),
-    };
+    // The backend's table: the machine's keys over `[defaults]`' (each
+    // table was checked by its backend as the Envfile was read).
+    let mut options = d
+        .backend_tables
+        .get(backend.as_str())
+        .cloned()
+        .unwrap_or_default();
+    if let Some(own) = m.backend_tables.get(backend.as_str()) {
+        options.extend(own.clone());
+    }
 
     (ctx.problems.len() == before).then(|| Machine {
         name: name.to_owned(),
@@ -477,9 +465,7 @@ fn build_machine(
         env,
         boot_timeout,
         provisioners,
-        qemu,
-        container,
-        jail,
+        options,
     })
 }
 

@@ -49,7 +49,7 @@ pub fn template_context(
         minijinja::context! {
             name => m.name.clone(),
             hostname => m.hostname.clone(),
-            backend => m.backend.name(),
+            backend => m.backend.to_string(),
             ssh_host => ssh.map(|e| e.host.clone()),
             ssh_port => ssh.map(|e| e.port),
             forwards => m.forwards.iter().map(|f| minijinja::context! {

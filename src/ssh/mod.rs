@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub use keys::MachineKeys;
 
+use crate::backend::Dial;
 use crate::state::machine::SshEndpoint;
 use crate::ui::Stream;
 
@@ -140,34 +141,12 @@ pub struct Ssh {
 
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Connect to 127.0.0.1:22 inside the network namespace at `ns`, from a
-/// thread that enters it (a socket stays in the namespace it was made in).
-/// A network namespace name envup gives (`/run/netns/envup-` and 12 hex
-/// digits); a state file naming any other is not followed into it.
-fn is_envup_netns(ns: &Path) -> bool {
-    ns.parent() == Some(Path::new("/run/netns"))
-        && ns
-            .file_name()
-            .and_then(|n| n.to_str()?.strip_prefix("envup-"))
-            .is_some_and(|h| h.len() == 12 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-fn connect_in_netns(ns: &Path, timeout: Duration) -> std::io::Result<TcpStream> {
-    let f = std::fs::File::open(ns)?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            TcpStream::connect_timeout(&(std::net::Ipv4Addr::LOCALHOST, 22).into(), timeout)
-        })
-        .join()
-        .expect("connect thread")
-    })
-}
-
 impl Ssh {
-    /// Connect, check the host key, log in: one attempt.
+    /// Connect (through `dial` when the machine's backend gives one, else
+    /// to the endpoint's address), check the host key, log in: one attempt.
     pub fn connect(
         ep: &SshEndpoint,
+        dial: Option<&Dial>,
         keys: &MachineKeys,
         timeout: Duration,
     ) -> Result<Ssh, SshError> {
@@ -181,13 +160,8 @@ impl Ssh {
             .map_err(connect_err)?
             .next()
             .ok_or_else(|| connect_err(std::io::Error::new(ErrorKind::NotFound, "no address")))?;
-        let tcp = match ep
-            .netns
-            .as_deref()
-            .filter(|ns| is_envup_netns(ns))
-            .filter(|_| nix::unistd::geteuid().is_root())
-        {
-            Some(ns) => connect_in_netns(ns, timeout),
+        let tcp = match dial {
+            Some(dial) => dial(timeout),
             None => TcpStream::connect_timeout(&sock, timeout),
         }
         .map_err(connect_err)?;
@@ -244,6 +218,7 @@ impl Ssh {
     /// ends the wait at once: trying again would not make it right.
     pub fn wait(
         ep: &SshEndpoint,
+        dial: Option<&Dial>,
         keys: &MachineKeys,
         deadline: Duration,
         console: Option<&Path>,
@@ -255,6 +230,7 @@ impl Ssh {
             let left = deadline.saturating_sub(start.elapsed());
             match Ssh::connect(
                 ep,
+                dial,
                 keys,
                 left.clamp(Duration::from_millis(200), Duration::from_secs(10)),
             ) {

@@ -95,7 +95,7 @@ mod tests {
             project: "p".into(),
             root: root.to_owned(),
             machine: machine.into(),
-            backend: "jail".into(),
+            backend: "fake".into(),
             state_dir: root.join(".envup/machines").join(machine),
         }
     }

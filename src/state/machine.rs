@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::envfile::BackendKind;
+use crate::backend::BackendName;
 use crate::envfile::config::Forward;
 
 use super::StateError;
@@ -118,18 +118,13 @@ pub struct SshEndpoint {
     pub host: String,
     pub port: u16,
     pub user: String,
-    /// A network namespace (a jail's) in which envup, when root, reaches
-    /// the SSH server directly at 127.0.0.1:22, skipping the port forward
-    /// that `host:port` goes through for everyone else.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub netns: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MachineState {
     pub format: u32,
     pub name: String,
-    pub backend: BackendKind,
+    pub backend: BackendName,
     pub status: Status,
     /// The backend's handle on the machine (container id, supervisor pid…).
     #[serde(default)]
@@ -157,7 +152,7 @@ pub struct MachineState {
 }
 
 impl MachineState {
-    pub fn new(name: &str, backend: BackendKind) -> Self {
+    pub fn new(name: &str, backend: BackendName) -> Self {
         Self {
             format: FORMAT,
             name: name.to_owned(),
@@ -198,7 +193,7 @@ mod tests {
 
     #[test]
     fn lifecycle() {
-        let mut m = MachineState::new("web", BackendKind::Jail);
+        let mut m = MachineState::new("web", BackendName::new("fake").unwrap());
         assert!(!m.status.can_start());
         m.apply(Event::BeginCreate).unwrap();
         m.apply(Event::Created).unwrap();
@@ -214,7 +209,7 @@ mod tests {
 
     #[test]
     fn refused_transitions() {
-        let mut m = MachineState::new("web", BackendKind::Jail);
+        let mut m = MachineState::new("web", BackendName::new("fake").unwrap());
         let e = m.apply(Event::Started).unwrap_err();
         assert_eq!(
             e.to_string(),

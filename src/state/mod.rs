@@ -205,7 +205,7 @@ mod tests {
     fn newer_format_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let ps = ProjectState::new(dir.path().to_owned());
-        let mut st = MachineState::new("web", crate::envfile::BackendKind::Jail);
+        let mut st = MachineState::new("web", crate::backend::BackendName::new("fake").unwrap());
         st.format = machine::FORMAT + 1;
         ps.save(&st).unwrap();
         assert!(matches!(ps.load("web"), Err(StateError::Format { .. })));

@@ -190,17 +190,32 @@ pub fn jails_unavailable() -> Option<String> {
     None
 }
 
-/// The host names (cgroup, netns) of the project's jails.
-pub fn jail_ids(p: &Project) -> Vec<String> {
-    let dir = p.path().join(".envup/machines");
-    std::fs::read_dir(&dir)
+/// The LXC container of a machine's directory: its own directory under
+/// `lxc/`, the one with a config.
+pub fn lxc_names(machine: &Path) -> Vec<String> {
+    std::fs::read_dir(machine.join("lxc"))
         .map(|d| {
             d.flatten()
-                .filter_map(|e| std::fs::read(e.path().join("jail/jail.json")).ok())
-                .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .filter_map(|v| v["id"].as_str().map(str::to_owned))
+                .filter(|e| e.path().join("config").is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
         })
+        .unwrap_or_default()
+}
+
+/// The host names (cgroup, netns) of the project's jails and LXC
+/// containers.
+pub fn jail_ids(p: &Project) -> Vec<String> {
+    let dir = p.path().join(".envup/machines");
+    let ids = |machine: PathBuf| -> Vec<String> {
+        if let Ok(b) = std::fs::read(machine.join("jail/jail.json")) {
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+            return v["id"].as_str().map(str::to_owned).into_iter().collect();
+        }
+        lxc_names(&machine)
+    };
+    std::fs::read_dir(&dir)
+        .map(|d| d.flatten().flat_map(|e| ids(e.path())).collect())
         .unwrap_or_default()
 }
 
@@ -230,6 +245,10 @@ pub fn nothing_left(p: &Project, ids: &[String]) -> Result<(), libtest_mimic::Fa
         check(
             !Path::new("/run/netns").join(id).exists(),
             format!("netns {id} left"),
+        )?;
+        check(
+            std::fs::symlink_metadata(Path::new("/run/envup/lxc").join(id)).is_err(),
+            format!("LXC's link /run/envup/lxc/{id} left"),
         )?;
         // The network helper names the namespace, not the project.
         let helpers = std::process::Command::new("pgrep")

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use envup::envfile::BackendKind;
+use envup::envfile::BackendName;
 use envup::ssh::MachineKeys;
 use envup::state::machine::SshEndpoint;
 use envup::state::{Event, MachineState, ProjectState};
@@ -96,16 +96,14 @@ pub fn running_machine(root: &Path, name: &str, port: u16) -> MachineKeys {
     let dir = project.machine_dir(name);
     std::fs::create_dir_all(&dir).unwrap();
     let keys = MachineKeys::ensure(&dir, name).unwrap();
-    // Recorded on a backend this build lacks, so that nothing second-guesses
-    // the recorded state (envup asks a built backend whether its machine is
-    // still alive). When the container backend lands, move these tests onto
-    // real machines.
-    let mut st = MachineState::new(name, BackendKind::Container);
+    // Recorded on a backend this envup does not have, so that nothing
+    // second-guesses the recorded state (envup asks a backend it has
+    // whether its machine is still alive).
+    let mut st = MachineState::new(name, BackendName::new("elsewhere").unwrap());
     st.apply(Event::BeginCreate).unwrap();
     st.apply(Event::Created).unwrap();
     st.apply(Event::Started).unwrap();
     st.ssh = Some(SshEndpoint {
-        netns: None,
         host: "127.0.0.1".into(),
         port,
         user: "root".into(),

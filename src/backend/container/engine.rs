@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::Engine;
 use crate::backend::{BackendError, failed};
-use crate::envfile::config::Engine;
 use crate::host::{first_line, run_with_timeout, which};
 
 /// How long an engine may take to answer `version` when probed.
@@ -19,7 +19,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 pub enum Kind {
     Docker,
     Podman,
-    Lxc,
 }
 
 impl Kind {
@@ -27,7 +26,6 @@ impl Kind {
         match self {
             Kind::Docker => "docker",
             Kind::Podman => "podman",
-            Kind::Lxc => "lxc",
         }
     }
 
@@ -65,7 +63,7 @@ impl EngineCli {
             // Named: installed is enough; the engine's own errors say the rest.
             Engine::Docker => return Self::named("docker"),
             Engine::Podman => return Self::named("podman"),
-            Engine::Lxc => return Err(failed("lxc has no docker-like command line")),
+            Engine::Lxc => return Err(failed("LXC is the lxc backend's, not a container engine")),
         };
         // Asked once per envup command: `check` and `create` both want it.
         static AUTO: std::sync::OnceLock<Result<EngineCli, String>> = std::sync::OnceLock::new();
@@ -93,7 +91,6 @@ impl EngineCli {
         let fmt = match kind {
             Kind::Docker => "{{.Server.Version}}",
             Kind::Podman => "{{.Client.Version}}",
-            Kind::Lxc => return Err("lxc has no docker-like command line".into()),
         };
         match run_with_timeout(&program, &["version", "--format", fmt], PROBE_TIMEOUT) {
             Ok(o) if o.status.success() => Ok(EngineCli { kind, program }),
@@ -155,7 +152,7 @@ impl EngineCli {
     pub fn remove_container(&self, name: &str) -> Result<String, BackendError> {
         match self.kind {
             Kind::Docker => self.run(&["rm", "--force", name]),
-            Kind::Podman | Kind::Lxc => self.run(&["rm", "--force", "--time", "0", name]),
+            Kind::Podman => self.run(&["rm", "--force", "--time", "0", name]),
         }
     }
 

@@ -5,7 +5,6 @@
 //! 127.0.0.1.
 
 pub mod engine;
-mod lxc;
 mod probe;
 
 use std::path::{Path, PathBuf};
@@ -13,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, BackendError, failed};
+use super::{Backend, BackendError, HandOver, failed};
 use crate::boxes::StoredBox;
-use crate::envfile::{BackendKind, Machine};
+use crate::envfile::Machine;
 use crate::ssh::MachineKeys;
 use crate::state::machine::SshEndpoint;
 use crate::state::{MachineState, Status};
@@ -30,27 +29,30 @@ pub const PIDS_MAX: u64 = 1024;
 
 pub struct ContainerBackend;
 
-/// The engine a new machine gets.
-enum Pick {
-    Cli(EngineCli),
+/// The container backend's table, `[machines.NAME.container]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    #[serde(default)]
+    pub engine: Engine,
+}
+
+/// The engine a machine's container runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Docker when its engine answers, then Podman; with neither, LXC
+    /// when it is installed (the lxc backend).
+    #[default]
+    Auto,
+    Docker,
+    Podman,
+    /// The lxc backend's, kept so that Envfiles written for it still work.
     Lxc,
 }
 
-/// The engine the Envfile asks for: a named one if it is installed; for
-/// `auto`, Docker when its engine answers, then Podman, then LXC.
-fn pick(want: crate::envfile::config::Engine) -> Result<Pick, BackendError> {
-    use crate::envfile::config::Engine;
-    let lxc_there = || crate::host::which("lxc-start").is_some();
-    match want {
-        Engine::Lxc if lxc_there() => Ok(Pick::Lxc),
-        Engine::Lxc => Err(failed("lxc is not installed (apt-get install lxc)")),
-        Engine::Auto => match EngineCli::choose(Engine::Auto) {
-            Ok(e) => Ok(Pick::Cli(e)),
-            Err(_) if lxc_there() => Ok(Pick::Lxc),
-            Err(e) => Err(e),
-        },
-        named => EngineCli::choose(named).map(Pick::Cli),
-    }
+fn lxc_there() -> bool {
+    crate::host::which("lxc-start").is_some()
 }
 
 /// What a container was created with, kept so that `snapshot restore` can
@@ -78,14 +80,10 @@ fn record(state: &MachineState) -> Result<Created, BackendError> {
     Ok(c)
 }
 
-/// The machine's record and its Docker or Podman engine; for LXC, the
-/// record only.
-fn load(state: &MachineState) -> Result<(Option<EngineCli>, Created), BackendError> {
+/// The machine's record and its engine.
+fn load(state: &MachineState) -> Result<(EngineCli, Created), BackendError> {
     let c = record(state)?;
-    if c.engine == Kind::Lxc {
-        return Ok((None, c));
-    }
-    Ok((Some(EngineCli::named(c.engine.name())?), c))
+    Ok((EngineCli::named(c.engine.name())?, c))
 }
 
 /// The box's image in this engine, imported on first use (under a lock in
@@ -218,10 +216,6 @@ fn wait_port_free(port: u16) {
     }
 }
 
-fn cgroup_v1() -> bool {
-    Path::new("/sys/fs/cgroup/memory").is_dir()
-}
-
 /// The container's state as the engine reports it: `running`, `exited`…;
 /// None when the engine does not know the container.
 fn engine_status(e: &EngineCli, name: &str) -> Option<String> {
@@ -231,12 +225,65 @@ fn engine_status(e: &EngineCli, name: &str) -> Option<String> {
 }
 
 impl Backend for ContainerBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Container
+    fn name(&self) -> &'static str {
+        "container"
+    }
+
+    fn artifacts(&self) -> &'static [&'static str] {
+        &["rootfs"]
+    }
+
+    fn vagrant_providers(&self) -> &'static [super::VagrantProvider] {
+        &[super::VagrantProvider {
+            name: "lxc",
+            artifact: "rootfs",
+            user: "root",
+        }]
+    }
+
+    fn probe(&self) -> (bool, Vec<super::Check>) {
+        probe()
+    }
+
+    fn check_options(&self, table: toml::de::ValueDeserializer<'_>) -> Result<(), toml::de::Error> {
+        Options::deserialize(table).map(|_| ())
+    }
+
+    /// `engine = "lxc"` is the lxc backend's machine; so is `auto` where
+    /// neither Docker nor Podman works and LXC is installed.
+    fn hand_over(&self, m: &Machine) -> Result<Option<HandOver>, BackendError> {
+        let opts: Options = super::options(m)?;
+        let to_lxc = match opts.engine {
+            Engine::Lxc => Some(
+                "`engine = \"lxc\"` is the lxc backend now: write `backend = \"lxc\"`".to_owned(),
+            ),
+            Engine::Auto if EngineCli::choose(Engine::Auto).is_err() && lxc_there() => Some(
+                "neither Docker nor Podman works here: the lxc backend runs the machine".to_owned(),
+            ),
+            _ => None,
+        };
+        Ok(to_lxc.map(|note| HandOver {
+            to: "lxc",
+            note: Some(note),
+        }))
+    }
+
+    /// Machines made with `engine = "lxc"` before LXC was a backend of its
+    /// own carry `"engine": "lxc"` in their record; the lxc backend runs
+    /// them (its directories and container name are the same).
+    fn adopted_by(&self, state: &MachineState) -> Option<&'static str> {
+        let record: serde_json::Value =
+            crate::state::read_json(&record_path(state).ok()?).ok()??;
+        (record["engine"] == "lxc").then_some("lxc")
+    }
+
+    fn box_removed(&self, digest: &crate::ident::Digest) -> Vec<String> {
+        remove_box_images(digest.as_str())
     }
 
     fn check(&self, m: &Machine) -> Result<(), BackendError> {
-        pick(m.container.engine).map(|_| ())
+        let opts: Options = super::options(m)?;
+        EngineCli::choose(opts.engine).map(|_| ())
     }
 
     fn create(
@@ -248,24 +295,19 @@ impl Backend for ContainerBackend {
     ) -> Result<(), BackendError> {
         let dir = super::machine_dir(state)?;
         let name = super::host_name(&dir);
-        let e = match pick(m.container.engine)? {
-            Pick::Cli(e) => e,
-            Pick::Lxc => {
-                let created = lxc::create(m, stored, keys, state, &name)?;
-                return crate::state::write_json(&record_path(state)?, &created).map_err(failed);
-            }
-        };
+        let opts: Options = super::options(m)?;
+        let e = EngineCli::choose(opts.engine)?;
         if stored.manifest.ssh_user != "root" {
             return Err(failed(format!(
                 "box `{}` logs in as `{}`; the Docker and Podman engines place keys for \
-                 root only so far (engine = \"lxc\" and the jail backend place them for any user)",
+                 root only so far (the lxc and jail backends place them for any user)",
                 stored.meta.name, stored.manifest.ssh_user
             )));
         }
         let image = ensure_image(&e, stored)?;
         let host_args = e.host_args(&image)?;
         let port = super::ssh_port()?;
-        let mut args = create_args(m, &name, port, &host_args, cgroup_v1());
+        let mut args = create_args(m, &name, port, &host_args, crate::host::cgroup_v1());
         args.extend(key_mounts(&dir, keys)?);
         let created = Created {
             engine: e.kind,
@@ -286,16 +328,13 @@ impl Backend for ContainerBackend {
             host: "127.0.0.1".into(),
             port,
             user: "root".into(),
-            netns: None,
         });
         state.forwards = m.forwards.clone();
         Ok(())
     }
 
-    fn start(&self, m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
-        let (Some(e), c) = load(state)? else {
-            return lxc::start(m, state, &record(state)?);
-        };
+    fn start(&self, _m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
+        let (e, c) = load(state)?;
         // Starting a running container does nothing, in both engines.
         if let Some(ep) = &state.ssh
             && engine_status(&e, &c.name).as_deref() != Some("running")
@@ -316,9 +355,7 @@ impl Backend for ContainerBackend {
     }
 
     fn stop(&self, state: &MachineState, force: bool) -> Result<(), BackendError> {
-        let (Some(e), c) = load(state)? else {
-            return lxc::stop(state, &record(state)?, force);
-        };
+        let (e, c) = load(state)?;
         if engine_status(&e, &c.name).as_deref() != Some("running") {
             return Ok(());
         }
@@ -344,9 +381,6 @@ impl Backend for ContainerBackend {
             // Never created on an engine: nothing outside the state directory.
             Err(_) => return Ok(()),
         };
-        let Some(e) = e else {
-            return lxc::destroy(state, &c);
-        };
         let _ = e.remove_container(&c.name);
         if engine_status(&e, &c.name).is_some() {
             return Err(failed(format!(
@@ -365,9 +399,7 @@ impl Backend for ContainerBackend {
         if !matches!(state.status, Status::Running | Status::Stopped) {
             return Ok(state.status);
         }
-        let (Some(e), c) = load(state)? else {
-            return lxc::status(state, &record(state)?);
-        };
+        let (e, c) = load(state)?;
         Ok(match engine_status(&e, &c.name).as_deref() {
             Some("running") => Status::Running,
             _ => Status::Stopped,
@@ -375,17 +407,13 @@ impl Backend for ContainerBackend {
     }
 
     fn snapshot_save(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
-        let (Some(e), c) = load(state)? else {
-            return lxc::snapshot_save(state, &record(state)?, name);
-        };
+        let (e, c) = load(state)?;
         let image = format!("{}:{name}", snapshot_repo(&c.name));
         e.run(&["commit", &c.name, &image]).map(|_| ())
     }
 
     fn snapshot_restore(&self, state: &mut MachineState, name: &str) -> Result<(), BackendError> {
-        let (Some(e), mut c) = load(state)? else {
-            return lxc::snapshot_restore(state, &record(state)?, name);
-        };
+        let (e, mut c) = load(state)?;
         let image = format!("{}:{name}", snapshot_repo(&c.name));
         if !e.has_image(&image) {
             return Err(failed(format!("machine has no snapshot `{name}`")));
@@ -413,9 +441,7 @@ impl Backend for ContainerBackend {
     }
 
     fn snapshot_list(&self, state: &MachineState) -> Result<Vec<String>, BackendError> {
-        let (Some(e), c) = load(state)? else {
-            return lxc::snapshot_list(state);
-        };
+        let (e, c) = load(state)?;
         let out = e.run(&[
             "images",
             "--format",
@@ -435,9 +461,7 @@ impl Backend for ContainerBackend {
     }
 
     fn snapshot_delete(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
-        let (Some(e), c) = load(state)? else {
-            return lxc::snapshot_delete(state, name);
-        };
+        let (e, c) = load(state)?;
         let image = format!("{}:{name}", snapshot_repo(&c.name));
         if !e.has_image(&image) {
             return Err(failed(format!("machine has no snapshot `{name}`")));
@@ -448,7 +472,7 @@ impl Backend for ContainerBackend {
 
 /// Remove the images every installed engine holds for the box `digest`
 /// (`box remove`, `box prune`). An engine that is not there is skipped.
-pub fn remove_box_images(digest: &str) -> Vec<String> {
+fn remove_box_images(digest: &str) -> Vec<String> {
     let mut removed = Vec::new();
     for kind in [Kind::Docker, Kind::Podman] {
         let Ok(e) = EngineCli::find(kind) else {
@@ -466,6 +490,24 @@ pub fn remove_box_images(digest: &str) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::envfile::config::{Forward, Protocol, Share};
+
+    /// A machine an earlier envup made with `engine = "lxc"` is run by the
+    /// lxc backend; Docker's and Podman's stay here.
+    #[test]
+    fn lxc_machines_of_earlier_envups_go_to_lxc() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = MachineState::new("web", super::super::BackendName::new("container").unwrap());
+        st.dir = Some(dir.path().to_owned());
+        let registry = super::super::Registry::builtin();
+        let record = |engine: &str| {
+            let text = format!(r#"{{"engine":"{engine}","name":"envup-0","args":[]}}"#);
+            std::fs::write(dir.path().join("container.json"), text).unwrap();
+        };
+        record("lxc");
+        assert_eq!(registry.for_state(&st).unwrap().name(), "lxc");
+        record("docker");
+        assert_eq!(registry.for_state(&st).unwrap().name(), "container");
+    }
 
     #[test]
     fn create_arguments() {

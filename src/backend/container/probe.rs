@@ -56,33 +56,6 @@ pub fn probe() -> (bool, Vec<Check>) {
         }
     });
 
-    let net = crate::backend::jail::probe::net_check();
-    checks.push(match which("lxc-start") {
-        None => Check::missing("lxc", "lxc-start not found on PATH", "apt-get install lxc"),
-        Some(p) => match run_with_timeout(&p, &["--version"], timeout) {
-            Ok(_) if !nix::unistd::geteuid().is_root() => Check::missing(
-                "lxc",
-                "envup runs LXC containers as root only (privileged containers)",
-                "run envup as root, or use engine = \"podman\"",
-            ),
-            Ok(_) if !net.ok => Check::missing(
-                "lxc",
-                format!(
-                    "envup connects LXC containers' networks with {}: {}",
-                    net.what, net.detail
-                ),
-                net.fix.clone().unwrap_or_default(),
-            ),
-            Ok(o) if o.status.success() => Check::ok("lxc", format!("lxc {}", first_line(&o))),
-            Ok(o) => Check::missing(
-                "lxc",
-                format!("lxc-start fails: {}", first_line(&o)),
-                "apt-get install --reinstall lxc",
-            ),
-            Err(e) => Check::missing("lxc", e, "apt-get install --reinstall lxc"),
-        },
-    });
-
     let ready = checks.iter().any(|c| c.ok);
     (ready, checks)
 }

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use super::JailConfig;
-use crate::envfile::config::JailNetwork;
+use crate::backend::rootfs::Network as JailNetwork;
 
 /// One mount, as a line of fstab(5) (jail(8)'s `mount` parameter).
 #[derive(Debug, Clone, PartialEq, Eq)]

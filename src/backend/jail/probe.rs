@@ -1,6 +1,5 @@
 //! What the jail backend needs from the host (`envup doctor`).
 
-use std::path::Path;
 use std::time::Duration;
 
 use crate::backend::Check;
@@ -135,26 +134,9 @@ pub fn probe() -> (bool, Vec<Check>) {
         )
     });
 
-    checks.push(net_check());
+    checks.push(crate::backend::rootfs::net::check());
     let ready = checks.iter().all(|c| c.ok);
     (ready, checks)
-}
-
-/// What a private network needs: slirp4netns, and the tun device it
-/// makes the namespace's interface with. LXC containers need the same.
-pub fn net_check() -> Check {
-    let name = super::net::PROGRAM;
-    match which(name) {
-        None => Check::missing(
-            name,
-            "not found on PATH (needed for network = \"private\" and LXC)",
-            "apt-get install slirp4netns",
-        ),
-        Some(_) if !Path::new("/dev/net/tun").exists() => {
-            Check::missing(name, "/dev/net/tun is missing", "modprobe tun")
-        }
-        Some(_) => Check::ok(name, "connects private networks and forwards their ports"),
-    }
 }
 
 #[cfg(test)]

@@ -16,9 +16,10 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::cgroup::Cgroup;
-use super::{HALT_DEADLINE, JailConfig, net};
+use super::{HALT_DEADLINE, JailConfig};
+use crate::backend::rootfs::Network as JailNetwork;
+use crate::backend::rootfs::net::{self, forget_netns, name_netns};
 use crate::contained::{Root, fd_path};
-use crate::envfile::config::JailNetwork;
 
 /// 0: run; 1: halt gracefully; 2: kill now.
 static REQUEST: AtomicU8 = AtomicU8::new(0);
@@ -28,39 +29,10 @@ extern "C" fn on_signal(sig: i32) {
     REQUEST.fetch_max(want, Ordering::SeqCst);
 }
 
-pub fn netns_path(cfg: &JailConfig) -> std::path::PathBuf {
-    Path::new("/run/netns").join(&cfg.id)
-}
-
 /// Remove what a jail leaves on the host: its netns name and cgroup.
 pub fn clean_up(cfg: &JailConfig) {
     forget_netns(&cfg.id);
     Cgroup::remove_dirs(&cfg.id);
-}
-
-/// Give the network namespace of process `pid` the name `name`
-/// (/run/netns/NAME, as `ip netns` does), so the network helper can join
-/// it and envup can reach the machine's SSH server inside it.
-pub(crate) fn name_netns(pid: i32, name: &str) -> Result<std::path::PathBuf, String> {
-    std::fs::create_dir_all("/run/netns").map_err(|e| format!("/run/netns: {e}"))?;
-    let ns = Path::new("/run/netns").join(name);
-    std::fs::write(&ns, b"").map_err(|e| format!("{}: {e}", ns.display()))?;
-    mount(
-        Some(&format!("/proc/{pid}/ns/net")[..]),
-        &ns,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| format!("naming the network namespace: {e}"))?;
-    Ok(ns)
-}
-
-/// Take a network namespace's name away again.
-pub(crate) fn forget_netns(name: &str) {
-    let ns = Path::new("/run/netns").join(name);
-    let _ = umount2(&ns, MntFlags::MNT_DETACH);
-    let _ = std::fs::remove_file(&ns);
 }
 
 /// Inside the new namespaces: the root filesystem, then init.

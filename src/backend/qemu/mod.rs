@@ -15,8 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Backend, BackendError, failed, start_time};
 use crate::boxes::StoredBox;
-use crate::envfile::config::Accel;
-use crate::envfile::{BackendKind, Machine};
+use crate::envfile::Machine;
 use crate::ssh::MachineKeys;
 use crate::state::machine::SshEndpoint;
 use crate::state::{MachineState, Status};
@@ -417,9 +416,49 @@ fn launch(state: &mut MachineState) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// The qemu backend's table, `[machines.NAME.qemu]`.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    #[serde(default)]
+    pub accel: Accel,
+}
+
+/// How qemu runs the guest's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when the host offers it, else TCG.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
 impl Backend for QemuBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Qemu
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn artifacts(&self) -> &'static [&'static str] {
+        &["disk"]
+    }
+
+    fn vagrant_providers(&self) -> &'static [super::VagrantProvider] {
+        &[super::VagrantProvider {
+            name: "libvirt",
+            artifact: "disk",
+            user: "vagrant",
+        }]
+    }
+
+    fn probe(&self) -> (bool, Vec<super::Check>) {
+        probe()
+    }
+
+    fn check_options(&self, table: toml::de::ValueDeserializer<'_>) -> Result<(), toml::de::Error> {
+        use serde::Deserialize;
+        Options::deserialize(table).map(|_| ())
     }
 
     fn create(
@@ -454,7 +493,8 @@ impl Backend for QemuBackend {
         .write(&p.seed())
         .map_err(|e| failed(format!("cannot write the seed disk: {e}")))?;
         let kernel = stored.artifact("kernel");
-        let accel = match m.qemu.accel {
+        let opts: Options = super::options(m)?;
+        let accel = match opts.accel {
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",
             Accel::Auto if kvm_usable(kernel.as_deref()) => "kvm",
@@ -488,7 +528,6 @@ impl Backend for QemuBackend {
             host: "127.0.0.1".into(),
             port,
             user,
-            netns: None,
         });
         state.forwards = m.forwards.clone();
         Ok(())

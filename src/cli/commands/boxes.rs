@@ -11,14 +11,14 @@ use crate::state::{MachineState, envup_home, read_json};
 use crate::ui::{print_json, style};
 
 /// Digest → the machines (`project/machine`) created from that box.
-/// Remove a box from the store, and the images container engines made of it.
+/// Remove a box from the store, and what backends made of it (engine images).
 fn remove_box(
     app: &App,
     store: &crate::boxes::Store,
     b: &crate::boxes::StoredBox,
 ) -> Result<(), CliError> {
     store.remove(b)?;
-    let images = crate::backend::container::remove_box_images(&b.digest);
+    let images = crate::backend::Registry::builtin().box_removed(&b.digest);
     if !app.mode.quiet {
         anstream::println!("removed {}", describe(b));
         for i in images {
@@ -51,7 +51,7 @@ fn size_on_disk(b: &StoredBox) -> u64 {
 }
 
 fn describe(b: &StoredBox) -> String {
-    let backends: Vec<&str> = b.manifest.backends().iter().map(|k| k.name()).collect();
+    let backends: Vec<&str> = b.manifest.backends(crate::backend::Registry::builtin());
     format!(
         "{} {} (sha256:{}…, serves {})",
         b.meta.name,
@@ -75,6 +75,7 @@ pub fn run(app: &App, cmd: &BoxCommand) -> Result<ExitCode, CliError> {
                 store: &store,
                 root: &app.cwd,
                 reporter: &*reporter,
+                backends: crate::backend::Registry::builtin(),
             };
             let naming = Naming {
                 name: name.clone(),
@@ -99,7 +100,7 @@ pub fn run(app: &App, cmd: &BoxCommand) -> Result<ExitCode, CliError> {
                     .iter()
                     .map(|b| json!({
                         "name": b.meta.name, "version": b.meta.version, "sha256": b.digest,
-                        "size": size_on_disk(b), "backends": b.manifest.backends(),
+                        "size": size_on_disk(b), "backends": b.manifest.backends(crate::backend::Registry::builtin()),
                         "source": b.meta.source, "machines": used.get(b.digest.as_str()).cloned().unwrap_or_default(),
                     }))
                     .collect();
@@ -132,7 +133,7 @@ pub fn run(app: &App, cmd: &BoxCommand) -> Result<ExitCode, CliError> {
                 "backends"
             );
             for b in &boxes {
-                let backends: Vec<&str> = b.manifest.backends().iter().map(|k| k.name()).collect();
+                let backends: Vec<&str> = b.manifest.backends(crate::backend::Registry::builtin());
                 let machines = used
                     .get(b.digest.as_str())
                     .map(|m| m.join(", "))

@@ -5,7 +5,7 @@ use crate::ui::{print_json, style};
 /// Probe the host for each backend. Exits 0 when at least one backend can
 /// run machines here.
 pub fn run(app: &App) -> Result<ExitCode, CliError> {
-    let report = backend::probe_all();
+    let report = backend::Registry::builtin().probe_all();
     let usable: Vec<&Support> = report.iter().filter(|s| s.usable()).collect();
     if app.mode.json {
         print_json(&report);

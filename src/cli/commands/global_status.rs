@@ -29,7 +29,9 @@ pub fn run(app: &App, args: &GlobalStatusArgs) -> Result<ExitCode, CliError> {
         .into_iter()
         .map(|e| {
             let status = recorded(&e).map_or("gone".to_owned(), |s| {
-                crate::backend::observed_status(&s).to_string()
+                crate::backend::Registry::builtin()
+                    .observed_status(&s)
+                    .to_string()
             });
             (e, status)
         })

@@ -1,19 +1,19 @@
 use std::io::Write;
 
 use crate::cli::{App, CliError, ExitCode, InitArgs};
-use crate::envfile::{self, BackendKind, FILE_NAME};
+use crate::envfile::{self, FILE_NAME};
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::state::write_atomic;
 
-/// An Envfile template: its name, what it is, its text, and the box and
-/// backend it uses unless told otherwise.
+/// An Envfile template: its name, what it is, its text, and the box it
+/// uses unless told otherwise. The backend it uses unless told otherwise is
+/// in its text: `@BACKEND:name@`.
 struct Template {
     name: &'static str,
     about: &'static str,
     text: &'static str,
     default_box: &'static str,
-    default_backend: BackendKind,
 }
 
 const TEMPLATES: &[Template] = &[
@@ -22,21 +22,18 @@ const TEMPLATES: &[Template] = &[
         about: "one machine",
         text: include_str!("../../../templates/envfile/single.Envfile"),
         default_box: "tiny",
-        default_backend: BackendKind::Jail,
     },
     Template {
         name: "web-db",
         about: "a web server and its database",
         text: include_str!("../../../templates/envfile/web-db.Envfile"),
         default_box: "debian/bookworm",
-        default_backend: BackendKind::Container,
     },
     Template {
         name: "ci",
         about: "a throwaway machine for CI",
         text: include_str!("../../../templates/envfile/ci.Envfile"),
         default_box: "tiny",
-        default_backend: BackendKind::Jail,
     },
 ];
 
@@ -52,13 +49,17 @@ pub fn run(app: &App, args: &InitArgs) -> Result<ExitCode, CliError> {
             list.join(", ")
         )));
     };
+    let (before, default_backend, after) = backend_slot(t.text);
+    let registry = crate::backend::Registry::builtin();
     let backend = match &args.backend {
-        Some(b) => BackendKind::from_name(b).ok_or_else(|| {
-            CliError::Usage(format!(
-                "unknown backend `{b}`; the backends are qemu, jail, container"
-            ))
-        })?,
-        None => t.default_backend,
+        Some(b) if registry.find(b).is_some() => b.as_str(),
+        Some(b) => {
+            return Err(CliError::Usage(format!(
+                "unknown backend `{b}`; the backends are {}",
+                registry.names().join(", ")
+            )));
+        }
+        None => default_backend,
     };
     let box_ = args.box_.as_deref().unwrap_or(t.default_box);
     if box_.trim().is_empty() {
@@ -66,13 +67,8 @@ pub fn run(app: &App, args: &InitArgs) -> Result<ExitCode, CliError> {
             "--box needs a box name, path or URL".into(),
         ));
     }
-    let text = t
-        .text
-        .replace("@BOX@", &toml::Value::String(box_.to_owned()).to_string())
-        .replace(
-            "@BACKEND@",
-            &toml::Value::String(backend.to_string()).to_string(),
-        );
+    let text = format!("{before}{}{after}", toml::Value::String(backend.to_owned()))
+        .replace("@BOX@", &toml::Value::String(box_.to_owned()).to_string());
 
     let path = app.cwd.join(FILE_NAME);
     if path.exists() && !args.force {
@@ -99,6 +95,15 @@ pub fn run(app: &App, args: &InitArgs) -> Result<ExitCode, CliError> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A template's text around its `@BACKEND:name@` slot, and the name.
+fn backend_slot(text: &str) -> (&str, &str, &str) {
+    let (before, rest) = text
+        .split_once("@BACKEND:")
+        .expect("every template has a backend slot");
+    let (name, after) = rest.split_once('@').expect("the slot ends with @");
+    (before, name, after)
 }
 
 /// Make sure `.envup/` is in the project's `.gitignore`.

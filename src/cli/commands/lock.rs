@@ -15,6 +15,7 @@ fn relock(app: &App, names: &[String], fresh: bool) -> Result<ExitCode, CliError
         store: &store,
         root: &config.root,
         reporter: &*reporter,
+        backends: crate::backend::Registry::builtin(),
     };
     let mut lock = Lockfile::read(&config.root)?;
     let mut changed = Vec::new();
@@ -26,7 +27,8 @@ fn relock(app: &App, names: &[String], fresh: bool) -> Result<ExitCode, CliError
             lock.valid_entry(name, &m.box_, m.box_version.as_ref())
                 .cloned()
         };
-        let (_, entry) = resolver.resolve(m, current.as_ref())?;
+        let (backend, _) = crate::backend::Registry::builtin().for_machine(m)?;
+        let (_, entry) = resolver.resolve(m, backend, current.as_ref())?;
         if lock.machines.get(name) != Some(&entry) {
             changed.push(format!(
                 "{name}: {} {} (sha256:{}…)",

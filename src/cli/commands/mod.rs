@@ -57,6 +57,7 @@ where
         project: &project,
         index: &index,
         reporter: &*reporter,
+        backends: crate::backend::Registry::builtin(),
         store: &store,
         lock: &lock,
         resolved: Default::default(),
@@ -154,6 +155,14 @@ pub(crate) fn connect(app: &App, config: &Config, name: &str) -> Result<crate::s
     let (state, keys) = running_machine(app, config, name)?;
     let ep = state
         .ssh
+        .clone()
         .ok_or_else(|| CliError::Failed(format!("machine `{name}` has no SSH address recorded")))?;
-    crate::ssh::Ssh::connect(&ep, &keys, std::time::Duration::from_secs(10)).map_err(CliError::from)
+    let dial = crate::backend::Registry::builtin().dial(&state);
+    crate::ssh::Ssh::connect(
+        &ep,
+        dial.as_ref(),
+        &keys,
+        std::time::Duration::from_secs(10),
+    )
+    .map_err(CliError::from)
 }

@@ -15,7 +15,7 @@ pub fn run(app: &App, args: &PlanArgs) -> Result<ExitCode, CliError> {
     for name in &selected {
         // Plan from what the backend sees, as `up` does.
         let state = project.load(name)?.map(|mut s| {
-            s.status = crate::backend::observed_status(&s);
+            s.status = crate::backend::Registry::builtin().observed_status(&s);
             s
         });
         plans.push(plan_up(&config.machines[name], state.as_ref(), &choice));

@@ -30,7 +30,7 @@ pub fn run(app: &App, cmd: &SnapshotCommand) -> Result<ExitCode, CliError> {
     let reporter = app.reporter();
     let _lock = app.lock(&project, &*reporter)?;
     let mut state = super::created_machine(&project, machine)?;
-    let backend = crate::backend::get(state.backend)?;
+    let backend = crate::backend::Registry::builtin().for_state(&state)?;
     let say = |text: String| {
         if app.mode.json {
             anstream::println!(
@@ -63,7 +63,13 @@ pub fn run(app: &App, cmd: &SnapshotCommand) -> Result<ExitCode, CliError> {
                 let keys = crate::ssh::MachineKeys::ensure(&project.machine_dir(machine), machine)
                     .map_err(|e| CliError::Failed(crate::cli::error::chain(&e)))?;
                 let m = &config.machines[machine.as_str()];
-                crate::ssh::Ssh::wait(ep, &keys, m.boot_timeout, None)?;
+                crate::ssh::Ssh::wait(
+                    ep,
+                    backend.dial(&state).as_ref(),
+                    &keys,
+                    m.boot_timeout,
+                    None,
+                )?;
             }
             say(format!("restored {machine} to snapshot `{name}`"));
         }

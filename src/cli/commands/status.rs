@@ -13,12 +13,17 @@ pub fn run(app: &App, args: &MachinesArgs) -> Result<ExitCode, CliError> {
     for name in &selected {
         let m = &config.machines[name];
         let state = project.load(name)?;
-        let status = state
-            .as_ref()
-            .map_or(Status::NotCreated, backend::observed_status);
+        let status = state.as_ref().map_or(Status::NotCreated, |s| {
+            backend::Registry::builtin().observed_status(s)
+        });
         let details: Vec<(String, String)> = state
             .as_ref()
-            .and_then(|s| backend::get(s.backend).ok().map(|b| b.details(s)))
+            .and_then(|s| {
+                backend::Registry::builtin()
+                    .for_state(s)
+                    .ok()
+                    .map(|b| b.details(s))
+            })
             .unwrap_or_default();
         rows.push((m, state, status, details));
     }
@@ -29,7 +34,7 @@ pub fn run(app: &App, args: &MachinesArgs) -> Result<ExitCode, CliError> {
                 json!({
                     "name": m.name,
                     "status": status,
-                    "backend": s.as_ref().map_or(m.backend, |s| s.backend),
+                    "backend": s.as_ref().map_or(&m.backend, |s| &s.backend),
                     "box": m.box_,
                     "ssh": s.as_ref().and_then(|s| s.ssh.as_ref()),
                     "forwards": m.forwards,
@@ -50,7 +55,7 @@ pub fn run(app: &App, args: &MachinesArgs) -> Result<ExitCode, CliError> {
         config.root.display()
     );
     for (m, s, status, details) in &rows {
-        let mut backend = s.as_ref().map_or(m.backend, |s| s.backend).to_string();
+        let mut backend = s.as_ref().map_or(&m.backend, |s| &s.backend).to_string();
         for (_, v) in details {
             backend.push_str(&format!(" ({v})"));
         }

@@ -233,6 +233,80 @@ pub fn resolv_conf(host: &str) -> String {
     out
 }
 
+/// Where the network namespace named `name` is (as `ip netns` names them).
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new("/run/netns").join(name)
+}
+
+/// For root: a dial that reaches the SSH server at 127.0.0.1:22 inside
+/// the network namespace named `name`, from a thread that enters it (a
+/// socket stays in the namespace it was made in), skipping the port
+/// forward everyone else goes through. None for other users.
+pub fn dial_in(name: &str) -> Option<crate::backend::Dial> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let ns = netns_path(name);
+    Some(Box::new(move |timeout| {
+        let f = std::fs::File::open(&ns)?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                std::net::TcpStream::connect_timeout(
+                    &(std::net::Ipv4Addr::LOCALHOST, 22).into(),
+                    timeout,
+                )
+            })
+            .join()
+            .expect("connect thread")
+        })
+    }))
+}
+
+/// Give the network namespace of process `pid` the name `name`
+/// (/run/netns/NAME, as `ip netns` does), so the network helper can join
+/// it and envup can reach the machine's SSH server inside it.
+pub(crate) fn name_netns(pid: i32, name: &str) -> Result<std::path::PathBuf, String> {
+    std::fs::create_dir_all("/run/netns").map_err(|e| format!("/run/netns: {e}"))?;
+    let ns = netns_path(name);
+    std::fs::write(&ns, b"").map_err(|e| format!("{}: {e}", ns.display()))?;
+    nix::mount::mount(
+        Some(&format!("/proc/{pid}/ns/net")[..]),
+        &ns,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("naming the network namespace: {e}"))?;
+    Ok(ns)
+}
+
+/// Take a network namespace's name away again.
+pub(crate) fn forget_netns(name: &str) {
+    let ns = netns_path(name);
+    let _ = nix::mount::umount2(&ns, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_file(&ns);
+}
+
+/// What a private network needs: slirp4netns, and the tun device it
+/// makes the namespace's interface with. LXC containers need the same.
+pub fn check() -> crate::backend::Check {
+    let name = PROGRAM;
+    match crate::host::which(name) {
+        None => crate::backend::Check::missing(
+            name,
+            "not found on PATH (needed for network = \"private\" and LXC)",
+            "apt-get install slirp4netns",
+        ),
+        Some(_) if !Path::new("/dev/net/tun").exists() => {
+            crate::backend::Check::missing(name, "/dev/net/tun is missing", "modprobe tun")
+        }
+        Some(_) => {
+            crate::backend::Check::ok(name, "connects private networks and forwards their ports")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

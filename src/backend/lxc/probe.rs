@@ -1,0 +1,42 @@
+//! What `doctor` says about LXC.
+
+use std::time::Duration;
+
+use crate::backend::Check;
+use crate::host::{first_line, run_with_timeout, which};
+
+/// lxc-start, run as root, and the private network's helper.
+pub fn probe() -> (bool, Vec<Check>) {
+    let timeout = Duration::from_secs(8);
+    let mut checks = Vec::new();
+    let net = crate::backend::rootfs::net::check();
+    checks.push(match which("lxc-start") {
+        None => Check::missing("lxc", "lxc-start not found on PATH", "apt-get install lxc"),
+        Some(p) => match run_with_timeout(&p, &["--version"], timeout) {
+            Ok(_) if !nix::unistd::geteuid().is_root() => Check::missing(
+                "lxc",
+                "envup runs LXC containers as root only (privileged containers)",
+                "run envup as root, or use backend = \"container\"",
+            ),
+            Ok(_) if !net.ok => Check::missing(
+                "lxc",
+                format!(
+                    "envup connects LXC containers' networks with {}: {}",
+                    net.what, net.detail
+                ),
+                net.fix.clone().unwrap_or_default(),
+            ),
+            Ok(o) if o.status.success() => Check::ok("lxc", format!("lxc {}", first_line(&o))),
+            Ok(o) => Check::missing(
+                "lxc",
+                format!("lxc-start fails: {}", first_line(&o)),
+                "apt-get install --reinstall lxc",
+            ),
+            Err(e) => Check::missing("lxc", e, "apt-get install --reinstall lxc"),
+        },
+    });
+
+    checks.push(net);
+    let ready = checks.iter().all(|c| c.ok);
+    (ready, checks)
+}
