@@ -58,39 +58,46 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Why a probe of the host's programs got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot run {}", .0.display())]
+    Spawn(PathBuf, #[source] std::io::Error),
+    #[error("cannot wait for {}", .0.display())]
+    Wait(PathBuf, #[source] std::io::Error),
+    #[error("{} did not answer within {}s", .0.display(), .1.as_secs())]
+    Timeout(PathBuf, Duration),
+}
+
 /// Run `program args…` with no input, giving up (and killing it) after
-/// `timeout`. The error says what went wrong in a few words.
+/// `timeout`.
 pub fn run_with_timeout(
     program: &Path,
     args: &[&str],
     timeout: Duration,
-) -> Result<Output, String> {
+) -> Result<Output, ProbeError> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+        .map_err(|e| ProbeError::Spawn(program.to_owned(), e))?;
     let start = Instant::now();
     loop {
         match child.try_wait() {
             Ok(Some(_)) => {
                 return child
                     .wait_with_output()
-                    .map_err(|e| format!("{}: {e}", program.display()));
+                    .map_err(|e| ProbeError::Wait(program.to_owned(), e));
             }
             Ok(None) if start.elapsed() > timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "{} did not answer within {}s",
-                    program.display(),
-                    timeout.as_secs()
-                ));
+                return Err(ProbeError::Timeout(program.to_owned(), timeout));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("{}: {e}", program.display())),
+            Err(e) => return Err(ProbeError::Wait(program.to_owned(), e)),
         }
     }
 }

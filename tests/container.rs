@@ -24,6 +24,7 @@ fn unavailable(engine: &str) -> Option<String> {
         _ => envup::backend::container::engine::Kind::Podman,
     })
     .err()
+    .map(|e| envup::cli::error::chain(&e))
 }
 
 /// One ENVUP_HOME with `tiny` and `debian/bookworm`, shared by the tests.

@@ -75,7 +75,7 @@ impl Lab {
         if ssh {
             let kept = sshds.clone();
             let boot: Boot = Arc::new(move |name: &str, dir: &Path| {
-                let keys = MachineKeys::ensure(dir, name).map_err(|e| e.to_string())?;
+                let keys = MachineKeys::ensure(dir, name).map_err(std::io::Error::other)?;
                 let sshd = Sshd::start(&keys.host_private_pem(), &keys.authorized_key());
                 let port = sshd.port;
                 kept.lock().unwrap().push(sshd);

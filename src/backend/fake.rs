@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Backend, BackendError, Check, VagrantProvider, failed};
+use super::{Backend, BackendError, Check, OwnError, VagrantProvider};
 use crate::boxes::StoredBox;
 use crate::envfile::Machine;
 use crate::ssh::MachineKeys;
@@ -23,7 +23,19 @@ use crate::state::{MachineState, Status};
 
 /// Start what answers SSH for machine `name` (its keys are in `dir`, as
 /// envup made them); the port it listens on at 127.0.0.1.
-pub type Boot = Arc<dyn Fn(&str, &Path) -> Result<u16, String> + Send + Sync>;
+pub type Boot = Arc<dyn Fn(&str, &Path) -> std::io::Result<u16> + Send + Sync>;
+
+/// The fake's failures.
+#[derive(Debug, thiserror::Error)]
+pub enum FakeError {
+    /// A call the test told to fail.
+    #[error("{0}: failing, as the test asked")]
+    Told(String),
+    #[error("cannot boot machine `{0}`")]
+    Boot(String, #[source] std::io::Error),
+}
+
+impl OwnError for FakeError {}
 
 #[derive(Default)]
 pub struct World {
@@ -102,7 +114,7 @@ impl Fake {
         let mut w = self.world.lock().expect("world");
         w.calls.push(call.clone());
         if w.fail.contains(&call) {
-            return Err(failed(format!("{call}: failing, as the test asked")));
+            return Err(FakeError::Told(call).into());
         }
         Ok(())
     }
@@ -168,7 +180,8 @@ impl Backend for Fake {
         self.busy(-1);
         done?;
         let port = match &self.boot {
-            Some(boot) => boot(&m.name, &super::machine_dir(state)?).map_err(failed)?,
+            Some(boot) => boot(&m.name, &super::machine_dir(state)?)
+                .map_err(|e| FakeError::Boot(m.name.clone(), e))?,
             // Nothing answers there.
             None => 1,
         };

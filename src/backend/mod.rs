@@ -33,8 +33,16 @@ use crate::state::{MachineState, Status};
 #[serde(try_from = "String", into = "String")]
 pub struct BackendName(String);
 
+/// A word that cannot be a backend's name.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "`{}` is not a backend name (lowercase letters, digits and `-`, at most 32)",
+    crate::ident::printable(.0)
+)]
+pub struct BadBackendName(pub String);
+
 impl BackendName {
-    pub fn new(name: &str) -> Result<Self, String> {
+    pub fn new(name: &str) -> Result<Self, BadBackendName> {
         let ok = !name.is_empty()
             && name.len() <= 32
             && name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -44,10 +52,7 @@ impl BackendName {
         if ok {
             Ok(Self(name.to_owned()))
         } else {
-            Err(format!(
-                "`{}` is not a backend name (lowercase letters, digits and `-`, at most 32)",
-                crate::ident::printable(name)
-            ))
+            Err(BadBackendName(name.to_owned()))
         }
     }
 
@@ -57,8 +62,8 @@ impl BackendName {
 }
 
 impl TryFrom<String> for BackendName {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = BadBackendName;
+    fn try_from(s: String) -> Result<Self, BadBackendName> {
         Self::new(&s)
     }
 }
@@ -99,8 +104,107 @@ pub enum BackendError {
     /// (they are damaged or were edited); envup leaves that thing alone.
     #[error("{0}")]
     NotOurs(String),
-    #[error("{0}")]
-    Failed(String),
+    #[error("the machine has no snapshot `{0}`")]
+    NoSnapshot(String),
+    #[error("the machine's state does not say where its directory is")]
+    NoDir,
+    #[error("cannot find a free port on 127.0.0.1 for SSH")]
+    NoPort(#[source] std::io::Error),
+    /// A program the backend runs could not be started.
+    #[error("cannot run {program} ({install})")]
+    Spawn {
+        program: String,
+        /// How to get it.
+        install: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A program the backend ran failed: its command line, and what it
+    /// said on stderr.
+    #[error("`{command}` failed{}", if .stderr.is_empty() { String::new() } else { format!(": {}", .stderr) })]
+    Tool { command: String, stderr: String },
+    /// An operation on a file or directory of the machine or the store.
+    #[error("cannot {op} {}", .path.display())]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file envup keeps for the machine is missing.
+    #[error("{} is missing", .0.display())]
+    Missing(std::path::PathBuf),
+    #[error("box `{name}` has no {artifact} artifact")]
+    NoArtifact {
+        name: String,
+        artifact: &'static str,
+    },
+    #[error("machine `{machine}`: its `{backend}` settings")]
+    Options {
+        machine: String,
+        backend: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// What only one backend runs into, as its own error type.
+    #[error(transparent)]
+    Own(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A backend's own error type: it converts into [`BackendError::Own`], so
+/// `?` works on it in any backend method.
+pub trait OwnError: std::error::Error + Send + Sync + 'static {}
+
+impl<E: OwnError> From<E> for BackendError {
+    fn from(e: E) -> Self {
+        BackendError::Own(Box::new(e))
+    }
+}
+
+/// An I/O error as a backend error: `op` on `path`.
+pub(crate) fn io_err(
+    op: &'static str,
+    path: impl Into<std::path::PathBuf>,
+) -> impl FnOnce(std::io::Error) -> BackendError {
+    let path = path.into();
+    move |source| BackendError::Io { op, path, source }
+}
+
+/// Run a program to its end; its stdout, or an error naming the command
+/// line and what it said. `install` says how to get the program.
+pub(crate) fn run_tool(
+    cmd: &mut std::process::Command,
+    install: &'static str,
+) -> Result<String, BackendError> {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| BackendError::Spawn {
+            program: cmd.get_program().to_string_lossy().into_owned(),
+            install,
+            source,
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(tool_failed(cmd, &out))
+    }
+}
+
+/// The error for a program that ran and failed.
+fn tool_failed(cmd: &std::process::Command, out: &std::process::Output) -> BackendError {
+    let mut command = crate::ssh::sh_quote(&cmd.get_program().to_string_lossy());
+    for a in cmd.get_args() {
+        command.push(' ');
+        command.push_str(&crate::ssh::sh_quote(&a.to_string_lossy()));
+    }
+    let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if stderr.is_empty() {
+        stderr = format!("{}", out.status);
+    }
+    BackendError::Tool { command, stderr }
 }
 
 /// How envup's SSH client reaches a machine's SSH server when the address
@@ -229,17 +333,9 @@ pub trait Backend: Send + Sync {
     }
 }
 
-/// A message as a backend error.
-pub(crate) fn failed(what: impl std::fmt::Display) -> BackendError {
-    BackendError::Failed(what.to_string())
-}
-
 /// The machine's state directory; each backend keeps its files under it.
 pub(crate) fn machine_dir(state: &MachineState) -> Result<std::path::PathBuf, BackendError> {
-    state
-        .dir
-        .clone()
-        .ok_or_else(|| failed("the machine's state does not say where its directory is"))
+    state.dir.clone().ok_or(BackendError::NoDir)
 }
 
 /// The name a machine's resources get on the host (cgroup, netns,
@@ -313,11 +409,11 @@ pub fn ssh_port() -> Result<u16, BackendError> {
             return Ok(port);
         }
     }
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| BackendError::Failed(format!("cannot find a free port: {e}")))?;
-    Ok(l.local_addr()
-        .map_err(|e| BackendError::Failed(e.to_string()))?
-        .port())
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(BackendError::NoPort)?
+        .port();
+    Ok(port)
 }
 
 fn getrandom_port(buf: &mut [u8]) -> Result<(), rand_core::Error> {
@@ -533,5 +629,9 @@ pub fn options<T: serde::de::DeserializeOwned>(m: &Machine) -> Result<T, Backend
     m.options
         .clone()
         .try_into()
-        .map_err(|e| failed(format!("machine `{}`: {e}", m.name)))
+        .map_err(|source| BackendError::Options {
+            machine: m.name.clone(),
+            backend: m.backend.to_string(),
+            source: Box::new(source),
+        })
 }

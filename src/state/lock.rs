@@ -5,9 +5,15 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    Io(PathBuf, std::io::Error),
+    #[error("cannot lock {}", .0.display())]
+    Io(PathBuf, #[source] std::io::Error),
+    #[error(
+        "the lock is held{} and was not let go in {}s",
+        .holder.map(|p| format!(" by pid {p}")).unwrap_or_default(),
+        .waited.as_secs()
+    )]
     Timeout {
         holder: Option<u32>,
         waited: Duration,

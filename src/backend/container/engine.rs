@@ -2,13 +2,14 @@
 //! their CLI), with the extra arguments this host needs, found by trying.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::ContainerError;
 use super::Engine;
-use crate::backend::{BackendError, failed};
+use crate::backend::{BackendError, run_tool};
 use crate::host::{first_line, run_with_timeout, which};
 
 /// How long an engine may take to answer `version` when probed.
@@ -63,7 +64,7 @@ impl EngineCli {
             // Named: installed is enough; the engine's own errors say the rest.
             Engine::Docker => return Self::named("docker"),
             Engine::Podman => return Self::named("podman"),
-            Engine::Lxc => return Err(failed("LXC is the lxc backend's, not a container engine")),
+            Engine::Lxc => return Err(ContainerError::NotAnEngine.into()),
         };
         // Asked once per envup command: `check` and `create` both want it.
         static AUTO: std::sync::OnceLock<Result<EngineCli, String>> = std::sync::OnceLock::new();
@@ -72,49 +73,38 @@ impl EngineCli {
             for &k in kinds {
                 match EngineCli::find(k) {
                     Ok(e) => return Ok(e),
-                    Err(e) => why.push(e),
+                    Err(e) => why.push(crate::cli::error::chain(&e)),
                 }
             }
-            Err(format!(
-                "no container engine works here: {} (`envup doctor` says more)",
-                why.join("; ")
-            ))
+            Err(why.join("; "))
         })
         .clone()
-        .map_err(failed)
+        .map_err(|tried| ContainerError::NoEngine(tried).into())
     }
 
     /// The engine `kind`, if its program is installed and it answers.
-    pub fn find(kind: Kind) -> Result<EngineCli, String> {
-        let program =
-            which(kind.name()).ok_or_else(|| format!("{} is not installed", kind.name()))?;
+    pub fn find(kind: Kind) -> Result<EngineCli, ContainerError> {
+        let program = which(kind.name()).ok_or(ContainerError::NotInstalled(kind.name()))?;
         let fmt = match kind {
             Kind::Docker => "{{.Server.Version}}",
             Kind::Podman => "{{.Client.Version}}",
         };
         match run_with_timeout(&program, &["version", "--format", fmt], PROBE_TIMEOUT) {
             Ok(o) if o.status.success() => Ok(EngineCli { kind, program }),
-            Ok(o) => Err(format!(
-                "{} does not answer: {}",
-                kind.name(),
-                first_line(&o)
-            )),
-            Err(e) => Err(format!("{}: {e}", kind.name())),
+            Ok(o) => Err(ContainerError::NoAnswer {
+                engine: kind.name(),
+                said: first_line(&o),
+            }),
+            Err(e) => Err(ContainerError::Probe(e)),
         }
     }
 
     /// The engine a machine was created with, by name.
     pub fn named(name: &str) -> Result<EngineCli, BackendError> {
-        let kind = Kind::parse(name).ok_or_else(|| {
-            failed(format!(
-                "unknown container engine `{name}` in the machine's state"
-            ))
-        })?;
-        let program = which(kind.name()).ok_or_else(|| {
-            failed(format!(
-                "the machine was made with {name}, which is no longer installed"
-            ))
-        })?;
+        let kind =
+            Kind::parse(name).ok_or_else(|| ContainerError::UnknownEngine(name.to_owned()))?;
+        let program =
+            which(kind.name()).ok_or_else(|| ContainerError::Uninstalled(name.to_owned()))?;
         Ok(EngineCli { kind, program })
     }
 
@@ -127,24 +117,13 @@ impl EngineCli {
     /// Run the engine with `args`; its stdout when it succeeds, else an
     /// error naming the command and what the engine said.
     pub fn run(&self, args: &[&str]) -> Result<String, BackendError> {
-        let out = self
-            .command()
-            .args(args)
-            .output()
-            .map_err(|e| failed(format!("cannot run {}: {e}", self.program.display())))?;
-        self.check(args, out)
-    }
-
-    fn check(&self, args: &[&str], out: Output) -> Result<String, BackendError> {
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-        }
-        Err(failed(format!(
-            "`{} {}` failed: {}",
-            self.kind.name(),
-            args.iter().take(2).copied().collect::<Vec<_>>().join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        run_tool(
+            self.command().args(args),
+            match self.kind {
+                Kind::Docker => "apt-get install docker.io",
+                Kind::Podman => "apt-get install podman",
+            },
+        )
     }
 
     /// Remove a container, running or not, at once (Podman would otherwise
@@ -190,10 +169,10 @@ impl EngineCli {
             return Ok(Vec::new());
         }
         // Found again whenever the engine's program changes.
-        let meta = std::fs::metadata(&self.program).map_err(failed)?;
-        let version = format!("{} {:?}", meta.len(), meta.modified().map_err(failed)?);
-        let cache = crate::state::envup_home()
-            .map_err(failed)?
+        let io = crate::backend::io_err("read the metadata of", &self.program);
+        let meta = std::fs::metadata(&self.program).map_err(io)?;
+        let version = format!("{} {:?}", meta.len(), meta.modified().ok());
+        let cache = crate::state::envup_home()?
             .join("engines")
             .join(format!("{}.json", self.kind.name()));
         #[derive(Serialize, Deserialize)]
@@ -217,7 +196,7 @@ impl EngineCli {
                         version: version.clone(),
                         args: args.clone(),
                     };
-                    crate::state::write_json(&cache, &found).map_err(failed)?;
+                    crate::state::write_json(&cache, &found)?;
                     if !args.is_empty() {
                         tracing::info!("{} needs {:?} on this host", self.kind.name(), args);
                     }
@@ -226,11 +205,11 @@ impl EngineCli {
                 Err(e) => tried.push(format!("[{}]: {e}", args.join(" "))),
             }
         }
-        Err(failed(format!(
-            "{} cannot start a container on this host; tried {}",
-            self.kind.name(),
-            tried.join("; ")
-        )))
+        Err(ContainerError::NoHostArgs {
+            engine: self.kind.name(),
+            tried: tried.join("; "),
+        }
+        .into())
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, BackendError, HandOver, failed};
+use super::{Backend, BackendError, HandOver, OwnError, io_err};
 use crate::boxes::StoredBox;
 use crate::envfile::Machine;
 use crate::ssh::MachineKeys;
@@ -28,6 +28,48 @@ pub const HALT_DEADLINE: Duration = Duration::from_secs(10);
 pub const PIDS_MAX: u64 = 1024;
 
 pub struct ContainerBackend;
+
+/// What only the container backend runs into.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("LXC is the lxc backend's, not a container engine")]
+    NotAnEngine,
+    #[error("no container engine works here: {0} (`envup doctor` says more)")]
+    NoEngine(String),
+    #[error("{0} is not installed")]
+    NotInstalled(&'static str),
+    #[error("{engine} does not answer: {said}")]
+    NoAnswer { engine: &'static str, said: String },
+    #[error(transparent)]
+    Probe(crate::host::ProbeError),
+    #[error("unknown container engine `{0}` in the machine's state")]
+    UnknownEngine(String),
+    #[error("the machine was made with {0}, which is no longer installed")]
+    Uninstalled(String),
+    #[error("{engine} cannot start a container on this host; tried {tried}")]
+    NoHostArgs { engine: &'static str, tried: String },
+    #[error(
+        "box `{name}` logs in as `{user}`; the Docker and Podman engines place keys for \
+         root only so far (the lxc and jail backends place them for any user)"
+    )]
+    NotRoot { name: String, user: String },
+    #[error(
+        "container {container} is gone from {engine}; `envup destroy` the machine and `up` again"
+    )]
+    Gone {
+        container: String,
+        engine: &'static str,
+    },
+    #[error("{engine} did not remove container {container}")]
+    NotRemoved {
+        container: String,
+        engine: &'static str,
+    },
+    #[error("cannot lock the box for importing")]
+    Lock(#[source] crate::state::lock::LockError),
+}
+
+impl OwnError for ContainerError {}
 
 /// The container backend's table, `[machines.NAME.container]`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -73,9 +115,8 @@ fn record_path(state: &MachineState) -> Result<PathBuf, BackendError> {
 /// edited record cannot name someone else's container).
 fn record(state: &MachineState) -> Result<Created, BackendError> {
     let p = record_path(state)?;
-    let c: Created = crate::state::read_json(&p)
-        .map_err(failed)?
-        .ok_or_else(|| failed(format!("{} is missing", p.display())))?;
+    let c: Created =
+        crate::state::read_json(&p)?.ok_or_else(|| BackendError::Missing(p.clone()))?;
     super::own_host_name(&super::machine_dir(state)?, &c.name)?;
     Ok(c)
 }
@@ -98,13 +139,16 @@ fn ensure_image(e: &EngineCli, stored: &StoredBox) -> Result<String, BackendErro
         Duration::from_secs(300),
         &|_| {},
     )
-    .map_err(|_| failed("cannot lock the box for importing"))?;
+    .map_err(ContainerError::Lock)?;
     if e.has_image(&image) {
         return Ok(image);
     }
     let rootfs = stored
         .artifact("rootfs")
-        .ok_or_else(|| failed(format!("box `{}` has no rootfs", stored.meta.name)))?;
+        .ok_or_else(|| BackendError::NoArtifact {
+            name: stored.meta.name.clone(),
+            artifact: "rootfs",
+        })?;
     e.import(&rootfs, &image, &stored.digest)?;
     Ok(image)
 }
@@ -183,7 +227,7 @@ fn bind_mount(host: &Path, guest: &str, read_only: bool) -> [String; 2] {
 /// its state directory: its login key for root and its SSH host key.
 fn key_mounts(dir: &Path, keys: &MachineKeys) -> Result<Vec<String>, BackendError> {
     let kdir = dir.join("container");
-    std::fs::create_dir_all(&kdir).map_err(failed)?;
+    std::fs::create_dir_all(&kdir).map_err(io_err("make", &kdir))?;
     let files = [
         (
             "authorized_keys",
@@ -199,9 +243,9 @@ fn key_mounts(dir: &Path, keys: &MachineKeys) -> Result<Vec<String>, BackendErro
     let mut args = Vec::new();
     for (file, text, guest) in files {
         let path = kdir.join(file);
-        std::fs::write(&path, text).map_err(failed)?;
+        std::fs::write(&path, text).map_err(io_err("write", &path))?;
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .map_err(failed)?;
+            .map_err(io_err("set the mode of", &path))?;
         args.extend(bind_mount(&path, guest, true));
     }
     Ok(args)
@@ -298,11 +342,11 @@ impl Backend for ContainerBackend {
         let opts: Options = super::options(m)?;
         let e = EngineCli::choose(opts.engine)?;
         if stored.manifest.ssh_user != "root" {
-            return Err(failed(format!(
-                "box `{}` logs in as `{}`; the Docker and Podman engines place keys for \
-                 root only so far (the lxc and jail backends place them for any user)",
-                stored.meta.name, stored.manifest.ssh_user
-            )));
+            return Err(ContainerError::NotRoot {
+                name: stored.meta.name.clone(),
+                user: stored.manifest.ssh_user.clone(),
+            }
+            .into());
         }
         let image = ensure_image(&e, stored)?;
         let host_args = e.host_args(&image)?;
@@ -314,7 +358,7 @@ impl Backend for ContainerBackend {
             name: name.clone(),
             args: args.clone(),
         };
-        crate::state::write_json(&record_path(state)?, &created).map_err(failed)?;
+        crate::state::write_json(&record_path(state)?, &created)?;
         let mut cmd: Vec<&str> = vec!["create"];
         cmd.extend(args.iter().map(String::as_str));
         cmd.push(&image);
@@ -343,11 +387,11 @@ impl Backend for ContainerBackend {
         }
         e.run(&["start", &c.name]).map(|_| ()).map_err(|err| {
             if engine_status(&e, &c.name).is_none() {
-                failed(format!(
-                    "container {} is gone from {}; `envup destroy` the machine and `up` again",
-                    c.name,
-                    e.kind.name()
-                ))
+                ContainerError::Gone {
+                    container: c.name.clone(),
+                    engine: e.kind.name(),
+                }
+                .into()
             } else {
                 err
             }
@@ -383,11 +427,11 @@ impl Backend for ContainerBackend {
         };
         let _ = e.remove_container(&c.name);
         if engine_status(&e, &c.name).is_some() {
-            return Err(failed(format!(
-                "{} did not remove container {}",
-                e.kind.name(),
-                c.name
-            )));
+            return Err(ContainerError::NotRemoved {
+                container: c.name.clone(),
+                engine: e.kind.name(),
+            }
+            .into());
         }
         for s in self.snapshot_list(state)? {
             self.snapshot_delete(state, &s)?;
@@ -416,7 +460,7 @@ impl Backend for ContainerBackend {
         let (e, mut c) = load(state)?;
         let image = format!("{}:{name}", snapshot_repo(&c.name));
         if !e.has_image(&image) {
-            return Err(failed(format!("machine has no snapshot `{name}`")));
+            return Err(BackendError::NoSnapshot(name.to_owned()));
         }
         let was_running = state.status == Status::Running;
         e.remove_container(&c.name)?;
@@ -428,7 +472,7 @@ impl Backend for ContainerBackend {
             for a in c.args.iter_mut().filter(|a| **a == old) {
                 *a = format!("127.0.0.1:{}:22/tcp", ep.port);
             }
-            crate::state::write_json(&record_path(state)?, &c).map_err(failed)?;
+            crate::state::write_json(&record_path(state)?, &c)?;
         }
         let mut cmd: Vec<&str> = vec!["create"];
         cmd.extend(c.args.iter().map(String::as_str));
@@ -464,7 +508,7 @@ impl Backend for ContainerBackend {
         let (e, c) = load(state)?;
         let image = format!("{}:{name}", snapshot_repo(&c.name));
         if !e.has_image(&image) {
-            return Err(failed(format!("machine has no snapshot `{name}`")));
+            return Err(BackendError::NoSnapshot(name.to_owned()));
         }
         e.run(&["rmi", &image]).map(|_| ())
     }

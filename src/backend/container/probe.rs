@@ -27,7 +27,7 @@ pub fn probe() -> (bool, Vec<Check>) {
                 ),
                 Err(e) => Check::missing(
                     "docker",
-                    e,
+                    crate::cli::error::chain(&e),
                     "start the engine: systemctl start docker (or dockerd)",
                 ),
             }
@@ -51,7 +51,11 @@ pub fn probe() -> (bool, Vec<Check>) {
                     format!("podman fails: {}", first_line(&o)),
                     "apt-get install --reinstall podman runc",
                 ),
-                Err(e) => Check::missing("podman", e, "apt-get install --reinstall podman runc"),
+                Err(e) => Check::missing(
+                    "podman",
+                    crate::cli::error::chain(&e),
+                    "apt-get install --reinstall podman runc",
+                ),
             }
         }
     });

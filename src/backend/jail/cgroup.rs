@@ -11,17 +11,42 @@ pub struct Cgroup {
     dirs: Vec<PathBuf>,
 }
 
-fn write(path: &Path, value: &str) -> Result<(), String> {
-    std::fs::write(path, value)
-        .map_err(|e| format!("cannot write {value:?} to {}: {e}", path.display()))
+/// What can go wrong with a jail's cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup hierarchy with the memory, pids and cpu controllers is mounted")]
+    NoHierarchy,
+    #[error("cannot create cgroup {}", .0.display())]
+    Create(PathBuf, #[source] std::io::Error),
+    #[error("cannot write {value:?} to {}", .path.display())]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the cgroup freezer did not finish in 10 s")]
+    FreezeTimeout,
+    #[error("this host's cgroups have no freezer for the jail")]
+    NoFreezer,
+}
+
+impl crate::backend::OwnError for CgroupError {}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.to_owned(),
+        value: value.to_owned(),
+        source,
+    })
 }
 
 /// Poll `done` for up to 10 s.
-fn wait_for(done: impl Fn() -> bool) -> Result<(), String> {
+fn wait_for(done: impl Fn() -> bool) -> Result<(), CgroupError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !done() {
         if std::time::Instant::now() > deadline {
-            return Err("the cgroup freezer did not finish in 10 s".into());
+            return Err(CgroupError::FreezeTimeout);
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
@@ -52,17 +77,14 @@ impl Cgroup {
     }
 
     /// Create the jail's cgroup and set its limits.
-    pub fn create(name: &str, cpus: u32, memory: u64, pids: u64) -> Result<Cgroup, String> {
+    pub fn create(name: &str, cpus: u32, memory: u64, pids: u64) -> Result<Cgroup, CgroupError> {
         let dirs = Self::dirs_for(name);
         if dirs.is_empty() {
-            return Err(
-                "no cgroup hierarchy with the memory, pids and cpu controllers is mounted".into(),
-            );
+            return Err(CgroupError::NoHierarchy);
         }
         for d in &dirs {
             let parent = d.parent().expect("under envup/");
-            std::fs::create_dir_all(d)
-                .map_err(|e| format!("cannot create cgroup {}: {e}", d.display()))?;
+            std::fs::create_dir_all(d).map_err(|e| CgroupError::Create(d.clone(), e))?;
             let hierarchy = parent.parent().expect("under a mount").to_path_buf();
             let is_v2 =
                 hierarchy.join("cgroup.controllers").exists() && !hierarchy.join("tasks").exists();
@@ -99,7 +121,7 @@ impl Cgroup {
     }
 
     /// Put process `pid` (and so everything it starts) into the cgroup.
-    pub fn add(&self, pid: i32) -> Result<(), String> {
+    pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
         for d in &self.dirs {
             write(&d.join("cgroup.procs"), &pid.to_string())?;
         }
@@ -108,7 +130,7 @@ impl Cgroup {
 
     /// Freeze (or thaw) every process of the jail: v1's freezer controller
     /// or v2's cgroup.freeze, waiting until the kernel says it holds.
-    pub fn freeze(name: &str, frozen: bool) -> Result<(), String> {
+    pub fn freeze(name: &str, frozen: bool) -> Result<(), CgroupError> {
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
         for d in Self::dirs_for(name) {
             let v1 = d.join("freezer.state");
@@ -125,7 +147,7 @@ impl Cgroup {
                 return wait_for(|| read(&events).lines().any(|l| l == want));
             }
         }
-        Err("this host's cgroups have no freezer for the jail".into())
+        Err(CgroupError::NoFreezer)
     }
 
     /// SIGKILL every process in the jail's cgroup, and wait until it is empty.

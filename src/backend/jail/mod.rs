@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::rootfs::{
     Layer, Login, Network as JailNetwork, first_boot_files, is_store_rootfs, lower_dir, snapshots,
 };
-use super::{Backend, BackendError, failed};
+use super::{Backend, BackendError, OwnError, io_err};
 use crate::boxes::StoredBox;
 use crate::envfile::Machine;
 use crate::envfile::config::{Forward, Share};
@@ -61,6 +61,31 @@ pub struct JailConfig {
 
 pub struct JailBackend;
 
+/// What only the jail backend runs into.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    #[error("{} is missing: it is installed beside envup (cargo install installs both)", .0.display())]
+    NoSupervisor(PathBuf),
+    #[error("cannot start the jail supervisor")]
+    Spawn(#[source] std::io::Error),
+    #[error("the jail supervisor stopped ({status}): {last}")]
+    SupervisorStopped { status: String, last: String },
+    #[error("the jail supervisor did not start in 20 s; see {}", .0.display())]
+    SupervisorSlow(PathBuf),
+    #[error(
+        "the jail was made with a {made} network and the Envfile now asks for {asked}: \
+         `envup destroy` it and `up` again to change that"
+    )]
+    NetworkChanged {
+        made: &'static str,
+        asked: &'static str,
+    },
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+}
+
+impl OwnError for JailError {}
+
 /// The jail backend's table, `[machines.NAME.jail]`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -79,15 +104,12 @@ pub const SUPERVISOR: &str = "envup-jail-supervisor";
 
 /// The supervisor binary, installed beside `envup`.
 fn supervisor_exe() -> Result<PathBuf, BackendError> {
-    let exe = std::env::current_exe().map_err(failed)?;
+    let exe = std::env::current_exe().map_err(io_err("find", "envup's own program"))?;
     let sup = exe.with_file_name(SUPERVISOR);
     if sup.is_file() {
         return Ok(sup);
     }
-    Err(failed(format!(
-        "{} is missing: it is installed beside envup (cargo install installs both)",
-        sup.display()
-    )))
+    Err(JailError::NoSupervisor(sup).into())
 }
 
 /// The jail's supervisor, if it is still running and still ours: the
@@ -155,7 +177,7 @@ impl Backend for JailBackend {
         let dir = jail_dir(&super::machine_dir(state)?);
         let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
         for d in [&upper, &work, &merged] {
-            std::fs::create_dir_all(d).map_err(failed)?;
+            std::fs::create_dir_all(d).map_err(io_err("make", d))?;
         }
         let port = super::ssh_port()?;
         let layer = Layer {
@@ -180,7 +202,7 @@ impl Backend for JailBackend {
             shares: m.shares.clone(),
             id,
         };
-        crate::state::write_json(&dir.join("jail.json"), &cfg).map_err(failed)?;
+        crate::state::write_json(&dir.join("jail.json"), &cfg)?;
         state.ssh = Some(SshEndpoint {
             host: "127.0.0.1".into(),
             port: cfg.ssh_port,
@@ -210,9 +232,7 @@ impl Backend for JailBackend {
         }
         let dir = jail_dir(&super::machine_dir(state)?);
         match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(failed(format!("cannot remove {}: {e}", dir.display())))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", &dir)(e)),
             // What the jail's files named but envup did not make is told.
             _ => match cfg {
                 Err(e @ BackendError::NotOurs(_)) => Err(e),
@@ -234,7 +254,7 @@ impl Backend for JailBackend {
         let dir = jail_dir(&super::machine_dir(state)?);
         let id = read_config(state)?.id;
         snapshots::save(&dir, name, live_supervisor(state).is_some(), |frozen| {
-            cgroup::Cgroup::freeze(&id, frozen).map_err(failed)
+            cgroup::Cgroup::freeze(&id, frozen).map_err(|e| JailError::Cgroup(e).into())
         })
     }
 
@@ -242,7 +262,7 @@ impl Backend for JailBackend {
     fn snapshot_restore(&self, state: &mut MachineState, name: &str) -> Result<(), BackendError> {
         let dir = jail_dir(&super::machine_dir(state)?);
         if !snapshots::exists(&dir, name) {
-            return Err(failed(format!("machine has no snapshot `{name}`")));
+            return Err(BackendError::NoSnapshot(name.to_owned()));
         }
         let running = live_supervisor(state).is_some();
         halt(state, true)?;
@@ -272,12 +292,11 @@ fn refresh_config(m: &Machine, state: &mut MachineState) -> Result<(), BackendEr
     let mut cfg = recorded.clone();
     let opts: Options = super::options(m)?;
     if cfg.network != opts.network {
-        return Err(failed(format!(
-            "the jail was made with a {} network and the Envfile now asks for {}: \
-             `envup destroy` it and `up` again to change that",
-            cfg.network.name(),
-            opts.network.name()
-        )));
+        return Err(JailError::NetworkChanged {
+            made: cfg.network.name(),
+            asked: opts.network.name(),
+        }
+        .into());
     }
     cfg.hostname = m.hostname.clone();
     cfg.cpus = m.cpus;
@@ -289,7 +308,7 @@ fn refresh_config(m: &Machine, state: &mut MachineState) -> Result<(), BackendEr
     // create, which wrote the same.
     let value = |c: &JailConfig| serde_json::to_value(c).expect("configs serialize");
     if value(&cfg) != value(&recorded) {
-        crate::state::write_json(&dir.join("jail.json"), &cfg).map_err(failed)?;
+        crate::state::write_json(&dir.join("jail.json"), &cfg)?;
     }
     state.forwards = m.forwards.clone();
     Ok(())
@@ -309,11 +328,11 @@ fn launch(state: &mut MachineState) -> Result<(), BackendError> {
         .create(true)
         .append(true)
         .open(&log)
-        .map_err(failed)?;
+        .map_err(io_err("open", &log))?;
     let mut cmd = Command::new(exe);
     cmd.arg(&dir)
         .stdin(Stdio::null())
-        .stdout(logf.try_clone().map_err(failed)?)
+        .stdout(logf.try_clone().map_err(io_err("open again", &log))?)
         .stderr(logf);
     // SAFETY: setsid is async-signal-safe; the supervisor leaves the
     // command's session so it outlives it and its terminal.
@@ -324,9 +343,7 @@ fn launch(state: &mut MachineState) -> Result<(), BackendError> {
                 .map_err(std::io::Error::from)
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| failed(format!("cannot start the jail supervisor: {e}")))?;
+    let mut child = cmd.spawn().map_err(JailError::Spawn)?;
     let started = Instant::now();
     loop {
         if let Ok(text) = std::fs::read_to_string(&pidfile)
@@ -340,17 +357,15 @@ fn launch(state: &mut MachineState) -> Result<(), BackendError> {
         if let Ok(Some(st)) = child.try_wait() {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
             let last: Vec<&str> = tail.lines().rev().take(5).collect();
-            return Err(failed(format!(
-                "the jail supervisor stopped ({st}): {}",
-                last.into_iter().rev().collect::<Vec<_>>().join(" / ")
-            )));
+            return Err(JailError::SupervisorStopped {
+                status: st.to_string(),
+                last: last.into_iter().rev().collect::<Vec<_>>().join(" / "),
+            }
+            .into());
         }
         if started.elapsed() > Duration::from_secs(20) {
             let _ = child.kill();
-            return Err(failed(format!(
-                "the jail supervisor did not start; see {}",
-                log.display()
-            )));
+            return Err(JailError::SupervisorSlow(log).into());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -397,9 +412,8 @@ impl JailConfig {
     /// store as the lower layer, and the host name that belongs to `dir`.
     pub fn load(dir: &Path) -> Result<JailConfig, BackendError> {
         let p = dir.join("jail.json");
-        let cfg: JailConfig = crate::state::read_json(&p)
-            .map_err(failed)?
-            .ok_or_else(|| failed(format!("{} is missing", p.display())))?;
+        let cfg: JailConfig =
+            crate::state::read_json(&p)?.ok_or_else(|| BackendError::Missing(p.clone()))?;
         super::own_host_name(dir, &cfg.id)?;
         let own = [
             (&cfg.upper, "upper"),

@@ -91,7 +91,7 @@ pub fn probe() -> (bool, Vec<Check>) {
                 format!("cannot create namespaces: {}", String::from_utf8_lossy(&o.stderr).trim()),
                 "run as root on a kernel with namespaces enabled (and outside a container that forbids them)",
             ),
-            Err(e) => Check::missing("namespaces", e, "check that unshare(1) works on this host"),
+            Err(e) => Check::missing("namespaces", crate::cli::error::chain(&e), "check that unshare(1) works on this host"),
         },
         None => Check::missing("namespaces", "unshare(1) not found to test with", "apt-get install util-linux"),
     });

@@ -21,6 +21,38 @@ use crate::backend::rootfs::Network as JailNetwork;
 use crate::backend::rootfs::net::{self, forget_netns, name_netns};
 use crate::contained::{Root, fd_path};
 
+/// What can stop a jail from starting, as its supervisor logs it.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("{step}")]
+    Sys {
+        step: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot drop {0}")]
+    Cap(&'static str, #[source] nix::Error),
+    #[error(transparent)]
+    Net(#[from] crate::backend::rootfs::net::NetError),
+    #[error(transparent)]
+    Cgroup(#[from] super::cgroup::CgroupError),
+    #[error("cannot release the jail's init")]
+    Release(#[source] nix::Error),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
+fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> SetupError {
+    let what = what.to_string();
+    move |source| SetupError::Io { what, source }
+}
+
 /// 0: run; 1: halt gracefully; 2: kill now.
 static REQUEST: AtomicU8 = AtomicU8::new(0);
 
@@ -59,7 +91,10 @@ fn enter(cfg: &JailConfig, ready: std::os::fd::OwnedFd) -> isize {
             127
         }
         Err(e) => {
-            eprintln!("cannot set up the jail's root: {e}");
+            eprintln!(
+                "cannot set up the jail's root: {}",
+                crate::cli::error::chain(&e)
+            );
             126
         }
     }
@@ -88,7 +123,7 @@ pub const DROPPED_CAPS: [(u32, &str); 15] = [
 /// Also dropped when the jail shares the host's network.
 const CAP_NET_ADMIN: u32 = 12;
 
-fn drop_capabilities(network: JailNetwork) -> Result<(), String> {
+fn drop_capabilities(network: JailNetwork) -> Result<(), SetupError> {
     let extra = (network == JailNetwork::Host).then_some((CAP_NET_ADMIN, "CAP_NET_ADMIN"));
     for (cap, name) in DROPPED_CAPS.into_iter().chain(extra) {
         // SAFETY: PR_CAPBSET_DROP takes an integer and touches no memory.
@@ -103,7 +138,7 @@ fn drop_capabilities(network: JailNetwork) -> Result<(), String> {
         };
         // EINVAL: a capability this kernel does not know; nothing to drop.
         if r != 0 && nix::errno::Errno::last() != nix::errno::Errno::EINVAL {
-            return Err(format!("cannot drop {name}: {}", nix::errno::Errno::last()));
+            return Err(SetupError::Cap(name, nix::errno::Errno::last()));
         }
     }
     Ok(())
@@ -123,12 +158,9 @@ fn overlay_path(p: &Path) -> String {
     out
 }
 
-fn setup_root(cfg: &JailConfig) -> Result<(), String> {
+fn setup_root(cfg: &JailConfig) -> Result<(), SetupError> {
     let m = &cfg.merged;
-    let e = |what: &str| {
-        let what = what.to_owned();
-        move |err: nix::Error| format!("{what}: {err}")
-    };
+    let e = |step: &'static str| move |source: nix::Error| SetupError::Sys { step, source };
     mount(
         None::<&str>,
         "/",
@@ -154,13 +186,13 @@ fn setup_root(cfg: &JailConfig) -> Result<(), String> {
     // From here on every path in the jail's root is the machine's to
     // choose (the box's and its root user's symlinks): each mount target
     // is resolved inside the root and mounted through its descriptor.
-    let root = Root::open(m).map_err(|err| err.to_string())?;
+    let root = Root::open(m).map_err(io(format!("cannot open {}", m.display())))?;
     let dir = |rel: &str| {
         root.mkdir_all(Path::new(rel), 0o755, Some((0, 0)))
-            .map_err(|err| err.to_string())
+            .map_err(io(format!("cannot make /{rel} in the jail")))
     };
     for s in &cfg.shares {
-        let fd = dir(&s.guest).map_err(|err| format!("share {}: {err}", s.guest))?;
+        let fd = dir(&s.guest)?;
         let target = fd_path(&fd);
         mount(
             Some(&s.host),
@@ -176,7 +208,7 @@ fn setup_root(cfg: &JailConfig) -> Result<(), String> {
             // (nothing runs in the jail yet to change it).
             let mounted = root
                 .open_dir(Path::new(&s.guest))
-                .map_err(|err| format!("share {}: {err}", s.guest))?;
+                .map_err(io(format!("cannot open share {}", s.guest)))?;
             mount(
                 None::<&str>,
                 &fd_path(&mounted),
@@ -219,11 +251,11 @@ fn setup_root(cfg: &JailConfig) -> Result<(), String> {
     // below it are envup's own.
     let dev_fd = root
         .open_dir(Path::new("dev"))
-        .map_err(|err| err.to_string())?;
+        .map_err(io("cannot open /dev in the jail"))?;
     let dev = fd_path(&dev_fd);
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
         let target = dev.join(node);
-        std::fs::write(&target, b"").map_err(|err| format!("/dev/{node}: {err}"))?;
+        std::fs::write(&target, b"").map_err(io(format!("cannot make /dev/{node}")))?;
         mount(
             Some(&Path::new("/dev").join(node)),
             &target,
@@ -233,7 +265,7 @@ fn setup_root(cfg: &JailConfig) -> Result<(), String> {
         )
         .map_err(e("binding a device"))?;
     }
-    std::fs::create_dir_all(dev.join("pts")).map_err(|err| err.to_string())?;
+    std::fs::create_dir_all(dev.join("pts")).map_err(io("cannot make /dev/pts"))?;
     mount(
         Some("devpts"),
         &dev.join("pts"),
@@ -242,8 +274,9 @@ fn setup_root(cfg: &JailConfig) -> Result<(), String> {
         Some("newinstance,ptmxmode=0666,mode=620,gid=5"),
     )
     .map_err(e("mounting /dev/pts"))?;
-    std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx")).map_err(|err| err.to_string())?;
-    std::fs::create_dir_all(dev.join("shm")).map_err(|err| err.to_string())?;
+    std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx"))
+        .map_err(io("cannot link /dev/ptmx"))?;
+    std::fs::create_dir_all(dev.join("shm")).map_err(io("cannot make /dev/shm"))?;
     mount(
         Some("tmpfs"),
         &dev.join("shm"),
@@ -256,7 +289,10 @@ fn setup_root(cfg: &JailConfig) -> Result<(), String> {
     nix::unistd::chdir(m).map_err(e("entering the root"))?;
     dir(".envup-oldroot")?;
     if !std::fs::symlink_metadata(".envup-oldroot").is_ok_and(|md| md.is_dir()) {
-        return Err("/.envup-oldroot in the jail is not a directory".into());
+        return Err(SetupError::Io {
+            what: "/.envup-oldroot in the jail is not a directory".into(),
+            source: std::io::ErrorKind::NotADirectory.into(),
+        });
     }
     nix::unistd::pivot_root(".", ".envup-oldroot").map_err(e("pivot_root"))?;
     nix::unistd::chdir("/").map_err(e("chdir /"))?;
@@ -267,7 +303,11 @@ fn setup_root(cfg: &JailConfig) -> Result<(), String> {
 
 /// Give the jail's network namespace a name and connect it: slirp4netns,
 /// with SSH and the forwards listening once this returns.
-fn connect_network(cfg: &JailConfig, child: Pid, dir: &Path) -> Result<Child, String> {
+fn connect_network(
+    cfg: &JailConfig,
+    child: Pid,
+    dir: &Path,
+) -> Result<Child, crate::backend::rootfs::net::NetError> {
     let ns = name_netns(child.as_raw(), &cfg.id)?;
     net::connect(
         &ns,
@@ -346,32 +386,32 @@ pub fn supervise(dir: &Path) -> i32 {
             return 1;
         }
     };
-    let fail = |msg: String| {
-        eprintln!("{msg}");
+    let fail = |e: SetupError| {
+        eprintln!("{}", crate::cli::error::chain(&e));
         let _ = kill(child, Signal::SIGKILL);
         let _ = waitpid(child, None);
         clean_up(&cfg);
         1
     };
     if let Err(e) = cg.add(child.as_raw()) {
-        return fail(e);
+        return fail(e.into());
     }
     let mut helper = None;
     if cfg.network == JailNetwork::Private {
         match connect_network(&cfg, child, dir) {
             Ok(p) => helper = Some(p),
-            Err(e) => return fail(e),
+            Err(e) => return fail(e.into()),
         }
     }
-    if nix::unistd::write(&ready_w, b"x").is_err() {
-        return fail("cannot release the jail's init".into());
+    if let Err(e) = nix::unistd::write(&ready_w, b"x") {
+        return fail(SetupError::Release(e));
     }
     drop(ready_w);
     let me = std::process::id() as i32;
     let started = crate::backend::start_time(me).unwrap_or(0);
     let pidfile = dir.join("supervisor.pid");
     if let Err(e) = crate::state::write_atomic(&pidfile, format!("{me} {started}\n").as_bytes()) {
-        return fail(e.to_string());
+        return fail(e.into());
     }
 
     // Wait for init; pass halt requests on.

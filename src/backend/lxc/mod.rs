@@ -9,14 +9,14 @@
 mod probe;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::backend::rootfs::net::{self, forget_netns, name_netns};
 use crate::backend::rootfs::{
     Layer, Login, Network, first_boot_files, is_store_rootfs, lower_dir, snapshots,
 };
-use crate::backend::{Backend, BackendError, Check, Dial, failed};
+use crate::backend::{Backend, BackendError, Check, Dial, OwnError, io_err, run_tool};
 use crate::boxes::StoredBox;
 use crate::envfile::Machine;
 use crate::ssh::MachineKeys;
@@ -29,6 +29,21 @@ const HALT_DEADLINE: Duration = Duration::from_secs(10);
 const PIDS_MAX: u64 = 1024;
 
 pub struct LxcBackend;
+
+/// What only the lxc backend runs into.
+#[derive(Debug, thiserror::Error)]
+pub enum LxcError {
+    #[error("lxc is not installed (apt-get install lxc)")]
+    NotInstalled,
+    #[error("the container stopped at once; see {}", .0.display())]
+    StoppedAtOnce(PathBuf),
+    #[error("the machine's state records no SSH port")]
+    NoSshPort,
+    #[error("cannot connect the container's network")]
+    Network(#[source] crate::backend::rootfs::net::NetError),
+}
+
+impl OwnError for LxcError {}
 
 /// The container's name on the host.
 fn host_name(state: &MachineState) -> Result<String, BackendError> {
@@ -59,21 +74,14 @@ fn lxc_path(state: &MachineState, name: &str) -> Result<PathBuf, BackendError> {
     if std::fs::read_link(&link).ok().as_deref() == Some(real.as_path()) {
         return Ok(link);
     }
-    crate::state::ensure_private_dir(Path::new(LINKS))
-        .map_err(|e| failed(format!("cannot make {LINKS}: {e}")))?;
+    crate::state::ensure_private_dir(Path::new(LINKS)).map_err(io_err("make", LINKS))?;
     match std::fs::remove_file(&link) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(failed(format!("cannot replace {}: {e}", link.display())));
+            return Err(io_err("replace", link)(e));
         }
         _ => {}
     }
-    std::os::unix::fs::symlink(&real, &link).map_err(|e| {
-        failed(format!(
-            "cannot link {} to {}: {e}",
-            link.display(),
-            real.display()
-        ))
-    })?;
+    std::os::unix::fs::symlink(&real, &link).map_err(io_err("make the link", &link))?;
     Ok(link)
 }
 
@@ -92,22 +100,14 @@ fn fstab_field(path: &Path) -> Vec<u8> {
 }
 
 fn lxc(tool: &str, dir: &Path, name: &str, args: &[&str]) -> Result<String, BackendError> {
-    let out = Command::new(tool)
-        .arg("-P")
-        .arg(dir)
-        .args(["-n", name])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| failed(format!("cannot run {tool} (apt-get install lxc): {e}")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(failed(format!(
-            "`{tool}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    run_tool(
+        Command::new(tool)
+            .arg("-P")
+            .arg(dir)
+            .args(["-n", name])
+            .args(args),
+        "apt-get install lxc",
+    )
 }
 
 /// The container's config file, for the container whose directory LXC
@@ -169,9 +169,10 @@ fn create(
     let login = Login::of(&lower, &stored.manifest.ssh_user)?;
     let dir = lxc_dir(state)?;
     let upper = dir.join("upper");
-    std::fs::create_dir_all(&upper).map_err(failed)?;
-    std::fs::create_dir_all(dir.join(name)).map_err(failed)?;
-    std::os::unix::fs::symlink(&lower, dir.join("lower")).map_err(failed)?;
+    std::fs::create_dir_all(&upper).map_err(io_err("make", &upper))?;
+    std::fs::create_dir_all(dir.join(name)).map_err(io_err("make", dir.join(name)))?;
+    std::os::unix::fs::symlink(&lower, dir.join("lower"))
+        .map_err(io_err("make the link", dir.join("lower")))?;
     let port = crate::backend::ssh_port()?;
     let layer = Layer {
         lower: &lower,
@@ -179,7 +180,7 @@ fn create(
     };
     first_boot_files(&layer, keys, &login, &m.hostname, Network::Private, port)?;
     let text = config(m, name, &lxc_path(state, name)?, crate::host::cgroup_v1());
-    crate::state::write_atomic(&dir.join(name).join("config"), &text).map_err(failed)?;
+    crate::state::write_atomic(&dir.join(name).join("config"), &text)?;
     state.id = Some(format!("lxc:{name}"));
     state.ssh = Some(SshEndpoint {
         host: "127.0.0.1".into(),
@@ -232,7 +233,10 @@ fn refresh_config(m: &Machine, state: &MachineState, name: &str) -> Result<(), B
         layer.mkdir(Path::new(&s.guest), 0o755, (0, 0))?;
     }
     let text = config(m, name, &lxc_path(state, name)?, crate::host::cgroup_v1());
-    crate::state::write_atomic(&dir.join(name).join("config"), &text).map_err(failed)
+    Ok(crate::state::write_atomic(
+        &dir.join(name).join("config"),
+        &text,
+    )?)
 }
 
 fn start(m: &Machine, state: &mut MachineState, name: &str) -> Result<(), BackendError> {
@@ -259,17 +263,10 @@ fn boot(state: &MachineState, name: &str) -> Result<(), BackendError> {
         name,
         &["-d", "-l", "WARN", "-o", &log.to_string_lossy()],
     )?;
-    let pid = init_pid(&dir, name).ok_or_else(|| {
-        failed(format!(
-            "the container stopped at once; see {}",
-            log.display()
-        ))
-    })?;
-    let ns = name_netns(pid, name).map_err(failed)?;
-    let ep = state
-        .ssh
-        .as_ref()
-        .ok_or_else(|| failed("no SSH port recorded"))?;
+    let real_log = lxc_dir(state)?.join("lxc.log");
+    let pid = init_pid(&dir, name).ok_or(LxcError::StoppedAtOnce(real_log))?;
+    let ns = name_netns(pid, name)?;
+    let ep = state.ssh.as_ref().ok_or(LxcError::NoSshPort)?;
     // The helper outlives this command; its pid and start time are kept so
     // that halt ends this process and no other.
     let helper = net::connect(
@@ -279,17 +276,20 @@ fn boot(state: &MachineState, name: &str) -> Result<(), BackendError> {
         &net::host_fwds(ep.port, &state.forwards),
         net::Lifetime::Detached,
     );
-    let recorded = helper.and_then(|child| {
-        let pid = child.id() as i32;
-        let started = crate::backend::start_time(pid).unwrap_or(0);
-        crate::state::write_atomic(&dir.join(NET_PID), format!("{pid}:{started}").as_bytes())
-            .map_err(|e| e.to_string())
-    });
+    let recorded = helper
+        .map_err(|e| BackendError::from(LxcError::Network(e)))
+        .and_then(|child| {
+            let pid = child.id() as i32;
+            let started = crate::backend::start_time(pid).unwrap_or(0);
+            let id = format!("{pid}:{started}");
+            Ok(crate::state::write_atomic(
+                &dir.join(NET_PID),
+                id.as_bytes(),
+            )?)
+        });
     if let Err(e) = recorded {
         let _ = stop(state, name, true);
-        return Err(failed(format!(
-            "cannot connect the container's network: {e}"
-        )));
+        return Err(e);
     }
     Ok(())
 }
@@ -368,7 +368,7 @@ fn destroy(state: &MachineState, name: &str) -> Result<(), BackendError> {
         if let Err(e) = gone
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            return Err(failed(format!("cannot remove {}: {e}", path.display())));
+            return Err(io_err("remove", path)(e));
         }
     }
     Ok(())
@@ -388,7 +388,7 @@ fn snapshot_save(state: &MachineState, host: &str, snap: &str) -> Result<(), Bac
 fn snapshot_restore(state: &MachineState, host: &str, snap: &str) -> Result<(), BackendError> {
     let dir = lxc_path(state, host)?;
     if !snapshots::exists(&dir, snap) {
-        return Err(failed(format!("machine has no snapshot `{snap}`")));
+        return Err(BackendError::NoSnapshot(snap.to_owned()));
     }
     let running = lxc_state(&dir, host).as_deref() == Some("RUNNING");
     stop(state, host, true)?;
@@ -430,7 +430,7 @@ impl Backend for LxcBackend {
 
     fn check(&self, _m: &Machine) -> Result<(), BackendError> {
         if crate::host::which("lxc-start").is_none() {
-            return Err(failed("lxc is not installed (apt-get install lxc)"));
+            return Err(LxcError::NotInstalled.into());
         }
         Ok(())
     }

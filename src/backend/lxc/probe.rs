@@ -32,7 +32,11 @@ pub fn probe() -> (bool, Vec<Check>) {
                 format!("lxc-start fails: {}", first_line(&o)),
                 "apt-get install --reinstall lxc",
             ),
-            Err(e) => Check::missing("lxc", e, "apt-get install --reinstall lxc"),
+            Err(e) => Check::missing(
+                "lxc",
+                crate::cli::error::chain(&e),
+                "apt-get install --reinstall lxc",
+            ),
         },
     });
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, BackendError, failed, start_time};
+use super::{Backend, BackendError, OwnError, io_err, run_tool, start_time};
 use crate::boxes::StoredBox;
 use crate::envfile::Machine;
 use crate::ssh::MachineKeys;
@@ -28,6 +28,55 @@ pub const HALT_DEADLINE: Duration = Duration::from_secs(20);
 const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 
 pub struct QemuBackend;
+
+/// What only the qemu backend runs into.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("box `{0}` has no disk image, which the qemu backend needs")]
+    NoDisk(String),
+    #[error("cannot write the seed disk {}", .path.display())]
+    Seed {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach qemu's monitor on {}", .path.display())]
+    Monitor {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the monitor command `{command}` failed")]
+    MonitorCommand {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// savevm, loadvm and delvm answer with text only when they fail.
+    #[error("the monitor command `{command}` failed: {said}")]
+    Refused { command: String, said: String },
+    #[error(
+        "qemu cannot save a running VM that has a share (virtio-9p); \
+         `envup halt` it and save a disk snapshot instead"
+    )]
+    SaveWithShare,
+    #[error("qemu started but wrote no pid file {}", .0.display())]
+    NoPidFile(PathBuf),
+    #[error("qemu (pid {0}) ended as soon as it started")]
+    EndedAtOnce(i32),
+    #[error("qemu (pid {0}) did not end")]
+    DidNotEnd(i32),
+    #[error("{0} is not qemu-img's JSON")]
+    Info(String, #[source] serde_json::Error),
+    #[error("the guest could not mount share {guest}, nor take a copy of it")]
+    ShareCopy {
+        guest: String,
+        #[source]
+        source: crate::ssh::SshError,
+    },
+}
+
+impl OwnError for QemuError {}
 
 /// What `start` runs, written at create.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,24 +120,10 @@ impl Paths {
 }
 
 fn qemu_img(args: &[&str]) -> Result<String, BackendError> {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| {
-            failed(format!(
-                "cannot run qemu-img (apt-get install qemu-utils): {e}"
-            ))
-        })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(failed(format!(
-            "`qemu-img {}` failed: {}",
-            args.first().copied().unwrap_or(""),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    run_tool(
+        Command::new("qemu-img").args(args),
+        "apt-get install qemu-utils",
+    )
 }
 
 /// The qcow2 overlay on the stored image: a backing file, nothing copied;
@@ -329,14 +364,12 @@ fn live_qemu(state: &MachineState) -> Option<i32> {
 
 fn read_config(state: &MachineState) -> Result<VmConfig, BackendError> {
     let p = Paths::of(state)?.config();
-    crate::state::read_json(&p)
-        .map_err(failed)?
-        .ok_or_else(|| failed(format!("{} is missing", p.display())))
+    crate::state::read_json(&p)?.ok_or(BackendError::Missing(p))
 }
 
 fn monitor(state: &MachineState) -> Result<qmp::Monitor, BackendError> {
-    let p = Paths::of(state)?.qmp();
-    qmp::Monitor::connect(&p).map_err(|e| failed(format!("QMP on {}: {e}", p.display())))
+    let path = Paths::of(state)?.qmp();
+    Ok(qmp::Monitor::connect(&path).map_err(|source| QemuError::Monitor { path, source })?)
 }
 
 fn wait_gone(pid: i32, within: Duration) -> bool {
@@ -353,7 +386,8 @@ fn wait_gone(pid: i32, within: Duration) -> bool {
 /// The snapshots qcow2 holds in `overlay`: (name, has the VM's state).
 fn snapshots(overlay: &Path) -> Result<Vec<(String, bool)>, BackendError> {
     let info = qemu_img(&["info", "--output=json", "-U", &overlay.to_string_lossy()])?;
-    let v: serde_json::Value = serde_json::from_str(&info).map_err(failed)?;
+    let v: serde_json::Value = serde_json::from_str(&info)
+        .map_err(|e| QemuError::Info(overlay.display().to_string(), e))?;
     Ok(v["snapshots"]
         .as_array()
         .map(|a| {
@@ -373,12 +407,19 @@ fn snapshots(overlay: &Path) -> Result<Vec<(String, bool)>, BackendError> {
 fn human(state: &MachineState, command: &str) -> Result<(), BackendError> {
     let out = monitor(state)?
         .human(command)
-        .map_err(|e| failed(format!("`{command}`: {e}")))?;
+        .map_err(|source| QemuError::MonitorCommand {
+            command: command.to_owned(),
+            source,
+        })?;
     let out = out.trim();
     if out.is_empty() {
         Ok(())
     } else {
-        Err(failed(format!("`{command}`: {out}")))
+        Err(QemuError::Refused {
+            command: command.to_owned(),
+            said: out.to_owned(),
+        }
+        .into())
     }
 }
 
@@ -392,26 +433,15 @@ fn launch(state: &mut MachineState) -> Result<(), BackendError> {
     let _ = std::fs::remove_file(p.pidfile());
     let _ = std::fs::remove_file(p.qmp());
     // With -daemonize, qemu returns once the VM is set up (or failed).
-    let out = Command::new("qemu-system-x86_64")
-        .args(&cfg.args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| {
-            failed(format!(
-                "cannot run qemu-system-x86_64 (apt-get install qemu-system-x86): {e}"
-            ))
-        })?;
-    if !out.status.success() {
-        return Err(failed(format!(
-            "qemu did not start: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    run_tool(
+        Command::new("qemu-system-x86_64").args(&cfg.args),
+        "apt-get install qemu-system-x86",
+    )?;
     let pid: i32 = std::fs::read_to_string(p.pidfile())
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| failed("qemu started but wrote no pid file"))?;
-    let start = start_time(pid).ok_or_else(|| failed("qemu ended as soon as it started"))?;
+        .ok_or_else(|| QemuError::NoPidFile(p.pidfile()))?;
+    let start = start_time(pid).ok_or(QemuError::EndedAtOnce(pid))?;
     state.id = Some(format!("{pid}:{start}"));
     Ok(())
 }
@@ -468,18 +498,15 @@ impl Backend for QemuBackend {
         keys: &MachineKeys,
         state: &mut MachineState,
     ) -> Result<(), BackendError> {
-        let disk = stored.artifact("disk").ok_or_else(|| {
-            failed(format!(
-                "box `{}` has no disk image, which the qemu backend needs",
-                stored.meta.name
-            ))
-        })?;
+        let disk = stored
+            .artifact("disk")
+            .ok_or_else(|| QemuError::NoDisk(stored.meta.name.clone()))?;
         let format = stored.manifest.artifacts["disk"]
             .format
             .clone()
             .unwrap_or_else(|| "qcow2".into());
         let p = Paths::of(state)?;
-        std::fs::create_dir_all(&p.dir).map_err(failed)?;
+        std::fs::create_dir_all(&p.dir).map_err(io_err("make", &p.dir))?;
         let _ = std::fs::remove_file(p.overlay());
         make_overlay(&disk, &format, &p.overlay(), m.disk.bytes())?;
         let name = super::host_name(&p.dir);
@@ -491,7 +518,10 @@ impl Backend for QemuBackend {
             keys,
         }
         .write(&p.seed())
-        .map_err(|e| failed(format!("cannot write the seed disk: {e}")))?;
+        .map_err(|source| QemuError::Seed {
+            path: p.seed(),
+            source,
+        })?;
         let kernel = stored.artifact("kernel");
         let opts: Options = super::options(m)?;
         let accel = match opts.accel {
@@ -523,7 +553,7 @@ impl Backend for QemuBackend {
             accel: accel.into(),
             name,
         };
-        crate::state::write_json(&p.config(), &cfg).map_err(failed)?;
+        crate::state::write_json(&p.config(), &cfg)?;
         state.ssh = Some(SshEndpoint {
             host: "127.0.0.1".into(),
             port,
@@ -564,13 +594,11 @@ impl Backend for QemuBackend {
     fn destroy(&self, state: &MachineState) -> Result<(), BackendError> {
         self.stop(state, true)?;
         if let Some(pid) = live_qemu(state) {
-            return Err(failed(format!("qemu (pid {pid}) did not end")));
+            return Err(QemuError::DidNotEnd(pid).into());
         }
         let p = Paths::of(state)?;
         match std::fs::remove_dir_all(&p.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(failed(format!("cannot remove {}: {e}", p.dir.display())))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", &p.dir)(e)),
             _ => Ok(()),
         }
     }
@@ -584,7 +612,15 @@ impl Backend for QemuBackend {
         }
         // Alive: ask qemu itself whether the guest runs.
         Ok(
-            match monitor(state).and_then(|m| m.running().map_err(failed)) {
+            match monitor(state).and_then(|m| {
+                m.running().map_err(|source| {
+                    QemuError::MonitorCommand {
+                        command: "query-status".into(),
+                        source,
+                    }
+                    .into()
+                })
+            }) {
                 Ok(true) => Status::Running,
                 Ok(false) => Status::Stopped,
                 Err(_) => state.status,
@@ -609,7 +645,10 @@ impl Backend for QemuBackend {
             if let Err(e) = ssh.run("mounting a share", &mount, None) {
                 tracing::debug!("9p mount of {} failed: {e}", s.guest);
                 ssh.upload(&s.host, &s.guest, !sudo.is_empty())
-                    .map_err(|e| failed(format!("share {}: {e}", s.guest)))?;
+                    .map_err(|source| QemuError::ShareCopy {
+                        guest: s.guest.clone(),
+                        source,
+                    })?;
                 notes.push(format!(
                     "share {} is a copy of {} made now (the guest cannot mount virtio-9p); changes on either side are not seen by the other",
                     s.guest,
@@ -628,15 +667,12 @@ impl Backend for QemuBackend {
 
     fn snapshot_save(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
         if live_qemu(state).is_some() {
-            human(state, &format!("savevm {name}")).map_err(|e| {
-                if e.to_string().contains("VirtFS") {
-                    failed(format!(
-                        "{e}\nqemu cannot save a running VM that has a share mounted; `envup halt` it and save a disk snapshot instead"
-                    ))
-                } else {
-                    e
-                }
-            })
+            // qemu refuses to save a VM with a virtio-9p device: say so
+            // from the command line envup gave it, before asking.
+            if read_config(state)?.args.iter().any(|a| a == "-virtfs") {
+                return Err(QemuError::SaveWithShare.into());
+            }
+            human(state, &format!("savevm {name}"))
         } else {
             let o = Paths::of(state)?.overlay();
             qemu_img(&["snapshot", "-c", name, &o.to_string_lossy()]).map(|_| ())
@@ -646,7 +682,7 @@ impl Backend for QemuBackend {
     fn snapshot_restore(&self, state: &mut MachineState, name: &str) -> Result<(), BackendError> {
         let o = Paths::of(state)?.overlay();
         let Some((_, with_vm)) = snapshots(&o)?.into_iter().find(|(n, _)| n == name) else {
-            return Err(failed(format!("machine has no snapshot `{name}`")));
+            return Err(BackendError::NoSnapshot(name.to_owned()));
         };
         let running = live_qemu(state).is_some();
         if running && with_vm {
@@ -670,7 +706,7 @@ impl Backend for QemuBackend {
     fn snapshot_delete(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
         let o = Paths::of(state)?.overlay();
         if !snapshots(&o)?.iter().any(|(n, _)| n == name) {
-            return Err(failed(format!("machine has no snapshot `{name}`")));
+            return Err(BackendError::NoSnapshot(name.to_owned()));
         }
         if live_qemu(state).is_some() {
             human(state, &format!("delvm {name}"))

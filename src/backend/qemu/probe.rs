@@ -19,7 +19,7 @@ pub fn probe() -> (bool, Vec<Check>) {
             Some(path) => {
                 let v = run_with_timeout(&path, &["--version"], Duration::from_secs(5))
                     .map(|o| first_line(&o))
-                    .unwrap_or_else(|e| e);
+                    .unwrap_or_else(|e| crate::cli::error::chain(&e));
                 checks.push(Check::ok(prog, v));
             }
             None => {

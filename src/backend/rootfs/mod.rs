@@ -11,10 +11,40 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{BackendError, failed};
+use crate::backend::{BackendError, OwnError, io_err};
 use crate::boxes::StoredBox;
 use crate::contained::Root;
 use crate::ssh::MachineKeys;
+
+/// What can go wrong with a box's rootfs and a machine's own layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("cannot lock the box's rootfs to unpack it")]
+    Lock(#[source] crate::state::lock::LockError),
+    #[error("cannot unpack the rootfs of `{}`", crate::ident::printable(.name))]
+    Unpack {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the box's /etc/passwd")]
+    Passwd(#[source] std::io::Error),
+    #[error("the box logs in as `{0}`, but its /etc/passwd has no such user")]
+    NoUser(String),
+    #[error("cannot open {} as the machine's files", .path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `/PATH` is not a directory in the machine's layer or the box.
+    #[error("/{} is not a directory in the {where_}", .path.display())]
+    NotADirectory { path: PathBuf, where_: &'static str },
+    #[error("in the machine's layer")]
+    Layer(#[source] std::io::Error),
+}
+
+impl OwnError for RootfsError {}
 
 /// Which network a machine whose root is an overlay is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -46,28 +76,26 @@ pub(crate) fn lower_dir(stored: &StoredBox) -> Result<PathBuf, BackendError> {
     }
     let tar_path = stored
         .artifact("rootfs")
-        .ok_or_else(|| failed(format!("box `{}` has no rootfs", stored.meta.name)))?;
-    let lock = crate::state::lock::FileLock::acquire(
-        &stored.dir.join(".rootfs.lock"),
-        Duration::from_secs(300),
-        &|_| {},
-    )
-    .map_err(|_| failed("cannot lock the box's rootfs for unpacking"))?;
+        .ok_or_else(|| BackendError::NoArtifact {
+            name: stored.meta.name.clone(),
+            artifact: "rootfs",
+        })?;
+    let lock_path = stored.dir.join(".rootfs.lock");
+    let lock = crate::state::lock::FileLock::acquire(&lock_path, Duration::from_secs(300), &|_| {})
+        .map_err(RootfsError::Lock)?;
     if dir.is_dir() {
         return Ok(dir);
     }
     let tmp = tempfile::Builder::new()
         .prefix(".rootfs-")
         .tempdir_in(&stored.dir)
-        .map_err(failed)?;
-    unpack_rootfs(&tar_path, tmp.path()).map_err(|e| {
-        failed(format!(
-            "cannot unpack the rootfs of `{}`: {}",
-            crate::ident::printable(&stored.meta.name),
-            crate::cli::error::chain(&e)
-        ))
+        .map_err(io_err("make a directory in", &stored.dir))?;
+    unpack_rootfs(&tar_path, tmp.path()).map_err(|source| RootfsError::Unpack {
+        name: stored.meta.name.clone(),
+        source,
     })?;
-    std::fs::rename(tmp.keep(), &dir).map_err(failed)?;
+    let kept = tmp.keep();
+    std::fs::rename(&kept, &dir).map_err(io_err("rename to its place", kept))?;
     drop(lock);
     Ok(dir)
 }
@@ -147,13 +175,9 @@ impl Login {
     pub fn of(root: &Path, user: &str) -> Result<Login, BackendError> {
         let bytes = Root::open(root)
             .and_then(|r| r.read_file(Path::new("etc/passwd"), 4 << 20))
-            .map_err(|e| failed(format!("cannot read the box's /etc/passwd: {e}")))?;
+            .map_err(RootfsError::Passwd)?;
         let text = String::from_utf8_lossy(&bytes);
-        Login::from_passwd(&text, user).ok_or_else(|| {
-            failed(format!(
-                "the box logs in as `{user}`, but its /etc/passwd has no such user"
-            ))
-        })
+        Ok(Login::from_passwd(&text, user).ok_or_else(|| RootfsError::NoUser(user.to_owned()))?)
     }
 
     fn from_passwd(text: &str, user: &str) -> Option<Login> {
@@ -185,7 +209,10 @@ impl Layer<'_> {
     /// Both layers as roots that paths are resolved inside.
     pub fn roots(&self) -> Result<(Root, Root), BackendError> {
         let open = |p: &Path| {
-            Root::open(p).map_err(|e| failed(format!("cannot open the machine's files: {e}")))
+            Root::open(p).map_err(|source| RootfsError::Open {
+                path: p.to_owned(),
+                source,
+            })
         };
         Ok((open(self.lower)?, open(self.upper)?))
     }
@@ -202,26 +229,28 @@ impl Layer<'_> {
             match upper.symlink_metadata(&done) {
                 Ok(m) if m.is_dir() => continue,
                 Ok(_) => {
-                    return Err(failed(format!(
-                        "/{} is not a directory in the machine",
-                        done.display()
-                    )));
+                    return Err(RootfsError::NotADirectory {
+                        path: done,
+                        where_: "machine",
+                    }
+                    .into());
                 }
                 Err(_) => {}
             }
             let (mode, uid, gid) = match lower.symlink_metadata(&done) {
                 Ok(m) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid()),
                 Ok(_) => {
-                    return Err(failed(format!(
-                        "/{} is not a directory in the box",
-                        done.display()
-                    )));
+                    return Err(RootfsError::NotADirectory {
+                        path: done,
+                        where_: "box",
+                    }
+                    .into());
                 }
                 Err(_) => (mode, owner.0, owner.1),
             };
             upper
                 .mkdir_all(&done, mode, Some((uid, gid)))
-                .map_err(|e| failed(format!("in the machine's layer: {e}")))?;
+                .map_err(RootfsError::Layer)?;
         }
         Ok(())
     }
@@ -241,7 +270,7 @@ impl Layer<'_> {
         let (_, upper) = self.roots()?;
         upper
             .write_file(&rel, text.as_bytes(), mode, owner)
-            .map_err(|e| failed(format!("in the machine's layer: {e}")))
+            .map_err(|e| RootfsError::Layer(e).into())
     }
 }
 

@@ -21,6 +21,57 @@ use std::time::Duration;
 
 use crate::envfile::config::{Forward, Protocol};
 
+/// What can go wrong connecting a machine's network.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot {op} {}", .path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make a pipe for {PROGRAM}'s readiness")]
+    Pipe(#[source] nix::Error),
+    #[error("cannot start {PROGRAM} (apt-get install {PROGRAM})")]
+    Spawn(#[source] std::io::Error),
+    #[error("{PROGRAM} could not connect the network namespace: {0}")]
+    NotReady(String),
+    #[error("cannot listen on {addr}/{proto} for the machine's port {guest} (is the port in use?)")]
+    Port {
+        addr: String,
+        proto: &'static str,
+        guest: u16,
+        #[source]
+        source: ApiError,
+    },
+    #[error("cannot name the network namespace of pid {pid} {}", .path.display())]
+    Name {
+        pid: i32,
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+impl crate::backend::OwnError for NetError {}
+
+/// What slirp4netns's API socket answered, when it was not yes.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ApiError {
+    #[error("{PROGRAM}'s API socket: {0}")]
+    Io(String),
+    #[error("an unreadable answer {0:?}")]
+    Unreadable(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetError {
+    let path = path.to_owned();
+    move |source| NetError::Io { op, path, source }
+}
+
 /// The address the machine's DNS queries go to; slirp4netns forwards them
 /// to the host's resolver.
 pub const DNS_ADDR: &str = "10.0.2.3";
@@ -96,19 +147,19 @@ pub fn connect(
     log: &Path,
     fwds: &[Forward],
     lifetime: Lifetime,
-) -> Result<Child, String> {
+) -> Result<Child, NetError> {
     let api = api_path(id);
-    std::fs::create_dir_all(api.parent().expect("has a parent"))
-        .map_err(|e| format!("/run/envup: {e}"))?;
+    let run = api.parent().expect("has a parent");
+    std::fs::create_dir_all(run).map_err(io("make", run))?;
     let _ = std::fs::remove_file(&api);
     let (ready_r, ready_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let logf = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(NetError::Pipe)?;
+    let logf = std::fs::File::create(log).map_err(io("create", log))?;
     let w = ready_w.as_raw_fd();
     let mut cmd = Command::new(PROGRAM);
     cmd.args(args(netns, &api, w))
         .stdin(Stdio::null())
-        .stdout(logf.try_clone().map_err(|e| e.to_string())?)
+        .stdout(logf.try_clone().map_err(io("open again", log))?)
         .stderr(logf);
     // SAFETY: fcntl, prctl and setsid are async-signal-safe.
     unsafe {
@@ -128,13 +179,17 @@ pub fn connect(
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {PROGRAM} (apt-get install {PROGRAM}): {e}"))?;
+    let mut child = cmd.spawn().map_err(NetError::Spawn)?;
     drop(ready_w);
     let result = wait_ready(&ready_r, log).and_then(|()| {
-        fwds.iter()
-            .try_for_each(|f| call(&api, &add_hostfwd_request(f)).map_err(|e| port_error(f, &e)))
+        fwds.iter().try_for_each(|f| {
+            call(&api, &add_hostfwd_request(f)).map_err(|source| NetError::Port {
+                addr: format!("{}:{}", f.host_ip, f.host),
+                proto: f.protocol.name(),
+                guest: f.guest,
+                source,
+            })
+        })
     });
     let _ = std::fs::remove_file(&api);
     match result {
@@ -147,21 +202,11 @@ pub fn connect(
     }
 }
 
-fn port_error(f: &Forward, why: &str) -> String {
-    format!(
-        "cannot listen on {}:{}/{} for the machine's port {}: {why} (is the port in use?)",
-        f.host_ip,
-        f.host,
-        f.protocol.name(),
-        f.guest
-    )
-}
-
 /// Wait for slirp4netns to say the namespace is configured.
-fn wait_ready(ready: &impl AsFd, log: &Path) -> Result<(), String> {
+fn wait_ready(ready: &impl AsFd, log: &Path) -> Result<(), NetError> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut fds = [PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
-    let n = poll(&mut fds, PollTimeout::from(10_000u16)).map_err(|e| format!("poll: {e}"))?;
+    let n = poll(&mut fds, PollTimeout::from(10_000u16)).map_err(NetError::Pipe)?;
     let mut b = [0u8; 1];
     if n == 1 && nix::unistd::read(ready.as_fd(), &mut b) == Ok(1) && b[0] == b'1' {
         return Ok(());
@@ -176,33 +221,33 @@ fn wait_ready(ready: &impl AsFd, log: &Path) -> Result<(), String> {
         } else {
             "it stopped"
         });
-    Err(format!(
-        "{PROGRAM} could not connect the network namespace: {last}"
-    ))
+    Err(NetError::NotReady(last.to_owned()))
 }
 
 /// One request on the API socket, one answer.
-fn call(api: &Path, req: &serde_json::Value) -> Result<(), String> {
-    let mut s = UnixStream::connect(api).map_err(|e| format!("{}: {e}", api.display()))?;
+fn call(api: &Path, req: &serde_json::Value) -> Result<(), ApiError> {
+    let io = |e: std::io::Error| ApiError::Io(format!("{}: {e}", api.display()));
+    let mut s = UnixStream::connect(api).map_err(io)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(req.to_string().as_bytes())
-        .map_err(|e| e.to_string())?;
+        .map_err(io)?;
+    s.write_all(req.to_string().as_bytes()).map_err(io)?;
     let mut buf = vec![0u8; 4096];
-    let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+    let n = s.read(&mut buf).map_err(io)?;
     answer(&buf[..n])
 }
 
 /// What an API answer says: `{"return": …}` or `{"error": {"desc": …}}`.
-pub fn answer(bytes: &[u8]) -> Result<(), String> {
+pub fn answer(bytes: &[u8]) -> Result<(), ApiError> {
     let v: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|_| format!("unreadable answer {:?}", String::from_utf8_lossy(bytes)))?;
+        .map_err(|_| ApiError::Unreadable(String::from_utf8_lossy(bytes).into_owned()))?;
     if v.get("return").is_some() {
         return Ok(());
     }
     let desc = v["error"]["desc"].as_str().unwrap_or("unknown error");
     // slirp4netns says "bad request: add_hostfwd: slirp_add_hostfwd failed".
-    Err(desc.rsplit(": ").next().unwrap_or(desc).to_owned())
+    Err(ApiError::Refused(
+        desc.rsplit(": ").next().unwrap_or(desc).to_owned(),
+    ))
 }
 
 /// The machine's /etc/resolv.conf on a private network: the host's, with a
@@ -266,10 +311,10 @@ pub fn dial_in(name: &str) -> Option<crate::backend::Dial> {
 /// Give the network namespace of process `pid` the name `name`
 /// (/run/netns/NAME, as `ip netns` does), so the network helper can join
 /// it and envup can reach the machine's SSH server inside it.
-pub(crate) fn name_netns(pid: i32, name: &str) -> Result<std::path::PathBuf, String> {
-    std::fs::create_dir_all("/run/netns").map_err(|e| format!("/run/netns: {e}"))?;
+pub(crate) fn name_netns(pid: i32, name: &str) -> Result<std::path::PathBuf, NetError> {
+    std::fs::create_dir_all("/run/netns").map_err(io("make", Path::new("/run/netns")))?;
     let ns = netns_path(name);
-    std::fs::write(&ns, b"").map_err(|e| format!("{}: {e}", ns.display()))?;
+    std::fs::write(&ns, b"").map_err(io("create", &ns))?;
     nix::mount::mount(
         Some(&format!("/proc/{pid}/ns/net")[..]),
         &ns,
@@ -277,7 +322,11 @@ pub(crate) fn name_netns(pid: i32, name: &str) -> Result<std::path::PathBuf, Str
         nix::mount::MsFlags::MS_BIND,
         None::<&str>,
     )
-    .map_err(|e| format!("naming the network namespace: {e}"))?;
+    .map_err(|source| NetError::Name {
+        pid,
+        path: ns.clone(),
+        source,
+    })?;
     Ok(ns)
 }
 
@@ -335,7 +384,7 @@ mod tests {
         assert!(answer(br#"{"return":{"id":1}}"#).is_ok());
         assert_eq!(
             answer(br#"{"error":{"desc":"bad request: add_hostfwd: slirp_add_hostfwd failed"}}"#),
-            Err("slirp_add_hostfwd failed".into())
+            Err(ApiError::Refused("slirp_add_hostfwd failed".into()))
         );
         assert!(answer(b"").is_err());
     }

@@ -6,9 +6,9 @@
 //! stopped, and puts the copy in place with renames.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::backend::{BackendError, failed};
+use crate::backend::{BackendError, io_err, run_tool};
 
 fn snapshot_dir(dir: &Path, name: &str) -> PathBuf {
     dir.join("snapshots").join(name)
@@ -22,23 +22,14 @@ fn partial(dir: &Path, name: &str) -> PathBuf {
 
 /// `cp -a`: copies with owners, modes, links, devices and xattrs as they are.
 fn copy_tree(from: &Path, to: &Path) -> Result<(), BackendError> {
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(failed)?;
-    if out.status.success() {
-        Ok(())
-    } else {
+    let copied = run_tool(
+        Command::new("cp").arg("-a").arg(from).arg(to),
+        "apt-get install coreutils",
+    );
+    if copied.is_err() {
         let _ = std::fs::remove_dir_all(to);
-        Err(failed(format!(
-            "copying {}: {}",
-            from.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
     }
+    copied.map(drop)
 }
 
 /// Copy the machine's layer to snapshot `name`; `freeze(true)` before and
@@ -50,7 +41,8 @@ pub(crate) fn save(
     freeze: impl Fn(bool) -> Result<(), BackendError>,
 ) -> Result<(), BackendError> {
     let target = snapshot_dir(dir, name);
-    std::fs::create_dir_all(dir.join("snapshots")).map_err(failed)?;
+    let snapshots = dir.join("snapshots");
+    std::fs::create_dir_all(&snapshots).map_err(io_err("make", snapshots))?;
     let tmp = partial(dir, name);
     let _ = std::fs::remove_dir_all(&tmp);
     if running {
@@ -61,7 +53,7 @@ pub(crate) fn save(
         freeze(false)?;
     }
     copied?;
-    std::fs::rename(&tmp, &target).map_err(failed)
+    std::fs::rename(&tmp, &target).map_err(io_err("rename to its place", tmp))
 }
 
 /// Put snapshot `name` in place of the machine's layer. The machine must
@@ -69,7 +61,7 @@ pub(crate) fn save(
 pub(crate) fn restore(dir: &Path, name: &str) -> Result<(), BackendError> {
     let snap = snapshot_dir(dir, name);
     if !snap.is_dir() {
-        return Err(failed(format!("machine has no snapshot `{name}`")));
+        return Err(BackendError::NoSnapshot(name.to_owned()));
     }
     let upper = dir.join("upper");
     let old = dir.join("upper.old");
@@ -77,8 +69,8 @@ pub(crate) fn restore(dir: &Path, name: &str) -> Result<(), BackendError> {
     let _ = std::fs::remove_dir_all(&old);
     let _ = std::fs::remove_dir_all(&fresh);
     copy_tree(&snap, &fresh)?;
-    std::fs::rename(&upper, &old).map_err(failed)?;
-    std::fs::rename(&fresh, &upper).map_err(failed)?;
+    std::fs::rename(&upper, &old).map_err(io_err("move aside", &upper))?;
+    std::fs::rename(&fresh, &upper).map_err(io_err("rename to its place", &fresh))?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }
@@ -105,9 +97,9 @@ pub(crate) fn list(dir: &Path) -> Vec<String> {
 pub(crate) fn delete(dir: &Path, name: &str) -> Result<(), BackendError> {
     let snap = snapshot_dir(dir, name);
     if !snap.is_dir() {
-        return Err(failed(format!("machine has no snapshot `{name}`")));
+        return Err(BackendError::NoSnapshot(name.to_owned()));
     }
-    std::fs::remove_dir_all(&snap).map_err(failed)
+    std::fs::remove_dir_all(&snap).map_err(io_err("remove", snap))
 }
 
 #[cfg(test)]
