@@ -571,6 +571,88 @@ fn vagrant_libvirt_and_lxc_boxes_import() {
     );
 }
 
+/// A vagrant-lxc box keeps its tree under `./rootfs/`: the stored rootfs
+/// is the tree itself (hard link targets moved with it, symlink targets as
+/// they were), and its recorded hash is that of the stored bytes.
+#[test]
+fn vagrant_lxc_rootfs_level_is_stripped() {
+    let p = Project::new();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut entry = |path: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_size(data.len() as u64);
+        match link {
+            Some(target) => b.append_link(&mut h, path, target).unwrap(),
+            None => b.append_data(&mut h, path, data).unwrap(),
+        }
+    };
+    entry("./rootfs/", tar::EntryType::Directory, b"", None);
+    entry("./rootfs/etc/", tar::EntryType::Directory, b"", None);
+    entry(
+        "./rootfs/etc/marker",
+        tar::EntryType::Regular,
+        b"lxc\n",
+        None,
+    );
+    entry(
+        "./rootfs/etc/hard",
+        tar::EntryType::Link,
+        b"",
+        Some("./rootfs/etc/marker"),
+    );
+    entry(
+        "./rootfs/etc/sym",
+        tar::EntryType::Symlink,
+        b"",
+        Some("/etc/marker"),
+    );
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &b.into_inner().unwrap()).unwrap();
+    let file = p.path().join("lxc.box");
+    vagrant_box(&file, "lxc", "rootfs.tar.gz", &gz.finish().unwrap());
+    p.cmd(&[
+        "box",
+        "add",
+        file.to_str().unwrap(),
+        "--name",
+        "vagrant/lxc",
+    ])
+    .out()
+    .status(0);
+    p.cmd(&["box", "verify"]).out().status(0);
+    let j = p.cmd(&["--json", "box", "list"]).out().status(0).json();
+    let dir = p
+        .home
+        .path()
+        .join("boxes-v1")
+        .join(j[0]["sha256"].as_str().unwrap());
+    let mut a = tar::Archive::new(std::fs::File::open(dir.join("rootfs.tar")).unwrap());
+    let seen: Vec<(String, Option<String>)> = a
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let path = e.path().unwrap().display().to_string();
+            let link = e.link_name().unwrap().map(|l| l.display().to_string());
+            (path, link)
+        })
+        .collect();
+    let want = [
+        ("etc/", None),
+        ("etc/marker", None),
+        ("etc/hard", Some("etc/marker")),
+        ("etc/sym", Some("/etc/marker")),
+    ]
+    .map(|(p, l)| (p.to_owned(), l.map(str::to_owned)));
+    assert_eq!(seen, want);
+}
+
 #[test]
 fn lock_pins_and_update_moves_on() {
     let p = Project::new();

@@ -2,6 +2,8 @@
 //! Podman, LXC): `tiny` and `debian/bookworm` up, provisioned, exec, halt,
 //! up with data kept, snapshots, destroy; one image import for two machines
 //! (Docker, Podman).
+//! A box laid out as vagrant-lxc makes them comes up on each engine, on the
+//! lxc backend and on a jail.
 //! An engine the host lacks is reported as ignored, with the reason.
 
 mod common;
@@ -161,10 +163,27 @@ fn lifecycle(engine: &'static str, boxname: &'static str) -> Result<(), Failed> 
 /// Two machines from one box, made at once: one image import between them.
 fn one_import_for_two(engine: &'static str) -> Result<(), Failed> {
     let stored = common::boxes::stored_digest(home().path(), "tiny");
-    let image = envup::backend::container::engine::box_image(&stored);
-    let _ = std::process::Command::new(engine)
-        .args(["rmi", "--force", &image])
-        .output();
+    // Every image of the box goes first, tagged or left untagged by an
+    // earlier run that was interrupted or raced another on this host.
+    // (Snapshots carry the label too; they are other tests' and stay.)
+    let old = engine_knows(
+        engine,
+        &[
+            "images",
+            "--no-trunc",
+            "--format",
+            "{{.ID}} {{.Repository}}",
+            "--filter",
+            &format!("label=envup.box={stored}"),
+        ],
+    );
+    for line in old.lines().filter(|l| !l.contains("envup-snapshot-")) {
+        if let Some(id) = line.split_whitespace().next() {
+            let _ = std::process::Command::new(engine)
+                .args(["rmi", "--force", id])
+                .output();
+        }
+    }
     let p = Project::with_envfile(&format!(
         "[defaults]\nbox = \"tiny\"\nbackend = \"container\"\ncontainer = {{ engine = \"{engine}\" }}\n\
          [machines.a]\n[machines.b]\n"
@@ -191,6 +210,57 @@ fn one_import_for_two(engine: &'static str) -> Result<(), Failed> {
     check(n == 1, format!("{n} images of the box: {ids}"))
 }
 
+/// A box as vagrant-lxc builds them (its tree under `./rootfs/` inside
+/// `rootfs.tar.gz`), made here from `tiny`'s rootfs, comes up on `backend`
+/// (a container engine, `lxc` or `jail`) and answers as `tiny` does.
+fn vagrant_lxc_box(backend: &'static str) -> Result<(), Failed> {
+    let stored = common::boxes::stored_digest(home().path(), "tiny");
+    let rootfs = home()
+        .path()
+        .join("boxes-v1")
+        .join(stored)
+        .join("rootfs.tar");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny-lxc.box");
+    common::boxes::vagrant_lxc_box(&rootfs, &file);
+    let machine = match backend {
+        "docker" | "podman" => {
+            format!("backend = \"container\"\ncontainer = {{ engine = \"{backend}\" }}")
+        }
+        _ => format!("backend = \"{backend}\""),
+    };
+    // In a home of its own, so that removing the box at the end (which
+    // removes the engine's image of it) touches no other test.
+    let p = Project::with_envfile(&format!(
+        "[machines.web]\nbox = \"vagrant/tiny-lxc\"\nmemory = \"256MiB\"\n{machine}\n"
+    ));
+    let run = |args: &[&str]| p.cmd(args).out();
+    run(&[
+        "-q",
+        "box",
+        "add",
+        file.to_str().unwrap(),
+        "--name",
+        "vagrant/tiny-lxc",
+    ])
+    .status(0);
+    if matches!(backend, "docker" | "podman") {
+        // An image left by an earlier run would hide how this one imports.
+        let digest = common::boxes::stored_digest(p.home.path(), "vagrant/tiny-lxc");
+        let image = envup::backend::container::engine::box_image(&digest);
+        let _ = std::process::Command::new(backend)
+            .args(["rmi", "--force", &image])
+            .output();
+    }
+    let up = run(&["up"]);
+    let seen = (up.code() == 0).then(|| common::exec_in(p.home.path(), &p, "web", "hostname"));
+    run(&["destroy", "-f"]).status(0);
+    run(&["-q", "box", "remove", "vagrant/tiny-lxc", "--force"]).status(0);
+    check(up.code() == 0, format!("up failed: {}", up.stderr()))?;
+    let seen = seen.unwrap_or_default();
+    check(seen == "web\n", format!("the machine said {seen:?}"))
+}
+
 type TestFn = Box<dyn FnOnce() -> Result<(), Failed> + Send>;
 
 fn main() {
@@ -211,6 +281,10 @@ fn main() {
                 Box::new(move || lifecycle(engine, "debian/bookworm")),
             ),
         ];
+        tests.push((
+            format!("{engine}_vagrant_lxc_box"),
+            Box::new(move || vagrant_lxc_box(engine)),
+        ));
         // LXC runs the box's rootfs in place: there is no image to import.
         if engine != "lxc" {
             tests.push((
@@ -222,5 +296,12 @@ fn main() {
             trials.push(Trial::test(n, f).with_ignored_flag(skip.is_some()));
         }
     }
+    // The same box on a jail (the other backend that runs rootfs trees).
+    let jails = common::jails_unavailable();
+    trials.push(
+        Trial::test("jail_vagrant_lxc_box", || vagrant_lxc_box("jail"))
+            .with_ignored_flag(jails.is_some())
+            .with_kind(jails.unwrap_or_default()),
+    );
     libtest_mimic::run(&args, trials).exit();
 }

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use indexmap::IndexMap;
@@ -78,6 +79,111 @@ fn copy_hashed(mut from: impl Read, to: &Path) -> Result<(String, u64), BoxError
     Ok((hex(&h.finalize()), size))
 }
 
+/// The path of a tar entry below a top `rootfs/` (or `./rootfs/`); `""`
+/// for that directory itself; None for anything else.
+fn under_rootfs(path: &[u8]) -> Option<&[u8]> {
+    let p = path.strip_prefix(b"./").unwrap_or(path);
+    match p {
+        b"rootfs" | b"rootfs/" => Some(b""),
+        _ => p.strip_prefix(b"rootfs/"),
+    }
+}
+
+/// A writer that hashes and counts what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+    size: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A vagrant-lxc box keeps its tree under `./rootfs/` inside
+/// `rootfs.tar.gz` (vagrant-lxc strips that level as it unpacks); envup's
+/// `rootfs` artifact is the tree itself. When every entry of the tar at
+/// `tar_path` is below such a level, the tar is written again without it
+/// (hard link targets too; symlink targets are the machine's own paths and
+/// stay) and the new hash and size are returned; otherwise None and the
+/// tar is left as it is.
+fn strip_rootfs_level(tar_path: &Path) -> Result<Option<(String, u64)>, ArchiveError> {
+    let open = || File::open(tar_path).map(|f| tar::Archive::new(BufReader::new(f)));
+    let mut any = false;
+    for e in open().map_err(damaged)?.entries().map_err(damaged)? {
+        let e = e.map_err(damaged)?;
+        let p = e.path_bytes();
+        if &*p == b"." || &*p == b"./" {
+            continue;
+        }
+        if under_rootfs(&p).is_none() {
+            return Ok(None);
+        }
+        any = true;
+    }
+    if !any {
+        return Ok(None);
+    }
+    let size = std::fs::metadata(tar_path).map_err(damaged)?.len();
+    crate::host::check_space(tar_path, size).map_err(ArchiveError::NoSpace)?;
+    let tmp = tar_path.with_extension("tar.stripping");
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(damaged)?;
+    let written = (|| -> io::Result<(String, u64)> {
+        let mut w = Hashing {
+            inner: io::BufWriter::new(out),
+            hash: Sha256::new(),
+            size: 0,
+        };
+        {
+            let mut b = tar::Builder::new(&mut w);
+            for e in open()?.entries()? {
+                let mut e = e?;
+                let path = e.path_bytes().into_owned();
+                let Some(rel) = under_rootfs(&path).filter(|r| !r.is_empty()) else {
+                    continue;
+                };
+                let rel = std::ffi::OsStr::from_bytes(rel);
+                let mut h = e.header().clone();
+                let link = e.link_name_bytes().map(|l| l.into_owned());
+                match link {
+                    Some(target) if h.entry_type().is_hard_link() => {
+                        let target = under_rootfs(&target).unwrap_or(&target).to_vec();
+                        let target = std::ffi::OsStr::from_bytes(&target);
+                        b.append_link(&mut h, rel, target)?;
+                    }
+                    Some(target) => {
+                        let target = std::ffi::OsStr::from_bytes(&target);
+                        b.append_link(&mut h, rel, target)?;
+                    }
+                    None => b.append_data(&mut h, rel, &mut e)?,
+                }
+            }
+            b.finish()?;
+        }
+        w.flush()?;
+        Ok((hex(&w.hash.finalize()), w.size))
+    })();
+    match written.and_then(|r| std::fs::rename(&tmp, tar_path).map(|()| r)) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(damaged(e))
+        }
+    }
+}
+
 /// Import the Vagrant box at `path` into `dest` as an envup box.
 pub fn import(path: &Path, dest: &Path, naming: &Naming) -> Result<Unpacked, BoxError> {
     let arch_err = |error| BoxError::Archive {
@@ -143,10 +249,12 @@ pub fn import(path: &Path, dest: &Path, naming: &Naming) -> Result<Unpacked, Box
                 );
             }
             "rootfs.tar.gz" => {
-                let (sha256, size) = copy_hashed(
-                    flate2::read::GzDecoder::new(entry),
-                    &dest.join("rootfs.tar"),
-                )?;
+                let tar = dest.join("rootfs.tar");
+                let (mut sha256, mut size) =
+                    copy_hashed(flate2::read::GzDecoder::new(entry), &tar)?;
+                if let Some(stripped) = strip_rootfs_level(&tar).map_err(arch_err)? {
+                    (sha256, size) = stripped;
+                }
                 artifacts.insert(
                     "rootfs".into(),
                     Artifact {

@@ -280,3 +280,69 @@ pub fn stored_digest(home: &Path, name: &str) -> String {
         .and_then(|b| b["sha256"].as_str().map(str::to_owned))
         .unwrap_or_else(|| panic!("{name} is not stored"))
 }
+
+/// A Vagrant `lxc` box laid out as vagrant-lxc's base boxes are:
+/// `metadata.json`, a `Vagrantfile`, and `rootfs.tar.gz` holding the tree
+/// of the rootfs tar at `from` under `./rootfs/`.
+pub fn vagrant_lxc_box(from: &Path, out: &Path) {
+    let mut inner = tar::Builder::new(Vec::new());
+    let mut top = tar::Header::new_gnu();
+    top.set_entry_type(tar::EntryType::Directory);
+    top.set_mode(0o755);
+    top.set_size(0);
+    inner
+        .append_data(&mut top, "./rootfs/", std::io::empty())
+        .unwrap();
+    let mut a = tar::Archive::new(std::fs::File::open(from).unwrap());
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let rel = e
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_owned();
+        if rel.is_empty() {
+            continue;
+        }
+        let path = format!("./rootfs/{rel}");
+        let mut h = e.header().clone();
+        match e.link_name().unwrap().map(|l| l.into_owned()) {
+            Some(target) if h.entry_type().is_hard_link() => {
+                let target = format!(
+                    "./rootfs/{}",
+                    target.to_string_lossy().trim_start_matches("./")
+                );
+                inner.append_link(&mut h, path, target).unwrap();
+            }
+            Some(target) => inner.append_link(&mut h, path, target).unwrap(),
+            None => inner.append_data(&mut h, path, &mut e).unwrap(),
+        }
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&inner.into_inner().unwrap()).unwrap();
+    let rootfs = gz.finish().unwrap();
+    let mut outer = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        (
+            "metadata.json",
+            &br#"{"provider": "lxc", "version": "1.0.0"}"#[..],
+        ),
+        (
+            "Vagrantfile",
+            &b"Vagrant.configure(\"2\") do |config|\nend\n"[..],
+        ),
+        ("rootfs.tar.gz", &rootfs[..]),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        outer.append_data(&mut h, name, data).unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(out).unwrap(),
+        flate2::Compression::fast(),
+    );
+    gz.write_all(&outer.into_inner().unwrap()).unwrap();
+    gz.finish().unwrap();
+}
