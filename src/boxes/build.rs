@@ -535,16 +535,7 @@ pub fn build(
     if !nix::unistd::geteuid().is_root() {
         return Err(BuildError::NotRoot.into());
     }
-    need("apt-get", "apt")?;
-    need("dpkg-deb", "dpkg")?;
-    if recipe.rootfs.debootstrap.is_some() {
-        need("debootstrap", "debootstrap")?;
-    }
-    if recipe.vm.is_some() {
-        need("depmod", "kmod")?;
-        need("mkfs.ext4", "e2fsprogs")?;
-        need("qemu-img", "qemu-utils")?;
-    }
+    check_tools(recipe)?;
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -562,6 +553,85 @@ pub fn build(
     let step = |s: &str| reporter.step(&recipe.name, s);
 
     // 1. The root filesystem.
+    make_rootfs(recipe, w, &rootfs, &step)?;
+    let mut manifest = Manifest {
+        name: recipe.name.clone(),
+        version: recipe.version.clone(),
+        arch: std::env::consts::ARCH.into(),
+        ssh_user: recipe.ssh_user.clone(),
+        description: recipe.description.clone(),
+        artifacts: Default::default(),
+        boot: None,
+    };
+    step("packing the rootfs");
+    tar_dir(&rootfs, &art.join("rootfs.tar"))?;
+    manifest
+        .artifacts
+        .insert("rootfs".into(), artifact("rootfs.tar", None));
+
+    // 2. For virtual machines: kernel, initramfs, disk.
+    if let Some(vm) = &recipe.vm {
+        step("downloading the kernel");
+        let (kroot, kver, kernel_file) = fetch_kernel(vm, w, &art)?;
+        manifest
+            .artifacts
+            .insert("kernel".into(), artifact(kernel_file, None));
+        step("making the initramfs");
+        make_initrd(vm, recipe.epoch, &kroot, &kver, w, &art)?;
+        manifest
+            .artifacts
+            .insert("initrd".into(), artifact("initrd.img", None));
+        step("making the disk");
+        make_disk(vm, recipe.epoch, w, &art)?;
+        manifest
+            .artifacts
+            .insert("disk".into(), artifact("disk.qcow2", Some("qcow2")));
+        manifest.boot = Some(Boot {
+            cmdline: vm.cmdline.clone(),
+        });
+    }
+
+    step("writing the box");
+    let (manifest, digest) = pack(&manifest, &art, out).map_err(|error| BoxError::Archive {
+        source_name: out.display().to_string(),
+        error,
+    })?;
+    Ok((manifest, digest))
+}
+
+/// An artifact entry, its hash and size filled in by `pack`.
+fn artifact(path: &str, format: Option<&str>) -> Artifact {
+    Artifact {
+        path: path.into(),
+        sha256: String::new(),
+        size: 0,
+        format: format.map(str::to_owned),
+    }
+}
+
+/// The host programs a recipe's build runs.
+fn check_tools(recipe: &Recipe) -> Result<(), BoxError> {
+    need("apt-get", "apt")?;
+    need("dpkg-deb", "dpkg")?;
+    if recipe.rootfs.debootstrap.is_some() {
+        need("debootstrap", "debootstrap")?;
+    }
+    if recipe.vm.is_some() {
+        need("depmod", "kmod")?;
+        need("mkfs.ext4", "e2fsprogs")?;
+        need("qemu-img", "qemu-utils")?;
+    }
+    Ok(())
+}
+
+/// The box's root filesystem in `rootfs`: debootstrap, or the recipe's
+/// packages unpacked; then its setup script; every time set to the epoch.
+fn make_rootfs(
+    recipe: &Recipe,
+    w: &Path,
+    rootfs: &Path,
+    step: &dyn Fn(&str),
+) -> Result<(), BoxError> {
     if let Some(suite) = &recipe.rootfs.debootstrap {
         step(&format!("debootstrap {suite}"));
         let mirror = host_mirror(suite).ok_or_else(|| BuildError::Step {
@@ -578,7 +648,7 @@ pub fn build(
             cmd.arg(format!("--include={}", recipe.rootfs.include.join(",")));
         }
         cmd.arg(suite)
-            .arg(&rootfs)
+            .arg(rootfs)
             .arg(&mirror)
             .env("SOURCE_DATE_EPOCH", recipe.epoch.to_string());
         run("debootstrap", &mut cmd)?;
@@ -597,7 +667,7 @@ pub fn build(
         let packages = with_dependencies(&recipe.rootfs.packages)?;
         let debs = download("apt-get download", &packages, &w.join("debs"))?;
         step("unpacking packages");
-        unpack_debs(&debs, &rootfs)?;
+        unpack_debs(&debs, rootfs)?;
     }
     if let Some(setup) = &recipe.rootfs.setup {
         step("running setup");
@@ -605,213 +675,190 @@ pub fn build(
             "the recipe's setup",
             Command::new("sh")
                 .args(["-e", "-c", setup])
-                .current_dir(&rootfs)
-                .env("ROOTFS", &rootfs),
+                .current_dir(rootfs)
+                .env("ROOTFS", rootfs),
         )?;
     }
-    set_times(&rootfs, recipe.epoch)?;
+    set_times(rootfs, recipe.epoch)
+}
 
-    let mut manifest = Manifest {
-        name: recipe.name.clone(),
-        version: recipe.version.clone(),
-        arch: std::env::consts::ARCH.into(),
-        ssh_user: recipe.ssh_user.clone(),
-        description: recipe.description.clone(),
-        artifacts: Default::default(),
-        boot: None,
-    };
-    let artifact = |path: &str, format: Option<&str>| Artifact {
-        path: path.into(),
-        sha256: String::new(),
-        size: 0,
-        format: format.map(str::to_owned),
-    };
-
-    step("packing the rootfs");
-    tar_dir(&rootfs, &art.join("rootfs.tar"))?;
-    manifest
-        .artifacts
-        .insert("rootfs".into(), artifact("rootfs.tar", None));
-
-    // 2. For virtual machines: kernel, initramfs, disk.
-    if let Some(vm) = &recipe.vm {
-        step("downloading the kernel");
-        let image = kernel_package(&vm.kernel)?;
-        let kdebs = download(
-            "downloading the kernel",
-            &[image, "busybox-static".into()],
-            &w.join("kdebs"),
-        )?;
-        let kroot = w.join("kernel");
-        unpack_debs(&kdebs, &kroot)?;
-        let boot = kroot.join("boot");
-        let vmlinuz = std::fs::read_dir(&boot)
-            .map_err(io("read", &boot))?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-            })
-            .ok_or_else(|| BuildError::Step {
-                step: "finding vmlinuz".into(),
-                detail: Some(format!("none in {}", boot.display())),
-            })?;
-        let kver = vmlinuz
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .trim_start_matches("vmlinuz-")
-            .to_owned();
-        // An uncompressed kernel boots straight into 64-bit code (PVH):
-        // under TCG, decompressing a bzImage costs seconds of every boot.
-        let kernel_file = match extract_vmlinux(&vmlinuz, &art.join("vmlinux")) {
-            Ok(true) => "vmlinux",
-            _ => {
-                std::fs::copy(&vmlinuz, art.join("vmlinuz")).map_err(io("copy", &vmlinuz))?;
-                "vmlinuz"
-            }
-        };
-        manifest
-            .artifacts
-            .insert("kernel".into(), artifact(kernel_file, None));
-
-        step("making the initramfs");
-        run(
-            "depmod",
-            Command::new("depmod").arg("-b").arg(&kroot).arg(&kver),
-        )?;
-        let kmods = kroot.join("lib/modules").join(&kver);
-        let needed = module_closure(&kmods, &vm.modules)?;
-        let initrd = w.join("initramfs");
-        for d in ["bin", "dev", "proc", "sys", "etc", "newroot"] {
-            std::fs::create_dir_all(initrd.join(d)).map_err(io("create", &initrd))?;
+/// The kernel package unpacked in `w/kernel`, its version, and the kernel
+/// placed in `art` (uncompressed when it can be): (kernel tree, version,
+/// artifact file name).
+fn fetch_kernel(
+    vm: &VmRecipe,
+    w: &Path,
+    art: &Path,
+) -> Result<(std::path::PathBuf, String, &'static str), BoxError> {
+    let image = kernel_package(&vm.kernel)?;
+    let kdebs = download(
+        "downloading the kernel",
+        &[image, "busybox-static".into()],
+        &w.join("kdebs"),
+    )?;
+    let kroot = w.join("kernel");
+    unpack_debs(&kdebs, &kroot)?;
+    let boot = kroot.join("boot");
+    let vmlinuz = std::fs::read_dir(&boot)
+        .map_err(io("read", &boot))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .ok_or_else(|| BuildError::Step {
+            step: "finding vmlinuz".into(),
+            detail: Some(format!("none in {}", boot.display())),
+        })?;
+    let kver = vmlinuz
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .trim_start_matches("vmlinuz-")
+        .to_owned();
+    // An uncompressed kernel boots straight into 64-bit code (PVH):
+    // under TCG, decompressing a bzImage costs seconds of every boot.
+    let kernel_file = match extract_vmlinux(&vmlinuz, &art.join("vmlinux")) {
+        Ok(true) => "vmlinux",
+        _ => {
+            std::fs::copy(&vmlinuz, art.join("vmlinuz")).map_err(io("copy", &vmlinuz))?;
+            "vmlinuz"
         }
-        std::fs::copy(kroot.join("bin/busybox"), initrd.join("bin/busybox"))
-            .map_err(io("copy", &kroot))?;
-        std::fs::write(initrd.join("init"), INIT).map_err(io("write", &initrd))?;
-        std::fs::write(initrd.join("etc/modules"), vm.modules.join("\n") + "\n")
+    };
+    Ok((kroot, kver, kernel_file))
+}
+
+/// A busybox initramfs with the modules `vm.modules` need, in
+/// `art/initrd.img`.
+fn make_initrd(
+    vm: &VmRecipe,
+    epoch: u64,
+    kroot: &Path,
+    kver: &str,
+    w: &Path,
+    art: &Path,
+) -> Result<(), BoxError> {
+    run(
+        "depmod",
+        Command::new("depmod").arg("-b").arg(kroot).arg(kver),
+    )?;
+    let kmods = kroot.join("lib/modules").join(kver);
+    let needed = module_closure(&kmods, &vm.modules)?;
+    let initrd = w.join("initramfs");
+    for d in ["bin", "dev", "proc", "sys", "etc", "newroot"] {
+        std::fs::create_dir_all(initrd.join(d)).map_err(io("create", &initrd))?;
+    }
+    std::fs::copy(kroot.join("bin/busybox"), initrd.join("bin/busybox"))
+        .map_err(io("copy", kroot))?;
+    std::fs::write(initrd.join("init"), INIT).map_err(io("write", &initrd))?;
+    std::fs::write(initrd.join("etc/modules"), vm.modules.join("\n") + "\n")
+        .map_err(io("write", &initrd))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(initrd.join("init"), std::fs::Permissions::from_mode(0o755))
             .map_err(io("write", &initrd))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(initrd.join("init"), std::fs::Permissions::from_mode(0o755))
-                .map_err(io("write", &initrd))?;
-        }
-        let imods = initrd.join("lib/modules").join(&kver);
-        for rel in &needed {
-            let to = imods.join(rel);
-            std::fs::create_dir_all(to.parent().expect("module path has a parent"))
-                .map_err(io("create", &imods))?;
-            std::fs::copy(kmods.join(rel), &to).map_err(io("copy", &to))?;
-        }
-        for f in [
-            "modules.order",
-            "modules.builtin",
-            "modules.builtin.modinfo",
-        ] {
-            let _ = std::fs::copy(kmods.join(f), imods.join(f));
-        }
-        run(
-            "depmod for the initramfs",
-            Command::new("depmod").arg("-b").arg(&initrd).arg(&kver),
-        )?;
-        set_times(&initrd, recipe.epoch)?;
-        cpio_gz(&initrd, &art.join("initrd.img"), recipe.epoch)?;
-        manifest
-            .artifacts
-            .insert("initrd".into(), artifact("initrd.img", None));
-
-        step("making the disk");
-        // mkfs copies files in the order the directory lists them. A fresh
-        // tmpfs lists in creation order, so unpacking the sorted rootfs tar
-        // there makes the same disk every time.
-        let shm = Path::new("/dev/shm");
-        let stage = tempfile::Builder::new()
-            .prefix("envup-disk-")
-            .tempdir_in(if shm.is_dir() { shm } else { w })
-            .map_err(io("create a directory in", shm))?;
-        {
-            let tar_path = art.join("rootfs.tar");
-            let f = std::fs::File::open(&tar_path).map_err(io("read", &tar_path))?;
-            let mut a = tar::Archive::new(std::io::BufReader::new(f));
-            a.set_preserve_permissions(true);
-            a.set_preserve_ownerships(true);
-            a.set_preserve_mtime(true);
-            a.unpack(stage.path())
-                .map_err(io("unpack the rootfs into", stage.path()))?;
-        }
-        let raw = w.join("disk.raw");
-        let size = Size::parse(&vm.disk_size).expect("checked with the recipe");
-        run(
-            "mkfs.ext4",
-            Command::new("mkfs.ext4")
-                .args([
-                    "-q",
-                    "-F",
-                    "-L",
-                    "envup-root",
-                    "-U",
-                    "6d1b2f3e-0e5a-4c7b-9a41-7f2c9e1d0b8a",
-                    "-E",
-                    "hash_seed=3c9e5d2a-8b1f-4e6d-a7c0-51f2e8b9d4a3,root_owner=0:0",
-                    "-d",
-                ])
-                .arg(stage.path())
-                .arg(&raw)
-                .arg(format!("{}k", size.bytes() / 1024))
-                .env("E2FSPROGS_FAKE_TIME", recipe.epoch.to_string()),
-        )?;
-        // mkfs takes each inode's change time from the staged file, which is
-        // "now"; set them to the epoch like every other time in the box.
-        let mut entries = Vec::new();
-        collect(stage.path(), stage.path(), &mut entries).map_err(io("read", stage.path()))?;
-        drop(stage);
-        // (Reading directories for mkfs moved their access times, and
-        // unpacking into a directory moved its modification time.)
-        let mut cmds = String::new();
-        let paths = std::iter::once(String::new())
-            .chain(entries.iter().map(|r| r.to_string_lossy().into_owned()));
-        for p in paths.filter(|p| !p.contains('"') && !p.contains('\n')) {
-            for field in ["ctime", "atime", "mtime"] {
-                cmds.push_str(&format!(
-                    "set_inode_field \"/{p}\" {field} @{}\n",
-                    recipe.epoch
-                ));
-            }
-        }
-        let cmd_file = w.join("ctimes.debugfs");
-        std::fs::write(&cmd_file, cmds).map_err(io("write", &cmd_file))?;
-        run(
-            "setting inode times",
-            Command::new("debugfs")
-                .arg("-w")
-                .arg("-f")
-                .arg(&cmd_file)
-                .arg(&raw)
-                .env("E2FSPROGS_FAKE_TIME", recipe.epoch.to_string()),
-        )?;
-        run(
-            "qemu-img convert",
-            Command::new("qemu-img")
-                .args(["convert", "-f", "raw", "-O", "qcow2"])
-                .arg(&raw)
-                .arg(art.join("disk.qcow2")),
-        )?;
-        std::fs::remove_file(&raw).map_err(io("remove", &raw))?;
-        manifest
-            .artifacts
-            .insert("disk".into(), artifact("disk.qcow2", Some("qcow2")));
-        manifest.boot = Some(Boot {
-            cmdline: vm.cmdline.clone(),
-        });
     }
+    let imods = initrd.join("lib/modules").join(kver);
+    for rel in &needed {
+        let to = imods.join(rel);
+        std::fs::create_dir_all(to.parent().expect("module path has a parent"))
+            .map_err(io("create", &imods))?;
+        std::fs::copy(kmods.join(rel), &to).map_err(io("copy", &to))?;
+    }
+    for f in [
+        "modules.order",
+        "modules.builtin",
+        "modules.builtin.modinfo",
+    ] {
+        let _ = std::fs::copy(kmods.join(f), imods.join(f));
+    }
+    run(
+        "depmod for the initramfs",
+        Command::new("depmod").arg("-b").arg(&initrd).arg(kver),
+    )?;
+    set_times(&initrd, epoch)?;
+    cpio_gz(&initrd, &art.join("initrd.img"), epoch)?;
+    Ok(())
+}
 
-    step("writing the box");
-    let (manifest, digest) = pack(&manifest, &art, out).map_err(|error| BoxError::Archive {
-        source_name: out.display().to_string(),
-        error,
-    })?;
-    Ok((manifest, digest))
+/// The rootfs as an ext4 disk, the same bytes every time, in
+/// `art/disk.qcow2`.
+fn make_disk(vm: &VmRecipe, epoch: u64, w: &Path, art: &Path) -> Result<(), BoxError> {
+    // mkfs copies files in the order the directory lists them. A fresh
+    // tmpfs lists in creation order, so unpacking the sorted rootfs tar
+    // there makes the same disk every time.
+    let shm = Path::new("/dev/shm");
+    let stage = tempfile::Builder::new()
+        .prefix("envup-disk-")
+        .tempdir_in(if shm.is_dir() { shm } else { w })
+        .map_err(io("create a directory in", shm))?;
+    {
+        let tar_path = art.join("rootfs.tar");
+        let f = std::fs::File::open(&tar_path).map_err(io("read", &tar_path))?;
+        let mut a = tar::Archive::new(std::io::BufReader::new(f));
+        a.set_preserve_permissions(true);
+        a.set_preserve_ownerships(true);
+        a.set_preserve_mtime(true);
+        a.unpack(stage.path())
+            .map_err(io("unpack the rootfs into", stage.path()))?;
+    }
+    let raw = w.join("disk.raw");
+    let size = Size::parse(&vm.disk_size).expect("checked with the recipe");
+    run(
+        "mkfs.ext4",
+        Command::new("mkfs.ext4")
+            .args([
+                "-q",
+                "-F",
+                "-L",
+                "envup-root",
+                "-U",
+                "6d1b2f3e-0e5a-4c7b-9a41-7f2c9e1d0b8a",
+                "-E",
+                "hash_seed=3c9e5d2a-8b1f-4e6d-a7c0-51f2e8b9d4a3,root_owner=0:0",
+                "-d",
+            ])
+            .arg(stage.path())
+            .arg(&raw)
+            .arg(format!("{}k", size.bytes() / 1024))
+            .env("E2FSPROGS_FAKE_TIME", epoch.to_string()),
+    )?;
+    // mkfs takes each inode's change time from the staged file, which is
+    // "now"; set them to the epoch like every other time in the box.
+    let mut entries = Vec::new();
+    collect(stage.path(), stage.path(), &mut entries).map_err(io("read", stage.path()))?;
+    drop(stage);
+    // (Reading directories for mkfs moved their access times, and
+    // unpacking into a directory moved its modification time.)
+    let mut cmds = String::new();
+    let paths = std::iter::once(String::new())
+        .chain(entries.iter().map(|r| r.to_string_lossy().into_owned()));
+    for p in paths.filter(|p| !p.contains('"') && !p.contains('\n')) {
+        for field in ["ctime", "atime", "mtime"] {
+            cmds.push_str(&format!("set_inode_field \"/{p}\" {field} @{}\n", epoch));
+        }
+    }
+    let cmd_file = w.join("ctimes.debugfs");
+    std::fs::write(&cmd_file, cmds).map_err(io("write", &cmd_file))?;
+    run(
+        "setting inode times",
+        Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&cmd_file)
+            .arg(&raw)
+            .env("E2FSPROGS_FAKE_TIME", epoch.to_string()),
+    )?;
+    run(
+        "qemu-img convert",
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(art.join("disk.qcow2")),
+    )?;
+    std::fs::remove_file(&raw).map_err(io("remove", &raw))?;
+    Ok(())
 }
 
 #[cfg(test)]
