@@ -54,7 +54,7 @@ fn main() {
         .load("web")
         .unwrap()
         .unwrap();
-    let ep = state.ssh.clone().unwrap();
+    let ep = state.ssh.unwrap();
 
     let handshake = mean(30, || {
         Ssh::connect(&ep, None, &keys, Duration::from_secs(5)).unwrap();

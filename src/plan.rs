@@ -127,11 +127,11 @@ pub fn provision_steps(
                     let last = state.and_then(|s| s.provisioned.get(&p.name));
                     match (content_hash(p), last) {
                         (Err(e), _) => {
-                            run.push(step(format!("cannot read its files to compare ({e})")))
+                            run.push(step(format!("cannot read its files to compare ({e})")));
                         }
                         (Ok(_), None) => run.push(step("has not run on this machine".into())),
                         (Ok(h), Some(old)) if &h != old => {
-                            run.push(step("changed since it last ran".into()))
+                            run.push(step("changed since it last ran".into()));
                         }
                         (Ok(_), Some(_)) => skip.push(step("unchanged since it last ran".into())),
                     }

@@ -201,7 +201,7 @@ fn hostile_archives_are_refused() {
                         Some("/etc/passwd"),
                         Some(0),
                     )
-                    .write(p)
+                    .write(p);
             }),
             "symbolic link",
         ),
@@ -216,14 +216,14 @@ fn hostile_archives_are_refused() {
                         Some("../../etc/shadow"),
                         Some(0),
                     )
-                    .write(p)
+                    .write(p);
             }),
             "hard link",
         ),
         (
             "manifest path escapes",
             Box::new(|p: &Path| {
-                RawBox::new().file("box.toml", b"name = \"e\"\nversion = \"1\"\n[artifacts.rootfs]\npath = \"../../envup-evil\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nsize = 1\n").write(p)
+                RawBox::new().file("box.toml", b"name = \"e\"\nversion = \"1\"\n[artifacts.rootfs]\npath = \"../../envup-evil\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nsize = 1\n").write(p);
             }),
             "not a plain relative path",
         ),
@@ -247,7 +247,7 @@ fn hostile_archives_are_refused() {
             Box::new(|p: &Path| {
                 manifest_first()
                     .file("rootfs.tar", &vec![7u8; 1 << 20])
-                    .write(p)
+                    .write(p);
             }),
             "but box.toml declares 7",
         ),
@@ -262,7 +262,7 @@ fn hostile_archives_are_refused() {
                 manifest_first()
                     .file("rootfs.tar", b"payload")
                     .file("rootfs.tar", b"payload")
-                    .write(p)
+                    .write(p);
             }),
             "twice",
         ),
@@ -271,7 +271,7 @@ fn hostile_archives_are_refused() {
             Box::new(|p: &Path| {
                 manifest_first()
                     .entry("rootfs.tar", tar::EntryType::Char, b"", None, Some(0))
-                    .write(p)
+                    .write(p);
             }),
             "device",
         ),
@@ -842,7 +842,7 @@ fn a_box_in_use_is_kept_unless_forced() {
     envup::state::index::Index::new(p.home.path())
         .record(envup::state::index::Entry {
             project: "proj".into(),
-            root: root.clone(),
+            root,
             machine: "web".into(),
             backend: "jail".into(),
             state_dir: project.machine_dir("web"),

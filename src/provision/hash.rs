@@ -20,8 +20,8 @@ pub fn content_hash(p: &Provisioner) -> io::Result<String> {
         h.update(bytes);
     };
     field("kind", p.kind.word().as_bytes());
-    field("privileged", &[p.privileged as u8]);
-    field("template", &[p.template as u8]);
+    field("privileged", &[u8::from(p.privileged)]);
+    field("template", &[u8::from(p.template)]);
     for (k, v) in &p.env {
         field("env", format!("{k}={v}").as_bytes());
     }

@@ -233,7 +233,7 @@ impl Runner<'_> {
         let code = self
             .ssh
             .exec(&command, Some(&mut stdin), &mut |s, b| {
-                lines.feed(s, b, &mut emit)
+                lines.feed(s, b, &mut emit);
             })
             .map_err(ssh_err)?;
         lines.flush(&mut emit);

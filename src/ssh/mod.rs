@@ -171,7 +171,7 @@ impl Ssh {
             source,
         })?;
         session.set_tcp_stream(tcp.try_clone().map_err(connect_err)?);
-        session.set_timeout(timeout.as_millis().min(u32::MAX as u128) as u32);
+        session.set_timeout(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX));
         session.handshake().map_err(|source| SshError::Handshake {
             addr: addr.clone(),
             source,

@@ -193,7 +193,7 @@ impl EngineCli {
             match self.run(&cmd) {
                 Ok(_) => {
                     let found = Found {
-                        version: version.clone(),
+                        version,
                         args: args.clone(),
                     };
                     crate::state::write_json(&cache, &found)?;

@@ -428,7 +428,7 @@ impl Backend for ContainerBackend {
         let _ = e.remove_container(&c.name);
         if engine_status(&e, &c.name).is_some() {
             return Err(ContainerError::NotRemoved {
-                container: c.name.clone(),
+                container: c.name,
                 engine: e.kind.name(),
             }
             .into());

@@ -130,7 +130,7 @@ fn drop_capabilities(network: JailNetwork) -> Result<(), SetupError> {
         let r = unsafe {
             nix::libc::prctl(
                 nix::libc::PR_CAPBSET_DROP,
-                cap as nix::libc::c_ulong,
+                nix::libc::c_ulong::from(cap),
                 0,
                 0,
                 0,
@@ -332,14 +332,15 @@ pub fn supervise(dir: &Path) -> i32 {
         SaFlags::empty(),
         SigSet::empty(),
     );
-    // SAFETY: the handler only stores into an atomic.
-    unsafe {
-        let _ = sigaction(Signal::SIGTERM, &handler);
-        let _ = sigaction(Signal::SIGINT, &handler);
-        let _ = sigaction(
-            Signal::SIGHUP,
-            &SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty()),
-        );
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    for (signal, action) in [
+        (Signal::SIGTERM, &handler),
+        (Signal::SIGINT, &handler),
+        (Signal::SIGHUP, &ignore),
+    ] {
+        // SAFETY: the handler only stores into an atomic; ignoring a
+        // signal runs nothing.
+        let _ = unsafe { sigaction(signal, action) };
     }
     // Whatever an earlier supervisor of this jail left running goes first.
     Cgroup::kill_all(&cfg.id);

@@ -161,23 +161,26 @@ pub fn connect(
         .stdin(Stdio::null())
         .stdout(logf.try_clone().map_err(io("open again", log))?)
         .stderr(logf);
-    // SAFETY: fcntl, prctl and setsid are async-signal-safe.
+    let before_exec = move || {
+        // The ready pipe's end is the one descriptor the helper keeps.
+        // SAFETY: F_SETFD on a descriptor this process owns.
+        if unsafe { nix::libc::fcntl(w, nix::libc::F_SETFD, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        match lifetime {
+            Lifetime::WithParent => {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            }
+            Lifetime::Detached => {
+                nix::unistd::setsid()?;
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: between fork and exec the closure calls only fcntl, prctl
+    // and setsid, which are async-signal-safe.
     unsafe {
-        cmd.pre_exec(move || {
-            // The ready pipe's end is the one descriptor the helper keeps.
-            if nix::libc::fcntl(w, nix::libc::F_SETFD, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            match lifetime {
-                Lifetime::WithParent => {
-                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?
-                }
-                Lifetime::Detached => {
-                    nix::unistd::setsid()?;
-                }
-            }
-            Ok(())
-        });
+        cmd.pre_exec(before_exec);
     }
     let mut child = cmd.spawn().map_err(NetError::Spawn)?;
     drop(ready_w);
