@@ -240,14 +240,17 @@ impl Ops<'_> {
     pub fn destroy(&self, name: &str) -> Result<String, OpError> {
         let loaded = match self.project.load(name) {
             // A damaged state file: the Envfile says which backend made
-            // the machine, and the backend identifies what is left from
-            // the machine's own files (each checked before it is used).
+            // the machine (the one it names, or hands the machine to), and
+            // the backend identifies what is left from the machine's own
+            // files (each checked before it is used).
             Err(StateError::Parse(path, e)) => {
                 self.reporter.note(&format!(
                     "{} is damaged ({e}); cleaning up what the machine's own files identify",
                     path.display()
                 ));
-                let mut s = MachineState::new(name, self.machine(name).backend.clone());
+                let (made_by, _) = self.backends.for_machine(self.machine(name))?;
+                let made_by = BackendName::new(made_by.name()).expect("backend names are names");
+                let mut s = MachineState::new(name, made_by);
                 s.status = Status::Running;
                 s.dir = Some(self.project.machine_dir(name));
                 Some(s)

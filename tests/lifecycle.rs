@@ -84,7 +84,10 @@ impl Lab {
             fake = fake.with_boot(boot);
         }
         let world = fake.world.clone();
-        let backends = Registry::new(vec![Box::new(fake)]);
+        // `old` takes no machine of its own: it hands them all to `ct`.
+        let mut old = Fake::new("old", &["rootfs"], &[]);
+        old.hands_to = Some("ct");
+        let backends = Registry::new(vec![Box::new(fake), Box::new(old)]);
         let text = format!(
             "[defaults]\nbox = \"t-1.0.0.box\"\nbackend = \"ct\"\nboot_timeout = \"20s\"\n\n{machines}"
         );
@@ -349,6 +352,33 @@ fn died_outside_halt() -> Result<(), Failed> {
     })
 }
 
+/// A machine whose Envfile names a backend that hands it over is made by
+/// the backend it went to, and with its state file damaged `destroy` still
+/// asks that backend to remove it.
+fn handed_over_then_damaged() -> Result<(), Failed> {
+    let lab = Lab::new("[machines.web]\nbackend = \"old\"\n", false, Duration::ZERO);
+    lab.fail("start web");
+    lab.with_ops(|ops| ops.up("web", &ProvisionChoice::default(), true))
+        .expect_err("up must fail");
+    let said = lab.said();
+    check(
+        said.iter()
+            .any(|l| l.contains("the ct backend runs this machine now")),
+        || format!("no hand-over note; said: {said:?}"),
+    )?;
+    let state = lab.project().machine_dir("web").join("state.json");
+    std::fs::write(&state, "{ damaged").unwrap();
+    lab.with_ops(|ops| ops.destroy("web"))?;
+    let calls = lab.calls();
+    check(calls == ["create web", "start web", "destroy web"], || {
+        format!("calls: {calls:?}")
+    })?;
+    check(lab.world.lock().unwrap().made.is_empty(), || {
+        "the machine was left on the host".into()
+    })?;
+    check(!state.exists(), || "the damaged state was left".into())
+}
+
 /// A machine whose dependency failed is skipped, and never created.
 fn failed_dependency_skips() -> Result<(), Failed> {
     let lab = Lab::new(
@@ -409,7 +439,8 @@ fn main() {
         ("interrupted_cleaned", interrupted_cleaned),
         ("died_outside", died_outside),
     ];
-    let plain: [(&str, Case); 5] = [
+    let plain: [(&str, Case); 6] = [
+        ("handed_over_then_damaged", handed_over_then_damaged),
         ("create_fails", create_fails),
         ("start_fails", start_fails),
         ("died_outside_halt", died_outside_halt),

@@ -59,6 +59,8 @@ pub struct Fake {
     boot: Option<Boot>,
     /// How long a start takes (long enough to see machines overlap).
     pub start_time: Duration,
+    /// The backend this one hands its machines to, if any.
+    pub hands_to: Option<&'static str>,
 }
 
 impl Fake {
@@ -74,6 +76,7 @@ impl Fake {
             world: Arc::default(),
             boot: None,
             start_time: Duration::ZERO,
+            hands_to: None,
         }
     }
 
@@ -151,6 +154,13 @@ impl Backend for Fake {
             color: Option<String>,
         }
         serde::Deserialize::deserialize(table).map(|_: Options| ())
+    }
+
+    fn hand_over(&self, _m: &Machine) -> Result<Option<super::HandOver>, BackendError> {
+        Ok(self.hands_to.map(|to| super::HandOver {
+            to,
+            note: Some(format!("the {to} backend runs this machine now")),
+        }))
     }
 
     fn create(
