@@ -70,10 +70,11 @@ fn destroyed_cleanly(p: &Project, machines: &[&str]) -> Result<(), Failed> {
 const TINY: &str = "[machines.vm]\nbox = \"tiny\"\nbackend = \"qemu\"\nmemory = \"256MiB\"\n";
 
 fn tiny_lifecycle() -> Result<(), Failed> {
-    // In a directory whose name holds a space, commas and quotes: qemu's
-    // option lists end a value at a comma unless it is doubled.
+    // In a directory whose name holds a space, a comma, a colon and quotes:
+    // qemu's option lists end a value at a comma unless it is doubled, and
+    // a colon could read as a protocol prefix.
     let p = Project::with_envfile_in(
-        "envup a,b 'q' ",
+        "envup a,b:'q' ",
         &format!(
             "{TINY}provision = [{{ name = \"hi\", shell = \"echo provisioned > /root/p\" }}]\n"
         ),
