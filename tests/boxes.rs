@@ -653,6 +653,79 @@ fn vagrant_lxc_rootfs_level_is_stripped() {
     assert_eq!(seen, want);
 }
 
+/// A libvirt box's Vagrantfile is read for what boots it: plain settings
+/// are taken (and files it does not name are not kept); Ruby that envup
+/// would have to run is refused, naming the setting and its line.
+#[test]
+fn vagrant_libvirt_vagrantfile() {
+    let p = Project::new();
+    let make = |file: &str, vagrantfile: &str| {
+        let path = p.path().join(file);
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in [
+            (
+                "metadata.json",
+                &br#"{"provider": "libvirt", "format": "qcow2"}"#[..],
+            ),
+            ("Vagrantfile", vagrantfile.as_bytes()),
+            ("box.img", &b"QFI\xfb a disk"[..]),
+            ("vmlinuz", &b"a kernel"[..]),
+            ("notes.txt", &b"not named"[..]),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        std::fs::write(&path, b.into_inner().unwrap()).unwrap();
+        path
+    };
+    let good = make(
+        "good.box",
+        "Vagrant.configure(\"2\") do |config|\n  config.vm.provider :libvirt do |lv|\n    \
+         lv.kernel = File.join(File.dirname(__FILE__), \"vmlinuz\")\n    \
+         lv.cmd_line = \"root=/dev/vda console=ttyS0\"\n  end\nend\n",
+    );
+    p.cmd(&[
+        "-q",
+        "box",
+        "add",
+        good.to_str().unwrap(),
+        "--name",
+        "v/good",
+    ])
+    .out()
+    .status(0);
+    let j = p.cmd(&["--json", "box", "list"]).out().status(0).json();
+    let dir = p
+        .home
+        .path()
+        .join("boxes-v1")
+        .join(j[0]["sha256"].as_str().unwrap());
+    let manifest = std::fs::read_to_string(dir.join("box.toml")).unwrap();
+    assert!(manifest.contains("[artifacts.kernel]"), "{manifest}");
+    assert!(
+        manifest.contains("root=/dev/vda console=ttyS0"),
+        "{manifest}"
+    );
+    let mut kept: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["box.toml", "disk.qcow2", "meta.json", "vmlinuz"]);
+
+    let ruby = make(
+        "ruby.box",
+        "config.vm.provider :libvirt do |lv|\n  lv.kernel = ENV['KERNEL']\nend\n",
+    );
+    p.cmd(&["box", "add", ruby.to_str().unwrap(), "--name", "v/ruby"])
+        .out()
+        .status(1)
+        .stderr_has("`libvirt.kernel` (line 2)")
+        .stderr_has("ENV['KERNEL']");
+}
+
 #[test]
 fn lock_pins_and_update_moves_on() {
     let p = Project::new();

@@ -1,7 +1,8 @@
 //! The qemu backend for real (under TCG where KVM guests cannot boot):
 //! `tiny` up, provisioned, exec, snapshots, halt, up, destroy; a
 //! `debian/bookworm` VM with systemd; a boot that times out; two VMs from
-//! one box at once. Ignored, with the reason, where qemu cannot run.
+//! one box at once; a Vagrant libvirt box that boots through the kernel
+//! its Vagrantfile names. Ignored, with the reason, where qemu cannot run.
 
 mod common;
 
@@ -196,6 +197,73 @@ fn two_vms_from_one_box() -> Result<(), Failed> {
 
 type TestFn = fn() -> Result<(), Failed>;
 
+/// A box laid out as vagrant-libvirt makes them (`metadata.json`,
+/// `box.img`, a `Vagrantfile`, its kernel and initramfs beside them), that
+/// boots only through the kernel, initramfs and command line its
+/// Vagrantfile names and logs in as the user it names: made here from
+/// tiny's files (tiny's disk has no boot loader).
+fn vagrant_libvirt_box() -> Result<(), Failed> {
+    let digest = common::boxes::stored_digest(home().path(), "tiny");
+    let tiny = home().path().join("boxes-v1").join(digest);
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(tiny.join("box.toml")).unwrap()).unwrap();
+    let path_of = |a: &str| {
+        manifest["artifacts"][a]["path"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (kernel, initrd) = (path_of("kernel"), path_of("initrd"));
+    let cmdline = manifest["boot"]["cmdline"].as_str().unwrap();
+    let vagrantfile = format!(
+        "Vagrant.configure(\"2\") do |config|\n\
+         \x20 config.ssh.username = \"root\"\n\
+         \x20 config.vm.provider :libvirt do |libvirt|\n\
+         \x20   libvirt.kernel = File.join(File.dirname(__FILE__), \"{kernel}\")\n\
+         \x20   libvirt.initrd = File.join(File.dirname(__FILE__), \"{initrd}\")\n\
+         \x20   libvirt.cmd_line = \"{cmdline}\"\n\
+         \x20   libvirt.memory = 256\n\
+         \x20 end\n\
+         end\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiny-libvirt.box");
+    let mut b = tar::Builder::new(std::fs::File::create(&file).unwrap());
+    let meta = br#"{"provider": "libvirt", "format": "qcow2", "virtual_size": 1}"#;
+    for (name, from) in [
+        ("metadata.json", None),
+        ("Vagrantfile", None),
+        ("box.img", Some(tiny.join(path_of("disk")))),
+        (kernel.as_str(), Some(tiny.join(&kernel))),
+        (initrd.as_str(), Some(tiny.join(&initrd))),
+    ] {
+        let data = match (name, from) {
+            ("metadata.json", _) => meta.to_vec(),
+            ("Vagrantfile", _) => vagrantfile.clone().into_bytes(),
+            (_, Some(path)) => std::fs::read(path).unwrap(),
+            _ => unreachable!(),
+        };
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    b.finish().unwrap();
+    // In a home of its own, with nothing but this box.
+    let p = Project::with_envfile(
+        "[machines.vm]\nbox = \"vagrant/tiny-libvirt\"\nbackend = \"qemu\"\nmemory = \"256MiB\"\nboot_timeout = \"60s\"\n",
+    );
+    let run = |args: &[&str]| p.cmd(args).out();
+    let name = "vagrant/tiny-libvirt";
+    run(&["-q", "box", "add", file.to_str().unwrap(), "--name", name]).status(0);
+    let up = run(&["up"]);
+    let seen = (up.code() == 0).then(|| common::exec_in(p.home.path(), &p, "vm", "id -un"));
+    run(&["destroy", "-f"]).status(0);
+    check(up.code() == 0, format!("up failed: {}", up.stderr()))?;
+    let seen = seen.unwrap_or_default();
+    check(seen == "root\n", format!("logged in as {seen:?}"))
+}
+
 fn main() {
     let args = Arguments::from_args();
     let skip = unavailable();
@@ -210,6 +278,7 @@ fn main() {
             boot_timeout_shows_the_console,
         ),
         ("two_vms_from_one_box", two_vms_from_one_box),
+        ("vagrant_libvirt_box", vagrant_libvirt_box),
     ];
     let trials = tests
         .into_iter()

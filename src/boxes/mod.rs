@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod resolve;
 pub mod store;
 pub mod vagrant;
+pub mod vagrantfile;
 
 use std::path::{Path, PathBuf};
 

@@ -79,6 +79,25 @@ fn copy_hashed(mut from: impl Read, to: &Path) -> Result<(String, u64), BoxError
     Ok((hex(&h.finalize()), size))
 }
 
+/// Names at the top of a Vagrant box that are not files its Vagrantfile
+/// may name: its own, and those of the envup box it becomes.
+const RESERVED: [&str; 8] = [
+    "metadata.json",
+    "box.img",
+    "rootfs.tar.gz",
+    "Vagrantfile",
+    "box.toml",
+    "meta.json",
+    "disk.qcow2",
+    "rootfs.tar",
+];
+
+/// Where a file at the top of the box waits until its Vagrantfile is read
+/// (a dot name: no artifact is one).
+fn extra_name(name: &str) -> String {
+    format!(".vagrant-{name}")
+}
+
 /// The path of a tar entry below a top `rootfs/` (or `./rootfs/`); `""`
 /// for that directory itself; None for anything else.
 fn under_rootfs(path: &[u8]) -> Option<&[u8]> {
@@ -205,6 +224,10 @@ pub fn import(path: &Path, dest: &Path, naming: &Naming) -> Result<Unpacked, Box
     };
     let mut archive = tar::Archive::new(inner);
     let mut metadata = None;
+    let mut vagrantfile = None;
+    // Other files at the top of the box, which its Vagrantfile may name
+    // (a kernel, an initramfs): kept aside until it is read.
+    let mut extra: IndexMap<String, (String, u64)> = IndexMap::new();
     let mut artifacts: IndexMap<String, Artifact> = IndexMap::new();
     for entry in archive.entries().map_err(|e| arch_err(damaged(e)))? {
         let entry = entry.map_err(|e| arch_err(damaged(e)))?;
@@ -265,7 +288,28 @@ pub fn import(path: &Path, dest: &Path, naming: &Naming) -> Result<Unpacked, Box
                     },
                 );
             }
-            _ => {} // Vagrantfile, info.json, a provider's config…: not needed
+            "Vagrantfile" => {
+                let mut text = String::new();
+                entry
+                    .take(1 << 20)
+                    .read_to_string(&mut text)
+                    .map_err(|e| arch_err(damaged(e)))?;
+                vagrantfile = Some(text);
+            }
+            name if !name.contains('/') && !RESERVED.contains(&name) => {
+                let (sha256, size) = copy_hashed(entry, &dest.join(extra_name(name)))?;
+                extra.insert(name.to_owned(), (sha256, size));
+                // Bounded all together, as each one is.
+                let total: u64 = extra.values().map(|(_, n)| n).sum();
+                let cap = super::archive::max_box();
+                if total > cap {
+                    return Err(arch_err(ArchiveError::TooLarge {
+                        declared: total,
+                        cap,
+                    }));
+                }
+            }
+            _ => {} // files in directories: nothing a box boots from
         }
     }
     let mut rest = archive.into_inner();
@@ -318,6 +362,51 @@ pub fn import(path: &Path, dest: &Path, naming: &Naming) -> Result<Unpacked, Box
         };
         return Err(arch_err(ArchiveError::Missing(file.into())));
     }
+    // A libvirt box may boot through files its Vagrantfile names, and log
+    // in as another user.
+    let mut boot = None;
+    let mut user = user.to_owned();
+    let mut asks = Vec::new();
+    if wanted == "disk"
+        && let Some(text) = &vagrantfile
+    {
+        let settings =
+            super::vagrantfile::read(text).map_err(|e| BoxError::Unsupported(e.to_string()))?;
+        for (artifact, file) in [("kernel", &settings.kernel), ("initrd", &settings.initrd)] {
+            let Some(file) = file else { continue };
+            let (sha256, size) = extra.shift_remove(file).ok_or_else(|| {
+                arch_err(ArchiveError::Missing(format!(
+                    "{file} (its Vagrantfile's libvirt.{artifact})"
+                )))
+            })?;
+            std::fs::rename(dest.join(extra_name(file)), dest.join(file))
+                .map_err(io_err("rename", dest))?;
+            artifacts.insert(
+                artifact.into(),
+                Artifact {
+                    path: file.clone(),
+                    sha256,
+                    size,
+                    format: None,
+                },
+            );
+        }
+        boot = settings
+            .cmd_line
+            .map(|cmdline| super::manifest::Boot { cmdline });
+        if let Some(u) = settings.ssh_username {
+            user = u;
+        }
+        if let Some(m) = settings.memory_mib {
+            asks.push(format!("{m} MiB of memory"));
+        }
+        if let Some(c) = settings.cpus {
+            asks.push(format!("{c} cpus"));
+        }
+    }
+    for name in extra.keys() {
+        let _ = std::fs::remove_file(dest.join(extra_name(name)));
+    }
     let name = naming.name.clone().ok_or_else(|| {
         BoxError::Unsupported(
             "a Vagrant box does not carry its name: pass --name (a catalog gives it one)".into(),
@@ -327,10 +416,18 @@ pub fn import(path: &Path, dest: &Path, naming: &Naming) -> Result<Unpacked, Box
         name,
         version: naming.version.clone().unwrap_or_else(|| "0.0.0".into()),
         arch: "x86_64".into(),
-        ssh_user: user.into(),
-        description: Some(format!("imported from a Vagrant {} box", metadata.provider)),
+        ssh_user: user,
+        description: Some(if asks.is_empty() {
+            format!("imported from a Vagrant {} box", metadata.provider)
+        } else {
+            format!(
+                "imported from a Vagrant {} box, whose Vagrantfile asks for {}",
+                metadata.provider,
+                asks.join(" and ")
+            )
+        }),
         artifacts,
-        boot: None,
+        boot,
     };
     let text = manifest.to_toml();
     Manifest::parse(&text).map_err(|e| arch_err(e.into()))?;
