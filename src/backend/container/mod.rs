@@ -278,11 +278,7 @@ impl Backend for ContainerBackend {
     }
 
     fn vagrant_providers(&self) -> &'static [super::VagrantProvider] {
-        &[super::VagrantProvider {
-            name: "lxc",
-            artifact: "rootfs",
-            user: "root",
-        }]
+        &[super::rootfs::VAGRANT_LXC]
     }
 
     fn probe(&self) -> (bool, Vec<super::Check>) {

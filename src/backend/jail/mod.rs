@@ -137,11 +137,7 @@ impl Backend for JailBackend {
     }
 
     fn vagrant_providers(&self) -> &'static [super::VagrantProvider] {
-        &[super::VagrantProvider {
-            name: "lxc",
-            artifact: "rootfs",
-            user: "root",
-        }]
+        &[super::rootfs::VAGRANT_LXC]
     }
 
     fn built(&self) -> bool {

@@ -417,11 +417,7 @@ impl Backend for LxcBackend {
     }
 
     fn vagrant_providers(&self) -> &'static [crate::backend::VagrantProvider] {
-        &[crate::backend::VagrantProvider {
-            name: "lxc",
-            artifact: "rootfs",
-            user: "root",
-        }]
+        &[crate::backend::rootfs::VAGRANT_LXC]
     }
 
     fn probe(&self) -> (bool, Vec<Check>) {

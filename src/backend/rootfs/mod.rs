@@ -46,6 +46,14 @@ pub enum RootfsError {
 
 impl OwnError for RootfsError {}
 
+/// Vagrant `lxc` boxes, which every backend that runs a rootfs tree takes:
+/// their `rootfs.tar.gz` becomes the `rootfs` artifact, logging in as root.
+pub const VAGRANT_LXC: crate::backend::VagrantProvider = crate::backend::VagrantProvider {
+    name: "lxc",
+    artifact: "rootfs",
+    user: "root",
+};
+
 /// Which network a machine whose root is an overlay is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
