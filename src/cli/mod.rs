@@ -114,7 +114,7 @@ pub struct InitArgs {
     /// The box for the machines.
     #[arg(long = "box", value_name = "BOX")]
     pub box_: Option<String>,
-    /// The backend for the machines (qemu, jail, container).
+    /// The backend for the machines (`envup doctor` lists those this envup has).
     #[arg(long, value_name = "B")]
     pub backend: Option<String>,
     /// Overwrite an existing Envfile.
