@@ -122,7 +122,7 @@ impl Ops<'_> {
         };
         backend.check(m)?;
         let new_state = || {
-            let mut s = MachineState::new(name, BackendName::new(backend.name()).expect("a name"));
+            let mut s = MachineState::new(name, BackendName::of(backend));
             s.dir = Some(self.project.machine_dir(name));
             s
         };
@@ -249,8 +249,7 @@ impl Ops<'_> {
                     path.display()
                 ));
                 let (made_by, _) = self.backends.for_machine(self.machine(name))?;
-                let made_by = BackendName::new(made_by.name()).expect("backend names are names");
-                let mut s = MachineState::new(name, made_by);
+                let mut s = MachineState::new(name, BackendName::of(made_by));
                 s.status = Status::Running;
                 s.dir = Some(self.project.machine_dir(name));
                 Some(s)

@@ -59,6 +59,11 @@ impl BackendName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A backend's own name (checked when its registry was made).
+    pub fn of(backend: &dyn Backend) -> Self {
+        Self::new(backend.name()).expect("a registry holds only named backends")
+    }
 }
 
 impl TryFrom<String> for BackendName {
@@ -492,6 +497,13 @@ impl Registry {
             !backends.is_empty(),
             "a registry holds at least one backend"
         );
+        for b in &backends {
+            assert!(
+                BackendName::new(b.name()).is_ok(),
+                "`{}` is not a backend name",
+                b.name()
+            );
+        }
         Self {
             backends,
             default: 0,
@@ -522,8 +534,20 @@ impl Registry {
     }
 
     /// The backend a machine gets when the Envfile names none.
-    pub fn default_name(&self) -> &'static str {
-        self.backends[self.default].name()
+    pub fn default_backend(&self) -> &dyn Backend {
+        &*self.backends[self.default]
+    }
+
+    /// Every backend, the default first, then the others in order: whose
+    /// box to pick when nothing names a backend.
+    pub fn by_preference(&self) -> impl Iterator<Item = &dyn Backend> {
+        let others = self
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != self.default)
+            .map(|(_, b)| &**b);
+        std::iter::once(self.default_backend()).chain(others)
     }
 
     /// The backend named `name`, built or not.
@@ -532,8 +556,8 @@ impl Registry {
     }
 
     /// The backend named `name`, or why this envup cannot run it.
-    pub fn get(&self, name: &BackendName) -> Result<&dyn Backend, BackendError> {
-        match self.find(name.as_str()) {
+    pub fn get(&self, name: &str) -> Result<&dyn Backend, BackendError> {
+        match self.find(name) {
             Some(b) if b.built() => Ok(b),
             Some(b) => Err(BackendError::NotBuilt(b.name())),
             None => Err(BackendError::Unknown {
@@ -546,21 +570,18 @@ impl Registry {
     /// The backend that runs machine `m` (the one its Envfile names, or
     /// the one that one hands it to), and a note for the user.
     pub fn for_machine(&self, m: &Machine) -> Result<(&dyn Backend, Option<String>), BackendError> {
-        let named = self.get(&m.backend)?;
+        let named = self.get(m.backend.as_str())?;
         match named.hand_over(m)? {
-            Some(h) => {
-                let to = BackendName::new(h.to).expect("backend names are names");
-                Ok((self.get(&to)?, h.note))
-            }
+            Some(h) => Ok((self.get(h.to)?, h.note)),
             None => Ok((named, None)),
         }
     }
 
     /// The backend that runs the recorded machine of `state`.
     pub fn for_state(&self, state: &MachineState) -> Result<&dyn Backend, BackendError> {
-        let recorded = self.get(&state.backend)?;
+        let recorded = self.get(state.backend.as_str())?;
         match recorded.adopted_by(state) {
-            Some(to) => self.get(&BackendName::new(to).expect("backend names are names")),
+            Some(to) => self.get(to),
             None => Ok(recorded),
         }
     }
@@ -634,4 +655,23 @@ pub fn options<T: serde::de::DeserializeOwned>(m: &Machine) -> Result<T, Backend
             backend: m.backend.to_string(),
             source: Box::new(source),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With nothing naming a backend, the default backend's box is the
+    /// first choice, then the others in the registry's order.
+    #[test]
+    fn default_backend_is_preferred() {
+        let names: Vec<&str> = Registry::builtin()
+            .by_preference()
+            .map(|b| b.name())
+            .collect();
+        assert_eq!(names, ["jail", "qemu", "container", "lxc"]);
+        let fakes = Registry::new(vec![Box::new(fake::Fake::vm()), Box::new(fake::Fake::ct())]);
+        let names: Vec<&str> = fakes.by_preference().map(|b| b.name()).collect();
+        assert_eq!(names, ["vm", "ct"]);
+    }
 }

@@ -147,11 +147,11 @@ impl Resolver<'_> {
         let arch = catalog::host_arch();
         match backend {
             Some(b) => cat.choose(req, b, arch),
-            // Any backend's: the first, in the registry's order, that the
-            // catalog has a box for.
+            // Any backend's: the default backend's if the catalog has a
+            // box for it, else the first other's that it has.
             None => {
                 let mut first_err = None;
-                for b in self.backends.all() {
+                for b in self.backends.by_preference() {
                     match cat.choose(req, b, arch) {
                         Ok(c) => return Ok(c),
                         Err(e) => {

@@ -267,21 +267,19 @@ fn build_machine(
         None => None,
     };
 
-    let default_backend = ctx.registry.default_name();
     let backend = match pick(&m.backend, &d.backend, mpath, dpath, "backend") {
-        Some((b, _)) if ctx.registry.find(b).is_some() => b.as_str(),
-        Some((b, p)) => {
+        Some((b, p)) => ctx.registry.find(b).unwrap_or_else(|| {
             let names = ctx.registry.names();
             let help = match did_you_mean(b, names.iter().copied()) {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => format!("the backends are {}", names.join(", ")),
             };
             ctx.at_value(&p, format!("unknown backend `{b}`"), Some(help));
-            default_backend
-        }
-        None => default_backend,
+            ctx.registry.default_backend()
+        }),
+        None => ctx.registry.default_backend(),
     };
-    let backend = BackendName::new(backend).expect("registered names are names");
+    let backend = BackendName::of(backend);
 
     let cpus = match pick(&m.cpus, &d.cpus, mpath, dpath, "cpus") {
         Some((&c, p)) if !(1..=MAX_CPUS).contains(&c) => {

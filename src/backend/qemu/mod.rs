@@ -32,8 +32,6 @@ pub struct QemuBackend;
 /// What only the qemu backend runs into.
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
-    #[error("box `{0}` has no disk image, which the qemu backend needs")]
-    NoDisk(String),
     #[error("cannot write the seed disk {}", .path.display())]
     Seed {
         path: PathBuf,
@@ -500,7 +498,10 @@ impl Backend for QemuBackend {
     ) -> Result<(), BackendError> {
         let disk = stored
             .artifact("disk")
-            .ok_or_else(|| QemuError::NoDisk(stored.meta.name.clone()))?;
+            .ok_or_else(|| BackendError::NoArtifact {
+                name: stored.meta.name.clone(),
+                artifact: "disk",
+            })?;
         let format = stored.manifest.artifacts["disk"]
             .format
             .clone()
