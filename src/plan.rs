@@ -79,10 +79,11 @@ pub fn changed_settings(recorded: &Value, current: &Value) -> Vec<String> {
     new.iter()
         .filter(|(k, v)| old.get(*k).unwrap_or(&Value::Null) != *v)
         .map(|(k, v)| {
+            // The recorded side comes from a state file: shown escaped.
             let show = |v: &Value| match v {
-                Value::String(s) => s.clone(),
+                Value::String(s) => crate::ident::printable(s).into_owned(),
                 Value::Null => "unset".into(),
-                other => other.to_string(),
+                other => crate::ident::printable(&other.to_string()).into_owned(),
             };
             format!(
                 "{k}: {} → {}",
@@ -186,9 +187,13 @@ pub fn plan_up(m: &Machine, state: Option<&MachineState>, choice: &ProvisionChoi
             .and_then(|b| b.as_str())
             .unwrap_or(s.backend.as_str());
         if named != m.backend.as_str() {
+            // `named` comes from the state file: shown escaped.
             notes.push(format!(
-                "the Envfile now says backend `{}` but the machine was created with `{named}`; `envup destroy {}` then `envup up {}` moves it",
-                m.backend, m.name, m.name
+                "the Envfile now says backend `{}` but the machine was created with `{}`; `envup destroy {}` then `envup up {}` moves it",
+                m.backend,
+                crate::ident::printable(named),
+                m.name,
+                m.name
             ));
         } else if status == Status::Running {
             let changed = changed_settings(&s.settings, &settings(m));
@@ -292,6 +297,25 @@ mod tests {
             },
         );
         assert!(p.notes[0].contains("memory: 1GiB → 2GiB"), "{:?}", p.notes);
+    }
+
+    /// What a state file recorded is shown with its control characters
+    /// escaped (a damaged or edited file cannot drive the terminal).
+    #[test]
+    fn recorded_text_is_shown_escaped() {
+        let m = machine(WEB);
+        let mut s = running(&m);
+        let quiet = ProvisionChoice {
+            skip_all: true,
+            only: vec![],
+        };
+        s.settings["memory"] = "1\u{1b}[2J".into();
+        let p = plan_up(&m, Some(&s), &quiet);
+        assert!(p.notes[0].contains("1\\u{1b}[2J"), "{:?}", p.notes);
+        s.settings["backend"] = "x\u{1b}[2J".into();
+        let p = plan_up(&m, Some(&s), &quiet);
+        assert!(p.notes[0].contains("`x\\u{1b}[2J`"), "{:?}", p.notes);
+        assert!(!p.notes.concat().contains('\u{1b}'));
     }
 
     #[test]

@@ -92,6 +92,10 @@ const RESERVED: [&str; 8] = [
     "rootfs.tar",
 ];
 
+/// How many files beside its image a Vagrant box may have kept for its
+/// Vagrantfile to name.
+const MAX_EXTRA_FILES: usize = 16;
+
 /// Where a file at the top of the box waits until its Vagrantfile is read
 /// (a dot name: no artifact is one).
 fn extra_name(name: &str) -> String {
@@ -296,7 +300,12 @@ pub fn import(path: &Path, dest: &Path, naming: &Naming) -> Result<Unpacked, Box
                     .map_err(|e| arch_err(damaged(e)))?;
                 vagrantfile = Some(text);
             }
-            name if !name.contains('/') && !RESERVED.contains(&name) => {
+            // A box has a few such files (a kernel, an initramfs, notes):
+            // more than that are not kept.
+            name if !name.contains('/')
+                && !RESERVED.contains(&name)
+                && extra.len() < MAX_EXTRA_FILES =>
+            {
                 let (sha256, size) = copy_hashed(entry, &dest.join(extra_name(name)))?;
                 extra.insert(name.to_owned(), (sha256, size));
                 // Bounded all together, as each one is.

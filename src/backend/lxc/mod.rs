@@ -69,11 +69,11 @@ const LINKS: &str = "/run/envup/lxc";
 /// holds none. The link is made (again) before every use, and removed by
 /// `destroy`.
 fn lxc_path(state: &MachineState, name: &str) -> Result<PathBuf, BackendError> {
-    let real = lxc_dir(state)?;
     let link = Path::new(LINKS).join(name);
-    if std::fs::read_link(&link).ok().as_deref() == Some(real.as_path()) {
+    if linked(state, name)? {
         return Ok(link);
     }
+    let real = lxc_dir(state)?;
     crate::state::ensure_private_dir(Path::new(LINKS)).map_err(io_err("make", LINKS))?;
     match std::fs::remove_file(&link) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -83,6 +83,11 @@ fn lxc_path(state: &MachineState, name: &str) -> Result<PathBuf, BackendError> {
     }
     std::os::unix::fs::symlink(&real, &link).map_err(io_err("make the link", &link))?;
     Ok(link)
+}
+
+/// Whether the container's link is there and names its directory.
+fn linked(state: &MachineState, name: &str) -> Result<bool, BackendError> {
+    Ok(std::fs::read_link(Path::new(LINKS).join(name)).ok() == Some(lxc_dir(state)?))
 }
 
 /// A path as a field of an fstab line (`lxc.mount.entry`): whitespace and
@@ -347,12 +352,18 @@ fn stop(state: &MachineState, name: &str, force: bool) -> Result<(), BackendErro
     Ok(())
 }
 
+/// Whether the container runs. Asking changes nothing on the host: without
+/// its link (made by every start) the container cannot be running.
 fn status(state: &MachineState, name: &str) -> Result<Status, BackendError> {
-    let dir = lxc_path(state, name)?;
-    Ok(match lxc_state(&dir, name).as_deref() {
-        Some("RUNNING") => Status::Running,
-        _ => Status::Stopped,
-    })
+    if !linked(state, name)? {
+        return Ok(Status::Stopped);
+    }
+    Ok(
+        match lxc_state(&Path::new(LINKS).join(name), name).as_deref() {
+            Some("RUNNING") => Status::Running,
+            _ => Status::Stopped,
+        },
+    )
 }
 
 fn destroy(state: &MachineState, name: &str) -> Result<(), BackendError> {
