@@ -222,11 +222,7 @@ mod tests {
     use super::*;
     use crate::state::Event;
 
-    fn machine(src: &str) -> Machine {
-        let dir = std::env::temp_dir();
-        let c = crate::envfile::parse(src, &dir.join("Envfile"), &dir).unwrap();
-        c.machines[0].clone()
-    }
+    use crate::envfile::test_machine as machine;
 
     const WEB: &str = "[machines.web]\nbox = \"b\"\nprovision = [{ shell = \"echo 1\", name = \"a\" }, { shell = \"echo 2\", run = \"always\", name = \"b\" }, { shell = \"x\", run = \"never\", name = \"c\" }]\n";
 

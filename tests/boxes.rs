@@ -626,12 +626,7 @@ fn vagrant_lxc_rootfs_level_is_stripped() {
     .out()
     .status(0);
     p.cmd(&["box", "verify"]).out().status(0);
-    let j = p.cmd(&["--json", "box", "list"]).out().status(0).json();
-    let dir = p
-        .home
-        .path()
-        .join("boxes-v1")
-        .join(j[0]["sha256"].as_str().unwrap());
+    let dir = common::boxes::stored_dir(p.home.path(), "vagrant/lxc");
     let mut a = tar::Archive::new(std::fs::File::open(dir.join("rootfs.tar")).unwrap());
     let seen: Vec<(String, Option<String>)> = a
         .entries()
@@ -696,12 +691,7 @@ fn vagrant_libvirt_vagrantfile() {
     ])
     .out()
     .status(0);
-    let j = p.cmd(&["--json", "box", "list"]).out().status(0).json();
-    let dir = p
-        .home
-        .path()
-        .join("boxes-v1")
-        .join(j[0]["sha256"].as_str().unwrap());
+    let dir = common::boxes::stored_dir(p.home.path(), "v/good");
     let manifest = std::fs::read_to_string(dir.join("box.toml")).unwrap();
     assert!(manifest.contains("[artifacts.kernel]"), "{manifest}");
     assert!(

@@ -160,13 +160,10 @@ fn lifecycle(engine: &'static str, boxname: &'static str) -> Result<(), Failed> 
     Ok(())
 }
 
-/// Two machines from one box, made at once: one image import between them.
-fn one_import_for_two(engine: &'static str) -> Result<(), Failed> {
-    let stored = common::boxes::stored_digest(home().path(), "tiny");
-    // Every image of the box goes first, tagged or left untagged by an
-    // earlier run that was interrupted or raced another on this host.
-    // (Snapshots carry the label too; they are other tests' and stay.)
-    let old = engine_knows(
+/// The engine's images made from box `stored` (and snapshots of machines
+/// from it, which carry its label too): `ID REPOSITORY` lines.
+fn box_images(engine: &str, stored: &str) -> String {
+    engine_knows(
         engine,
         &[
             "images",
@@ -176,7 +173,16 @@ fn one_import_for_two(engine: &'static str) -> Result<(), Failed> {
             "--filter",
             &format!("label=envup.box={stored}"),
         ],
-    );
+    )
+}
+
+/// Two machines from one box, made at once: one image import between them.
+fn one_import_for_two(engine: &'static str) -> Result<(), Failed> {
+    let stored = common::boxes::stored_digest(home().path(), "tiny");
+    // Every image of the box goes first, tagged or left untagged by an
+    // earlier run that was interrupted or raced another on this host.
+    // (Snapshots carry the label too; they are other tests' and stay.)
+    let old = box_images(engine, &stored);
     for line in old.lines().filter(|l| !l.contains("envup-snapshot-")) {
         if let Some(id) = line.split_whitespace().next() {
             let _ = std::process::Command::new(engine)
@@ -191,17 +197,7 @@ fn one_import_for_two(engine: &'static str) -> Result<(), Failed> {
     envup(&p, &["up", "--jobs", "2"]).status(0);
     // Images from the box's rootfs (snapshots made from it carry its label
     // too, under their own names): a second import would leave one more.
-    let ids = engine_knows(
-        engine,
-        &[
-            "images",
-            "--no-trunc",
-            "--format",
-            "{{.ID}} {{.Repository}}",
-            "--filter",
-            &format!("label=envup.box={stored}"),
-        ],
-    );
+    let ids = box_images(engine, &stored);
     let n = ids
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.contains("envup-snapshot-"))
@@ -214,12 +210,7 @@ fn one_import_for_two(engine: &'static str) -> Result<(), Failed> {
 /// `rootfs.tar.gz`), made here from `tiny`'s rootfs, comes up on `backend`
 /// (a container engine, `lxc` or `jail`) and answers as `tiny` does.
 fn vagrant_lxc_box(backend: &'static str) -> Result<(), Failed> {
-    let stored = common::boxes::stored_digest(home().path(), "tiny");
-    let rootfs = home()
-        .path()
-        .join("boxes-v1")
-        .join(stored)
-        .join("rootfs.tar");
+    let rootfs = common::boxes::stored_dir(home().path(), "tiny").join("rootfs.tar");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tiny-lxc.box");
     common::boxes::vagrant_lxc_box(&rootfs, &file);

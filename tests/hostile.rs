@@ -637,12 +637,7 @@ fn tiny_rootfs_with(
     edit: impl Fn(&str, &mut Vec<u8>),
     links: &[(&str, tar::EntryType, &str)],
 ) -> Vec<u8> {
-    let digest = common::boxes::stored_digest(tiny_home().path(), "tiny");
-    let stored = tiny_home()
-        .path()
-        .join("boxes-v1")
-        .join(digest)
-        .join("rootfs.tar");
+    let stored = common::boxes::stored_dir(tiny_home().path(), "tiny").join("rootfs.tar");
     common::boxes::rewrite_rootfs(&stored, edit, links)
         .into_inner()
         .unwrap()

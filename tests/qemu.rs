@@ -203,8 +203,7 @@ type TestFn = fn() -> Result<(), Failed>;
 /// Vagrantfile names and logs in as the user it names: made here from
 /// tiny's files (tiny's disk has no boot loader).
 fn vagrant_libvirt_box() -> Result<(), Failed> {
-    let digest = common::boxes::stored_digest(home().path(), "tiny");
-    let tiny = home().path().join("boxes-v1").join(digest);
+    let tiny = common::boxes::stored_dir(home().path(), "tiny");
     let manifest: toml::Table =
         toml::from_str(&std::fs::read_to_string(tiny.join("box.toml")).unwrap()).unwrap();
     let path_of = |a: &str| {

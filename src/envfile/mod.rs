@@ -142,6 +142,15 @@ pub fn parse(source: &str, path: &Path, root: &Path) -> Result<Config, Vec<Diagn
     parse_with(source, path, root, Registry::builtin())
 }
 
+/// The first machine of Envfile text (for the tests of code that takes a
+/// machine).
+#[cfg(test)]
+pub(crate) fn test_machine(src: &str) -> Machine {
+    let dir = std::env::temp_dir();
+    let c = parse(src, &dir.join("Envfile"), &dir).unwrap();
+    c.machines[0].clone()
+}
+
 /// Parse Envfile text for the backends of `registry`.
 pub fn parse_with(
     source: &str,

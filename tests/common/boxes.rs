@@ -266,6 +266,11 @@ pub fn home_with(recipes: &[&str]) -> tempfile::TempDir {
 }
 
 /// The sha256 of the stored box `name` in the store at `home`.
+/// Where box `name` is stored in the store of `home`.
+pub fn stored_dir(home: &Path, name: &str) -> PathBuf {
+    home.join("boxes-v1").join(stored_digest(home, name))
+}
+
 pub fn stored_digest(home: &Path, name: &str) -> String {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_envup"))
         .args(["--json", "box", "list"])

@@ -551,13 +551,9 @@ mod tests {
 
     #[test]
     fn create_arguments() {
-        let cfg = crate::envfile::parse(
+        let mut m = crate::envfile::test_machine(
             "[machines.web]\nbox = \"tiny\"\nbackend = \"container\"\ncpus = 2\nmemory = \"512MiB\"\n",
-            Path::new("/p/Envfile"),
-            Path::new("/p"),
-        )
-        .unwrap();
-        let mut m = cfg.machines["web"].clone();
+        );
         m.forwards = vec![Forward {
             host: 8080,
             guest: 80,

@@ -502,13 +502,9 @@ mod tests {
 
     #[test]
     fn config_has_the_root_limits_and_shares() {
-        let cfg = crate::envfile::parse(
+        let mut m = crate::envfile::test_machine(
             "[machines.web]\nbox = \"tiny\"\nbackend = \"lxc\"\ncpus = 2\nmemory = \"512MiB\"\n",
-            Path::new("/p/Envfile"),
-            Path::new("/p"),
-        )
-        .unwrap();
-        let mut m = cfg.machines["web"].clone();
+        );
         use std::os::unix::ffi::OsStrExt;
         m.shares = vec![crate::envfile::config::Share {
             host: std::ffi::OsStr::from_bytes(b"/src dir,a:b\\c\td\xff").into(),
