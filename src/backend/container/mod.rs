@@ -322,8 +322,13 @@ impl Backend for ContainerBackend {
     }
 
     fn check(&self, m: &Machine) -> Result<(), BackendError> {
-        let opts: Options = super::options(m)?;
-        EngineCli::choose(opts.engine).map(|_| ())
+        match super::options::<Options>(m)?.engine {
+            // New machines with it go to the lxc backend; one still here
+            // was made with Docker or Podman before the Envfile changed,
+            // and runs on the engine it was made with.
+            Engine::Lxc => Ok(()),
+            engine => EngineCli::choose(engine).map(|_| ()),
+        }
     }
 
     fn create(
@@ -547,6 +552,17 @@ mod tests {
         assert_eq!(registry.for_state(&st).unwrap().name(), "lxc");
         record("docker");
         assert_eq!(registry.for_state(&st).unwrap().name(), "container");
+    }
+
+    /// A machine made with Docker or Podman whose Envfile now says
+    /// `engine = "lxc"` is not refused: it runs on the engine it was made
+    /// with (new machines with it go to the lxc backend).
+    #[test]
+    fn engine_lxc_is_not_refused_for_a_made_machine() {
+        let m = crate::envfile::test_machine(
+            "[machines.web]\nbox = \"tiny\"\nbackend = \"container\"\ncontainer = { engine = \"lxc\" }\n",
+        );
+        assert!(ContainerBackend.check(&m).is_ok());
     }
 
     #[test]
