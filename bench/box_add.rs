@@ -84,6 +84,7 @@ fn main() {
         description: None,
         artifacts: Default::default(),
         boot: None,
+        first_login: None,
     };
     m.artifacts.insert(
         "rootfs".into(),

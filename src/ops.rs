@@ -100,7 +100,11 @@ impl Ops<'_> {
             self.reporter
                 .line(name, crate::ui::Stream::Stderr, &format!("note: {note}"));
         }
-        if plan.is_noop() {
+        // A first login that an interrupted `up` left undone is finished.
+        let keys_pending = recorded
+            .as_ref()
+            .is_some_and(|s| s.status == Status::Running && s.first_login.is_some());
+        if plan.is_noop() && !keys_pending {
             return Ok("already up; nothing to do".into());
         }
         // A machine made already stays with the backend that made it; a
@@ -180,6 +184,7 @@ impl Ops<'_> {
                         return Err(e.into());
                     }
                     state.settings = plan::settings(m);
+                    state.first_login = stored.manifest.first_login;
                     self.apply(&mut state, Event::Created)?;
                     self.apply(&mut state, Event::Started)?;
                     done.push("created");
@@ -196,9 +201,9 @@ impl Ops<'_> {
             }
         }
         // `up` ends when the machine answers SSH, provisioners or not.
-        let booted = !done.is_empty();
+        let booted = !done.is_empty() || state.first_login.is_some();
         let ssh = if booted {
-            let ssh = self.wait_ssh(m, &state)?;
+            let ssh = self.wait_ssh(m, &mut state)?;
             for note in backend.after_boot(m, &ssh)? {
                 self.reporter
                     .line(name, crate::ui::Stream::Stderr, &format!("note: {note}"));
@@ -309,8 +314,10 @@ impl Ops<'_> {
         }
     }
 
-    /// Log in to the machine, waiting up to its `boot_timeout`.
-    fn wait_ssh(&self, m: &Machine, state: &MachineState) -> Result<Ssh, OpError> {
+    /// Log in to the machine, waiting up to its `boot_timeout`; on the
+    /// first login to a machine whose box could not take its keys before
+    /// it booted, put them in place first (and record that they are).
+    fn wait_ssh(&self, m: &Machine, state: &mut MachineState) -> Result<Ssh, OpError> {
         let dir = self.project.machine_dir(&m.name);
         let keys = MachineKeys::ensure(&dir, &m.name)?;
         let ep = state
@@ -318,14 +325,34 @@ impl Ops<'_> {
             .clone()
             .ok_or_else(|| OpError::NoEndpoint(m.name.clone()))?;
         let console = dir.join("console.log");
-        self.reporter.step(&m.name, "waiting for SSH");
-        Ok(Ssh::wait(
+        let console = console.exists().then_some(console.as_path());
+        let dial = self.backends.dial(state);
+        let Some(how) = state.first_login else {
+            self.reporter.step(&m.name, "waiting for SSH");
+            return Ok(Ssh::wait(
+                &ep,
+                dial.as_ref(),
+                &keys,
+                m.boot_timeout,
+                console,
+            )?);
+        };
+        self.reporter.step(
+            &m.name,
+            "waiting for SSH to put the machine's keys in place",
+        );
+        let ssh = crate::ssh::first_login::place_keys(
+            how,
             &ep,
-            self.backends.dial(state).as_ref(),
+            dial.as_ref(),
             &keys,
+            &m.hostname,
             m.boot_timeout,
-            console.exists().then_some(console.as_path()),
-        )?)
+            console,
+        )?;
+        state.first_login = None;
+        self.save(state)?;
+        Ok(ssh)
     }
 
     /// Run the named provisioners over one SSH session, recording each

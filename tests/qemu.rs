@@ -197,13 +197,18 @@ fn two_vms_from_one_box() -> Result<(), Failed> {
 
 type TestFn = fn() -> Result<(), Failed>;
 
-/// A box laid out as vagrant-libvirt makes them (`metadata.json`,
-/// `box.img`, a `Vagrantfile`, its kernel and initramfs beside them), that
-/// boots only through the kernel, initramfs and command line its
-/// Vagrantfile names and logs in as the user it names: made here from
-/// tiny's files (tiny's disk has no boot loader).
-fn vagrant_libvirt_box() -> Result<(), Failed> {
-    let tiny = common::boxes::stored_dir(home().path(), "tiny");
+/// A box file laid out as vagrant-libvirt makes them (`metadata.json`,
+/// `box.img`, a `Vagrantfile`, its kernel and initramfs beside them) from
+/// the kernel and initramfs of the stored box `from` and the qcow2 `disk`,
+/// whose Vagrantfile names them, that box's kernel command line and `user`
+/// as the SSH user.
+fn vagrant_libvirt_file(
+    dir: &std::path::Path,
+    from: &str,
+    disk: &std::path::Path,
+    user: &str,
+) -> String {
+    let tiny = common::boxes::stored_dir(home().path(), from);
     let manifest: toml::Table =
         toml::from_str(&std::fs::read_to_string(tiny.join("box.toml")).unwrap()).unwrap();
     let path_of = |a: &str| {
@@ -216,7 +221,7 @@ fn vagrant_libvirt_box() -> Result<(), Failed> {
     let cmdline = manifest["boot"]["cmdline"].as_str().unwrap();
     let vagrantfile = format!(
         "Vagrant.configure(\"2\") do |config|\n\
-         \x20 config.ssh.username = \"root\"\n\
+         \x20 config.ssh.username = \"{user}\"\n\
          \x20 config.vm.provider :libvirt do |libvirt|\n\
          \x20   libvirt.kernel = File.join(File.dirname(__FILE__), \"{kernel}\")\n\
          \x20   libvirt.initrd = File.join(File.dirname(__FILE__), \"{initrd}\")\n\
@@ -225,42 +230,286 @@ fn vagrant_libvirt_box() -> Result<(), Failed> {
          \x20 end\n\
          end\n"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tiny-libvirt.box");
+    let file = dir.join("libvirt.box");
     let mut b = tar::Builder::new(std::fs::File::create(&file).unwrap());
     let meta = br#"{"provider": "libvirt", "format": "qcow2", "virtual_size": 1}"#;
-    for (name, from) in [
-        ("metadata.json", None),
-        ("Vagrantfile", None),
-        ("box.img", Some(tiny.join(path_of("disk")))),
-        (kernel.as_str(), Some(tiny.join(&kernel))),
-        (initrd.as_str(), Some(tiny.join(&initrd))),
+    for (name, data) in [
+        ("metadata.json", meta.to_vec()),
+        ("Vagrantfile", vagrantfile.into_bytes()),
+        ("box.img", std::fs::read(disk).unwrap()),
+        (kernel.as_str(), std::fs::read(tiny.join(&kernel)).unwrap()),
+        (initrd.as_str(), std::fs::read(tiny.join(&initrd)).unwrap()),
     ] {
-        let data = match (name, from) {
-            ("metadata.json", _) => meta.to_vec(),
-            ("Vagrantfile", _) => vagrantfile.clone().into_bytes(),
-            (_, Some(path)) => std::fs::read(path).unwrap(),
-            _ => unreachable!(),
-        };
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o644);
         h.set_size(data.len() as u64);
         b.append_data(&mut h, name, data.as_slice()).unwrap();
     }
     b.finish().unwrap();
-    // In a home of its own, with nothing but this box.
-    let p = Project::with_envfile(
-        "[machines.vm]\nbox = \"vagrant/tiny-libvirt\"\nbackend = \"qemu\"\nmemory = \"256MiB\"\nboot_timeout = \"60s\"\n",
-    );
-    let run = |args: &[&str]| p.cmd(args).out();
-    let name = "vagrant/tiny-libvirt";
-    run(&["-q", "box", "add", file.to_str().unwrap(), "--name", name]).status(0);
-    let up = run(&["up"]);
-    let seen = (up.code() == 0).then(|| common::exec_in(p.home.path(), &p, "vm", "id -un"));
-    run(&["destroy", "-f"]).status(0);
+    file.to_str().unwrap().to_owned()
+}
+
+/// Up `file` (a Vagrant libvirt box) as machine `vm` in a project of its
+/// own; run `then` on it if it came up, and destroy it.
+fn up_vagrant_box(
+    file: &str,
+    name: &str,
+    then: impl FnOnce(&Project) -> Result<(), Failed>,
+) -> Result<(), Failed> {
+    up_vagrant_box_with(
+        file,
+        name,
+        "memory = \"256MiB\"\nboot_timeout = \"60s\"\n",
+        then,
+    )
+}
+
+fn up_vagrant_box_with(
+    file: &str,
+    name: &str,
+    settings: &str,
+    then: impl FnOnce(&Project) -> Result<(), Failed>,
+) -> Result<(), Failed> {
+    let p = Project::with_envfile(&format!(
+        "[machines.vm]\nbox = \"{name}\"\nbackend = \"qemu\"\n{settings}",
+    ));
+    envup(&p, &["-q", "box", "add", file, "--name", name]).status(0);
+    let up = envup(&p, &["up"]);
+    let seen = (up.code() == 0).then(|| then(&p));
+    envup(&p, &["destroy", "-f"]).status(0);
+    envup(&p, &["-q", "box", "remove", name]).status(0);
     check(up.code() == 0, format!("up failed: {}", up.stderr()))?;
-    let seen = seen.unwrap_or_default();
-    check(seen == "root\n", format!("logged in as {seen:?}"))
+    seen.unwrap_or(Ok(()))
+}
+
+/// A Vagrant libvirt box that boots only through the kernel, initramfs
+/// and command line its Vagrantfile names and logs in as the user it
+/// names: made here from tiny's files (tiny's disk has no boot loader).
+fn vagrant_libvirt_box() -> Result<(), Failed> {
+    let tiny = common::boxes::stored_dir(home().path(), "tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let file = vagrant_libvirt_file(dir.path(), "tiny", &tiny.join("disk.qcow2"), "root");
+    up_vagrant_box(&file, "vagrant/tiny-libvirt", |p| {
+        let seen = exec(p, "vm", "id -un");
+        check(seen == "root\n", format!("logged in as {seen:?}"))
+    })
+}
+
+/// The raw copy at `raw` of the stored box `from`'s qcow2 disk.
+fn raw_disk_of(from: &str, raw: &std::path::Path) {
+    let disk = common::boxes::stored_dir(home().path(), from).join("disk.qcow2");
+    qemu_img(&["convert", "-O", "raw"], &disk, raw);
+}
+
+/// `qemu-img ARGS FROM TO`.
+fn qemu_img(args: &[&str], from: &std::path::Path, to: &std::path::Path) {
+    let st = std::process::Command::new("qemu-img")
+        .args(args)
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success(), "qemu-img {args:?}");
+}
+
+/// Put `files` (text, path in the image, st_mode, owner uid and gid) in the
+/// ext4 image `raw`, replacing what is there.
+fn put_files(raw: &std::path::Path, files: &[(&str, &str, &str, u32)]) {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (text, to, mode, owner)) in files.iter().enumerate() {
+        let _ = std::process::Command::new("debugfs")
+            .args(["-w", "-R", &format!("rm {to}")])
+            .arg(raw)
+            .output();
+        if mode.starts_with("040") {
+            debugfs(raw, &format!("mkdir {to}"));
+        } else {
+            let local = dir.path().join(i.to_string());
+            std::fs::write(&local, text).unwrap();
+            debugfs(raw, &format!("write {} {to}", local.display()));
+        }
+        debugfs(raw, &format!("sif {to} mode {mode}"));
+        debugfs(raw, &format!("sif {to} uid {owner}"));
+        debugfs(raw, &format!("sif {to} gid {owner}"));
+    }
+}
+
+/// Run debugfs `commands` on the ext4 image `image`.
+fn debugfs(image: &std::path::Path, commands: &str) -> String {
+    let o = std::process::Command::new("debugfs")
+        .args(["-w", "-R", commands])
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "debugfs {commands}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A Vagrant libvirt box as Vagrant's own boxes are: no seed is read, and
+/// the only key that logs in is Vagrant's published insecure key. Made
+/// from tiny's disk: its start-up no longer reads the seed, root's
+/// `authorized_keys` holds the insecure ed25519 key, and its SSH server
+/// writes OpenSSH's pid file and takes /etc/ssh's host key when it starts
+/// again (a HUP ends dropbear; init starts it again). envup logs in once
+/// with the insecure key, puts the machine's keys and hostname in place,
+/// and never uses that key again.
+fn vagrant_insecure_key_first_login() -> Result<(), Failed> {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = d.join("disk.raw");
+    raw_disk_of("tiny", &raw);
+    // tiny's start-up without the loop that reads the seed.
+    let rcs = debugfs(&raw, "cat /etc/init.d/rcS");
+    let (head, rest) = rcs
+        .split_once("for d in /dev/vd[b-z]; do")
+        .expect("tiny reads its seed");
+    let (_, tail) = rest.split_once("\ndone\n").unwrap();
+    let sshd = "#!/bin/sh\n\
+         [ -f /etc/ssh/ssh_host_ed25519_key ] && dropbearconvert openssh dropbear \
+         /etc/ssh/ssh_host_ed25519_key /etc/dropbear/dropbear_ed25519_host_key >/dev/null 2>&1\n\
+         exec /usr/sbin/dropbear -F -E -s -p 22 -P /run/sshd.pid -r /etc/dropbear/dropbear_ed25519_host_key\n";
+    put_files(
+        &raw,
+        &[
+            (&format!("{head}{tail}"), "/etc/init.d/rcS", "0100755", 0),
+            (sshd, "/etc/init.d/sshd", "0100755", 0),
+            (
+                envup::ssh::first_login::VAGRANT_PUBLIC[0],
+                "/root/.ssh/authorized_keys",
+                "0100600",
+                0,
+            ),
+        ],
+    );
+    let disk = d.join("box.qcow2");
+    qemu_img(&["convert", "-O", "qcow2"], &raw, &disk);
+    let file = vagrant_libvirt_file(d, "tiny", &disk, "root");
+    up_vagrant_box(&file, "vagrant/insecure-key", |p| {
+        let keys = exec(p, "vm", "cat /root/.ssh/authorized_keys");
+        let own =
+            std::fs::read_to_string(p.path().join(".envup/machines/vm/id_ed25519.pub")).unwrap();
+        check(
+            keys == own,
+            format!("authorized_keys after the first login: {keys:?}"),
+        )?;
+        check(exec(p, "vm", "hostname") == "vm\n", "hostname not set")?;
+        let state =
+            std::fs::read_to_string(p.path().join(".envup/machines/vm/state.json")).unwrap();
+        check(
+            !state.contains("first_login"),
+            format!("first login still recorded: {state}"),
+        )?;
+        // Halt and up: logged in with the machine's keys alone.
+        envup(p, &["halt"]).status(0);
+        envup(p, &["up"]).status(0);
+        check(
+            exec(p, "vm", "hostname") == "vm\n",
+            "hostname lost across halt and up",
+        )
+    })
+}
+
+/// A Vagrant libvirt box as Vagrant's Debian boxes are: user `vagrant`
+/// with password-less sudo and only Vagrant's insecure RSA key, a host key
+/// baked into the box (every machine from it would share it), OpenSSH
+/// under systemd, no seed read. Made from debian/bookworm's disk. envup
+/// logs in once as `vagrant` with the RSA key and, through sudo, puts the
+/// machine's own host key in place and has sshd reload it.
+fn vagrant_debian_box_with_sudo() -> Result<(), Failed> {
+    with_debian();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = d.join("disk.raw");
+    raw_disk_of("debian/bookworm", &raw);
+    let baked = d.join("baked");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "baked", "-f"])
+        .arg(&baked)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let read = |f: &str| debugfs(&raw, &format!("cat {f}"));
+    let (passwd, shadow, group) = (read("/etc/passwd"), read("/etc/shadow"), read("/etc/group"));
+    let _ = std::process::Command::new("debugfs")
+        .args([
+            "-w",
+            "-R",
+            "rm /etc/systemd/system/multi-user.target.wants/envup-seed.service",
+        ])
+        .arg(&raw)
+        .output();
+    put_files(
+        &raw,
+        &[
+            (
+                &format!("{passwd}vagrant:x:1000:1000:vagrant:/home/vagrant:/bin/bash\n"),
+                "/etc/passwd",
+                "0100644",
+                0,
+            ),
+            (
+                &format!("{shadow}vagrant:*:19000:0:99999:7:::\n"),
+                "/etc/shadow",
+                "0100640",
+                0,
+            ),
+            (
+                &format!("{group}vagrant:x:1000:\n"),
+                "/etc/group",
+                "0100644",
+                0,
+            ),
+            (
+                "vagrant ALL=(ALL) NOPASSWD:ALL\n",
+                "/etc/sudoers.d/vagrant",
+                "0100440",
+                0,
+            ),
+            (
+                &std::fs::read_to_string(&baked).unwrap(),
+                "/etc/ssh/ssh_host_ed25519_key",
+                "0100600",
+                0,
+            ),
+            ("", "/home/vagrant", "040755", 1000),
+            ("", "/home/vagrant/.ssh", "040700", 1000),
+            (
+                envup::ssh::first_login::VAGRANT_PUBLIC[1],
+                "/home/vagrant/.ssh/authorized_keys",
+                "0100600",
+                1000,
+            ),
+        ],
+    );
+    let disk = d.join("box.qcow2");
+    qemu_img(&["convert", "-O", "qcow2"], &raw, &disk);
+    let file = vagrant_libvirt_file(d, "debian/bookworm", &disk, "vagrant");
+    let settings = "memory = \"1GiB\"\nboot_timeout = \"180s\"\n";
+    up_vagrant_box_with(&file, "vagrant/debian-insecure-key", settings, |p| {
+        let keys = exec(p, "vm", "cat ~/.ssh/authorized_keys");
+        let own =
+            std::fs::read_to_string(p.path().join(".envup/machines/vm/id_ed25519.pub")).unwrap();
+        check(
+            keys == own,
+            format!("authorized_keys after the first login: {keys:?}"),
+        )?;
+        check(
+            exec(p, "vm", "id -un") == "vagrant\n",
+            "not logged in as vagrant",
+        )?;
+        check(exec(p, "vm", "hostname") == "vm\n", "hostname not set")?;
+        // envup checked the host key on every login after the first; the
+        // baked one is gone from the machine.
+        let served = exec(p, "vm", "sudo -n cat /etc/ssh/ssh_host_ed25519_key.pub");
+        check(
+            !served.contains("baked"),
+            format!("the box's host key is still served: {served}"),
+        )
+    })
 }
 
 fn main() {
@@ -278,6 +527,11 @@ fn main() {
         ),
         ("two_vms_from_one_box", two_vms_from_one_box),
         ("vagrant_libvirt_box", vagrant_libvirt_box),
+        (
+            "vagrant_insecure_key_first_login",
+            vagrant_insecure_key_first_login,
+        ),
+        ("vagrant_debian_box_with_sudo", vagrant_debian_box_with_sudo),
     ];
     let trials = tests
         .into_iter()

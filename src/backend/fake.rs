@@ -89,6 +89,7 @@ impl Fake {
                 name: "libvirt",
                 artifact: "disk",
                 user: "vagrant",
+                first_login: Some(crate::ssh::first_login::FirstLogin::VagrantInsecureKey),
             }],
         )
     }
@@ -102,6 +103,7 @@ impl Fake {
                 name: "lxc",
                 artifact: "rootfs",
                 user: "root",
+                first_login: None,
             }],
         )
     }

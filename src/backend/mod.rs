@@ -226,6 +226,9 @@ pub struct VagrantProvider {
     pub name: &'static str,
     pub artifact: &'static str,
     pub user: &'static str,
+    /// How its boxes let envup in the first time, when the backend cannot
+    /// put the machine's keys in place before the machine boots.
+    pub first_login: Option<crate::ssh::first_login::FirstLogin>,
 }
 
 /// A machine the Envfile gives one backend that another runs (the

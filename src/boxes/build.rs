@@ -562,6 +562,7 @@ pub fn build(
         description: recipe.description.clone(),
         artifacts: Default::default(),
         boot: None,
+        first_login: None,
     };
     step("packing the rootfs");
     tar_dir(&rootfs, &art.join("rootfs.tar"))?;

@@ -24,6 +24,10 @@ pub struct Manifest {
     pub artifacts: IndexMap<String, Artifact>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<Boot>,
+    /// How the box lets envup in before the machine's own keys are in
+    /// place, when it cannot take them before it boots (a Vagrant box).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_login: Option<crate::ssh::first_login::FirstLogin>,
 }
 
 fn default_arch() -> String {

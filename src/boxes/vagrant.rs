@@ -332,8 +332,8 @@ pub fn import(path: &Path, dest: &Path, naming: &Naming) -> Result<Unpacked, Box
         metadata.ok_or_else(|| arch_err(ArchiveError::NoManifest("(no metadata.json)".into())))?;
     // The backend that takes the provider's boxes says how they are laid out.
     let registry = crate::backend::Registry::builtin();
-    let (wanted, user) = match registry.vagrant_provider(&metadata.provider) {
-        Some(p) => (p.artifact, p.user),
+    let (wanted, user, first_login) = match registry.vagrant_provider(&metadata.provider) {
+        Some(p) => (p.artifact, p.user, p.first_login),
         None => {
             let mut by_provider: IndexMap<&str, Vec<&str>> = IndexMap::new();
             for b in registry.all() {
@@ -437,6 +437,7 @@ pub fn import(path: &Path, dest: &Path, naming: &Naming) -> Result<Unpacked, Box
         }),
         artifacts,
         boot,
+        first_login,
     };
     let text = manifest.to_toml();
     Manifest::parse(&text).map_err(|e| arch_err(e.into()))?;

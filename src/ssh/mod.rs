@@ -4,6 +4,7 @@
 //! Host keys are checked strictly against the key envup made for the
 //! machine; errors name the step that failed.
 
+pub mod first_login;
 pub mod keys;
 
 use std::io::{ErrorKind, Read, Write};
@@ -150,8 +151,31 @@ impl Ssh {
         keys: &MachineKeys,
         timeout: Duration,
     ) -> Result<Ssh, SshError> {
-        let addr = format!("{}:{}", ep.host, ep.port);
+        let ssh = Ssh::open(ep, dial, timeout, true)?;
+        ssh.check_host_key(keys)?;
+        ssh.log_in(&[(Some(&keys.authorized_key()), &keys.client_private_pem())])?;
+        ssh.session.set_timeout(IO_TIMEOUT.as_millis() as u32);
+        Ok(ssh)
+    }
+
+    fn addr(ep: &SshEndpoint) -> String {
+        format!("{}:{}", ep.host, ep.port)
+    }
+
+    /// Connect and make the SSH handshake, asking for the ed25519 host key
+    /// (the only kind envup gives machines) when `ed25519_only`.
+    fn open(
+        ep: &SshEndpoint,
+        dial: Option<&Dial>,
+        timeout: Duration,
+        ed25519_only: bool,
+    ) -> Result<Ssh, SshError> {
+        let addr = Ssh::addr(ep);
         let connect_err = |source| SshError::Connect {
+            addr: addr.clone(),
+            source,
+        };
+        let handshake_err = |source| SshError::Handshake {
             addr: addr.clone(),
             source,
         };
@@ -166,51 +190,63 @@ impl Ssh {
         }
         .map_err(connect_err)?;
         tcp.set_nodelay(true).ok();
-        let mut session = ssh2::Session::new().map_err(|source| SshError::Handshake {
-            addr: addr.clone(),
-            source,
-        })?;
+        let mut session = ssh2::Session::new().map_err(handshake_err)?;
         session.set_tcp_stream(tcp.try_clone().map_err(connect_err)?);
         session.set_timeout(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX));
-        session.handshake().map_err(|source| SshError::Handshake {
-            addr: addr.clone(),
-            source,
-        })?;
-        let expected = keys
-            .host_public()
-            .to_bytes()
-            .expect("ed25519 public keys encode");
-        let got = session
-            .host_key()
-            .map(|(k, _)| k.to_vec())
-            .unwrap_or_default();
-        if got != expected {
-            let got = ssh_key::PublicKey::from_bytes(&got)
-                .map(|k| k.fingerprint(ssh_key::HashAlg::Sha256).to_string())
-                .unwrap_or_else(|_| "(unreadable)".into());
-            return Err(SshError::HostKey {
-                addr,
-                expected: keys.host_fingerprint(),
-                got,
-            });
+        if ed25519_only {
+            session
+                .method_pref(ssh2::MethodType::HostKey, "ssh-ed25519")
+                .map_err(handshake_err)?;
         }
-        session
-            .userauth_pubkey_memory(
-                &ep.user,
-                Some(&keys.authorized_key()),
-                &keys.client_private_pem(),
-                None,
-            )
-            .map_err(|source| SshError::Auth {
-                addr: addr.clone(),
-                user: ep.user.clone(),
-                source,
-            })?;
-        session.set_timeout(IO_TIMEOUT.as_millis() as u32);
+        session.handshake().map_err(handshake_err)?;
         Ok(Ssh {
             session,
             tcp,
             endpoint: ep.clone(),
+        })
+    }
+
+    /// Refuse a machine whose host key is not the one envup made for it.
+    fn check_host_key(&self, keys: &MachineKeys) -> Result<(), SshError> {
+        let expected = keys
+            .host_public()
+            .to_bytes()
+            .expect("ed25519 public keys encode");
+        let got = self
+            .session
+            .host_key()
+            .map(|(k, _)| k.to_vec())
+            .unwrap_or_default();
+        if got == expected {
+            return Ok(());
+        }
+        let got = ssh_key::PublicKey::from_bytes(&got)
+            .map(|k| k.fingerprint(ssh_key::HashAlg::Sha256).to_string())
+            .unwrap_or_else(|_| "(unreadable)".into());
+        Err(SshError::HostKey {
+            addr: Ssh::addr(&self.endpoint),
+            expected: keys.host_fingerprint(),
+            got,
+        })
+    }
+
+    /// Log in as the endpoint's user with the first of `keys` (public key
+    /// line if known, private key text) the machine accepts.
+    fn log_in(&self, keys: &[(Option<&str>, &str)]) -> Result<(), SshError> {
+        let mut last = None;
+        for (public, private) in keys {
+            match self
+                .session
+                .userauth_pubkey_memory(&self.endpoint.user, *public, private, None)
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(SshError::Auth {
+            addr: Ssh::addr(&self.endpoint),
+            user: self.endpoint.user.clone(),
+            source: last.unwrap_or_else(ssh2::Error::unknown),
         })
     }
 
@@ -223,29 +259,43 @@ impl Ssh {
         deadline: Duration,
         console: Option<&Path>,
     ) -> Result<Ssh, SshError> {
+        Ssh::retry(
+            ep,
+            deadline,
+            console,
+            |e| matches!(e, SshError::HostKey { .. }),
+            |t| Ssh::connect(ep, dial, keys, t),
+        )
+    }
+
+    /// Make `attempt` (given the time it may take) until it works, it fails
+    /// in a way that `is_final` says trying again cannot mend, or
+    /// `deadline` passes.
+    fn retry(
+        ep: &SshEndpoint,
+        deadline: Duration,
+        console: Option<&Path>,
+        is_final: impl Fn(&SshError) -> bool,
+        mut attempt: impl FnMut(Duration) -> Result<Ssh, SshError>,
+    ) -> Result<Ssh, SshError> {
         let start = Instant::now();
         // Refused connections cost next to nothing: ask often at first.
         let mut pause = Duration::from_millis(5);
         loop {
             let left = deadline.saturating_sub(start.elapsed());
-            match Ssh::connect(
-                ep,
-                dial,
-                keys,
-                left.clamp(Duration::from_millis(200), Duration::from_secs(10)),
-            ) {
+            match attempt(left.clamp(Duration::from_millis(200), Duration::from_secs(10))) {
                 Ok(s) => return Ok(s),
-                Err(e @ SshError::HostKey { .. }) => return Err(e),
+                Err(e) if is_final(&e) => return Err(e),
                 Err(e) if start.elapsed() + pause >= deadline => {
                     return Err(SshError::Timeout {
-                        addr: format!("{}:{}", ep.host, ep.port),
+                        addr: Ssh::addr(ep),
                         after: deadline,
                         last: e.short(),
                         console: console.map(console_note).unwrap_or_default(),
                     });
                 }
                 Err(e) => {
-                    tracing::debug!("waiting for SSH on {}:{}: {}", ep.host, ep.port, e.short());
+                    tracing::debug!("waiting for SSH on {}: {}", Ssh::addr(ep), e.short());
                     std::thread::sleep(pause);
                     pause = (pause * 3 / 2).min(Duration::from_millis(250));
                 }

@@ -133,6 +133,11 @@ pub struct MachineState {
     pub box_ref: Option<BoxRef>,
     #[serde(default)]
     pub ssh: Option<SshEndpoint>,
+    /// How envup logs in the first time, while the machine's own keys are
+    /// not in place yet (its box cannot take them before it boots); gone
+    /// once they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_login: Option<crate::ssh::first_login::FirstLogin>,
     /// The forwards in force.
     #[serde(default)]
     pub forwards: Vec<Forward>,
@@ -161,6 +166,7 @@ impl MachineState {
             id: None,
             box_ref: None,
             ssh: None,
+            first_login: None,
             forwards: Vec::new(),
             settings: serde_json::Value::Null,
             provisioned: BTreeMap::new(),

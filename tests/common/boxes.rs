@@ -33,6 +33,7 @@ pub fn make_box_as(
         description: None,
         artifacts: Default::default(),
         boot: None,
+        first_login: None,
     };
     for (kind, file, bytes) in artifacts {
         std::fs::write(src.path().join(file), bytes).unwrap();

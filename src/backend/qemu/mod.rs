@@ -477,6 +477,7 @@ impl Backend for QemuBackend {
             name: "libvirt",
             artifact: "disk",
             user: "vagrant",
+            first_login: Some(crate::ssh::first_login::FirstLogin::VagrantInsecureKey),
         }]
     }
 

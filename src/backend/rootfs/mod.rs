@@ -52,6 +52,7 @@ pub const VAGRANT_LXC: crate::backend::VagrantProvider = crate::backend::Vagrant
     name: "lxc",
     artifact: "rootfs",
     user: "root",
+    first_login: None,
 };
 
 /// Which network a machine whose root is an overlay is on.
