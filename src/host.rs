@@ -27,17 +27,30 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
 /// What envup leaves free on a disk it fills with boxes and downloads.
 pub const DISK_RESERVE: u64 = 256 << 20;
 
+/// `need` more bytes do not fit on the disk that holds `path`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not enough free space on the disk of {}: {} needed, {} free (envup keeps {} free)",
+    .path.display(),
+    human_bytes(*.need),
+    human_bytes(*.free),
+    human_bytes(DISK_RESERVE)
+)]
+pub struct NoSpace {
+    pub path: std::path::PathBuf,
+    pub need: u64,
+    pub free: u64,
+}
+
 /// Whether `need` more bytes fit on the disk that holds `path` with
-/// [`DISK_RESERVE`] left over; the words of the refusal when they do not.
-pub fn check_space(path: &Path, need: u64) -> Result<(), String> {
+/// [`DISK_RESERVE`] left over.
+pub fn check_space(path: &Path, need: u64) -> Result<(), NoSpace> {
     match free_bytes(path) {
-        Some(free) if free < need.saturating_add(DISK_RESERVE) => Err(format!(
-            "not enough free space on the disk of {}: {} needed, {} free (envup keeps {} free)",
-            path.display(),
-            human_bytes(need),
-            human_bytes(free),
-            human_bytes(DISK_RESERVE)
-        )),
+        Some(free) if free < need.saturating_add(DISK_RESERVE) => Err(NoSpace {
+            path: path.to_owned(),
+            need,
+            free,
+        }),
         _ => Ok(()),
     }
 }

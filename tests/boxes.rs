@@ -811,6 +811,49 @@ fn lock_pins_and_update_moves_on() {
         .stdout_has("acme/tiny 1.0.0");
 }
 
+/// A box file whose path is not UTF-8 (in a project directory whose name
+/// is not): `box add` takes the path as it is, and the lock file names the
+/// box relative to the project, so a store without it adds it again from
+/// there.
+#[test]
+fn a_box_file_in_a_directory_that_is_not_utf8() {
+    let p = Project::with_envfile_in(
+        "boxes ",
+        "[machines.web]\nbox = \"t,i:n y.box\"\nbackend = \"container\"\n",
+    );
+    let made = make_box(
+        p.path(),
+        "acme/odd",
+        "1.0.0",
+        &[("rootfs", "rootfs.tar", &rootfs_bytes("odd"))],
+    );
+    let file = p.path().join("t,i:n y.box");
+    std::fs::rename(&made, &file).unwrap();
+    assert!(file.to_str().is_none(), "the path is meant not to be UTF-8");
+    let mut add = p.cmd(&["box", "add"]);
+    add.0.arg(&file);
+    add.out().status(0).stdout_has("added acme/odd 1.0.0");
+    p.cmd(&["lock"]).out().status(0);
+    let lock = std::fs::read_to_string(p.path().join("Envfile.lock")).unwrap();
+    assert!(lock.contains("url = \"t,i:n y.box\""), "{lock}");
+    // A store without it: the locked path brings it back.
+    p.cmd(&["box", "remove", "acme/odd"]).out().status(0);
+    p.cmd(&["up", "--locked"])
+        .env(common::NO_ENGINES.0, common::NO_ENGINES.1)
+        .out()
+        .status(1)
+        .stderr_has("no container engine works here");
+    p.cmd(&["lock"]).out().status(0);
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("Envfile.lock")).unwrap(),
+        lock
+    );
+    p.cmd(&["box", "list"])
+        .out()
+        .status(0)
+        .stdout_has("acme/odd");
+}
+
 #[test]
 fn a_box_that_does_not_hash_to_the_lock_is_never_used() {
     let p = Project::new();

@@ -69,6 +69,12 @@ fn lifecycle() -> Result<(), Failed> {
     );
     p.write("da,ta/hello", "shared\n");
     envup(&p, &["up"]).status(0);
+    // What checks that nothing is left finds the jail's supervisor by the
+    // project's path (its mounts are in its own mount namespace).
+    check(
+        !common::processes_naming(p.path().as_os_str().as_encoded_bytes()).is_empty(),
+        "the jail's supervisor is not found",
+    )?;
     check(
         exec(&p, "web", "cat /root/p") == "provisioned\n",
         "provisioner did not run",

@@ -49,13 +49,14 @@ fn exec(p: &Project, machine: &str, script: &str) -> String {
     common::exec_in(home().path(), p, machine, script)
 }
 
-/// qemu processes still running for this project.
+/// qemu processes still running for this project (its pid file is in the
+/// project, named byte for byte).
 fn qemus(p: &Project) -> String {
-    let o = std::process::Command::new("pgrep")
-        .args(["-af", &format!("qemu-system.*{}", p.path().display())])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    common::processes_naming(p.path().as_os_str().as_encoded_bytes())
+        .into_iter()
+        .filter(|c| c.contains("qemu-system"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn destroyed_cleanly(p: &Project, machines: &[&str]) -> Result<(), Failed> {
@@ -81,6 +82,8 @@ fn tiny_lifecycle() -> Result<(), Failed> {
         ),
     );
     envup(&p, &["up"]).status(0);
+    // What checks that no qemu is left finds this one.
+    check(!qemus(&p).is_empty(), "the running qemu is not found")?;
     check(
         exec(&p, "vm", "cat /root/p") == "provisioned\n",
         "provisioner did not run",

@@ -17,7 +17,10 @@ struct Fixture {
 }
 
 fn fix(envfile: &str) -> Fixture {
-    let p = Project::with_envfile(envfile);
+    fix_in(Project::with_envfile(envfile))
+}
+
+fn fix_in(p: Project) -> Fixture {
     // Make the keys first, start sshd with them, then record its port.
     let dir = machine_dir(p.path(), "web");
     std::fs::create_dir_all(&dir).unwrap();
@@ -231,19 +234,16 @@ fn ssh_config_works_with_openssh() -> Result<(), Failed> {
     if envup::host::which("ssh").is_none() {
         return Err("ssh client missing".into());
     }
-    let f = fix(WEB);
+    // In a project directory whose name holds a space, quotes and bytes
+    // that are not UTF-8: the key paths in the config are that directory's.
+    let f = fix_in(Project::with_envfile_in("ssh 'cfg' ", WEB));
     let out = f.p.cmd(&["ssh-config", "web"]).out().status(0);
-    let cfg = f.p.write("ssh_config", &out.stdout());
+    let cfg = f.p.path().join("ssh_config");
+    std::fs::write(&cfg, &out.0.stdout).unwrap();
     let res = std::process::Command::new("ssh")
-        .args([
-            "-F",
-            cfg.to_str().unwrap(),
-            "-o",
-            "BatchMode=yes",
-            "web",
-            "echo",
-            "via-openssh",
-        ])
+        .arg("-F")
+        .arg(&cfg)
+        .args(["-o", "BatchMode=yes", "web", "echo", "via-openssh"])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();

@@ -382,15 +382,16 @@ pub fn start_time(pid: i32) -> Option<u64> {
 /// The process a machine's state records as `pid:start-time`, if it still
 /// runs and is still ours: the same start time (a pid alone is not proof),
 /// and `marker` in its command line.
-pub(crate) fn live_process(id: Option<&str>, marker: &str) -> Option<i32> {
+pub(crate) fn live_process(id: Option<&str>, marker: &[u8]) -> Option<i32> {
     let (pid, start) = id?.split_once(':')?;
     let pid: i32 = pid.parse().ok()?;
     if start_time(pid)? != start.parse::<u64>().ok()? {
         return None;
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    String::from_utf8_lossy(&cmdline)
-        .contains(marker)
+    cmdline
+        .windows(marker.len().max(1))
+        .any(|w| w == marker)
         .then_some(pid)
 }
 

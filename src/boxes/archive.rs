@@ -70,8 +70,8 @@ pub enum ArchiveError {
         crate::host::human_bytes(*.declared), crate::host::human_bytes(*.cap)
     )]
     TooLarge { declared: u64, cap: u64 },
-    #[error("{0}")]
-    NoSpace(String),
+    #[error(transparent)]
+    NoSpace(#[from] crate::host::NoSpace),
     #[error(
         "the box goes on for more than {} after its last artifact",
         crate::host::human_bytes(TRAILING_MAX)

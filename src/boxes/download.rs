@@ -211,7 +211,8 @@ fn attempt(
             )));
         }
         if let Some(dir) = part.path.parent() {
-            crate::host::check_space(dir, t.saturating_sub(part.len)).map_err(fatal)?;
+            crate::host::check_space(dir, t.saturating_sub(part.len))
+                .map_err(|e| fatal(e.to_string()))?;
         }
     }
     let progress = reporter.transfer(url, total);
@@ -264,7 +265,7 @@ fn attempt(
                 && let Err(e) = crate::host::check_space(dir, SPACE_CHECK_EVERY)
             {
                 progress.finish();
-                return Err(fatal(e));
+                return Err(fatal(e.to_string()));
             }
         }
         progress.set(part.len);

@@ -76,10 +76,29 @@ pub struct Resolver<'a> {
 
 impl Resolver<'_> {
     /// How a lock entry records where a box came from.
+    /// What the lock file records for a box added from `source` (the
+    /// store's text for it): a path inside the project relative to its
+    /// root, so the lock holds wherever the project is checked out. Both
+    /// are compared as text, as the store keeps it.
     fn url_for_lock(&self, source: &str) -> String {
-        match Path::new(source).strip_prefix(self.root) {
-            Ok(rel) if !source.contains("://") => rel.display().to_string(),
+        let root = self.root.to_string_lossy();
+        match source.strip_prefix(root.as_ref()) {
+            Some(rel) if !source.contains("://") && rel.starts_with('/') => {
+                rel.trim_start_matches('/').to_owned()
+            }
             _ => source.to_owned(),
+        }
+    }
+
+    /// Where a box file the lock file names as a path is: inside the
+    /// project when the path is relative (byte for byte, whatever the
+    /// project directory's name).
+    fn locked_path(&self, url: &str) -> PathBuf {
+        let p = Path::new(url.strip_prefix("file://").unwrap_or(url));
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.root.join(p)
         }
     }
 
@@ -240,7 +259,7 @@ impl Resolver<'_> {
     /// `envup box add SOURCE`.
     pub fn add(
         &self,
-        source: &str,
+        source: &std::ffi::OsStr,
         checksum: Option<&str>,
         naming: &Naming,
     ) -> Result<StoredBox, BoxError> {
@@ -251,7 +270,12 @@ impl Resolver<'_> {
             .version
             .as_deref()
             .and_then(|v| semver::VersionReq::parse(&format!("={v}")).ok());
-        match Source::classify(source, self.root) {
+        // Only a path can be other than text.
+        let source = match source.to_str() {
+            Some(text) => Source::classify(text, self.root),
+            None => Source::Path(self.root.join(source)),
+        };
+        match source {
             Source::Path(p) => self.add_path(&p, expected, naming),
             Source::BoxUrl(u) => self.add_urls(&[u], expected, naming),
             Source::Catalog(loc) => {
@@ -274,13 +298,9 @@ impl Resolver<'_> {
         let stored = match locked {
             Some(e) => {
                 let naming = Naming::default();
-                let url = if e.url.contains("://") || Path::new(&e.url).is_absolute() {
-                    e.url.clone()
-                } else {
-                    self.root.join(&e.url).display().to_string()
-                };
+                let url = &e.url;
                 if url.starts_with("http://") || url.starts_with("https://") {
-                    self.add_urls(&[url], Some(&e.sha256), &naming)?
+                    self.add_urls(std::slice::from_ref(url), Some(&e.sha256), &naming)?
                 } else if let Some(name) = e.url.strip_prefix(RECIPE_SOURCE) {
                     // Built from a recipe where the lock was written: build it
                     // here too, and use it only if the bytes are the same.
@@ -309,11 +329,7 @@ impl Resolver<'_> {
                 } else {
                     match self.store.get(&e.sha256) {
                         Some(b) => b,
-                        None => self.add_path(
-                            Path::new(url.strip_prefix("file://").unwrap_or(&url)),
-                            Some(&e.sha256),
-                            &naming,
-                        )?,
+                        None => self.add_path(&self.locked_path(url), Some(&e.sha256), &naming)?,
                     }
                 }
             }

@@ -249,7 +249,7 @@ pub enum BoxCommand {
     #[command(disable_version_flag = true)]
     Add {
         /// A catalog name, a URL, or a path to a .box file.
-        source: String,
+        source: std::ffi::OsString,
         /// The sha256 the box file must have (sha256:HEX).
         #[arg(long, value_name = "sha256:HEX")]
         checksum: Option<String>,

@@ -82,6 +82,7 @@ pub struct Forward {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Share {
     /// Absolute host path.
+    #[serde(with = "crate::state::bytes::path")]
     pub host: PathBuf,
     pub guest: String,
     pub read_only: bool,

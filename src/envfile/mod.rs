@@ -120,10 +120,13 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, LoadError> {
     Ok(bytes)
 }
 
-/// What the Envfile template sees: `env` (the host environment) and
+/// What the Envfile template sees: `env` (the host environment: the
+/// variables whose name and value are text; a template is text) and
 /// `project` (`name`, the directory's name; `root`, its path).
 fn template_context(root: &Path) -> minijinja::Value {
-    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let env: std::collections::BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
     let dir = root
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

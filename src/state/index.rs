@@ -12,10 +12,12 @@ use super::{StateError, read_json, write_json};
 pub struct Entry {
     pub project: String,
     /// The directory holding the project's Envfile.
+    #[serde(with = "crate::state::bytes::path")]
     pub root: PathBuf,
     pub machine: String,
     pub backend: String,
     /// The machine's state directory.
+    #[serde(with = "crate::state::bytes::path")]
     pub state_dir: PathBuf,
 }
 

@@ -1,6 +1,7 @@
 //! Project state under `.envup/`, the project lock, and the host-wide
 //! machine index behind `global-status`.
 
+pub mod bytes;
 pub mod index;
 pub mod lock;
 pub mod machine;

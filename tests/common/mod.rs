@@ -19,10 +19,16 @@ impl Project {
     }
 
     /// A project in a directory whose name starts with `prefix` (for
-    /// names with spaces, commas and quotes).
+    /// names with spaces, commas and quotes) and a byte that is not UTF-8.
     pub fn with_envfile_in(prefix: &str, text: &str) -> Self {
+        use std::os::unix::ffi::OsStringExt;
+        let mut name = prefix.as_bytes().to_vec();
+        name.extend(b"\xff\xfe");
         let p = Self {
-            dir: tempfile::Builder::new().prefix(prefix).tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix(&std::ffi::OsString::from_vec(name))
+                .tempdir()
+                .unwrap(),
             home: tempfile::tempdir().unwrap(),
         };
         p.write("Envfile", text);
@@ -219,6 +225,53 @@ pub fn jail_ids(p: &Project) -> Vec<String> {
         .unwrap_or_default()
 }
 
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether anything is mounted at or below `dir` (as /proc/mounts writes
+/// paths: a space, tab, newline and backslash as octal escapes).
+pub fn mounted_below(dir: &Path) -> bool {
+    let mut escaped = Vec::new();
+    for &b in dir.as_os_str().as_encoded_bytes() {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\\' => escaped.extend(format!("\\{b:03o}").as_bytes()),
+            _ => escaped.push(b),
+        }
+    }
+    let mounts = std::fs::read("/proc/mounts").unwrap();
+    contains(&mounts, &escaped)
+}
+
+/// The command lines of the processes (envup's tests aside) whose command
+/// line holds `bytes`.
+pub fn processes_naming(bytes: &[u8]) -> Vec<String> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if contains(&cmdline, bytes) {
+            found.push(format!(
+                "{pid}: {}",
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            ));
+        }
+    }
+    found
+}
+
 /// Nothing of the machines is left on the host.
 pub fn nothing_left(p: &Project, ids: &[String]) -> Result<(), libtest_mimic::Failed> {
     let dir = p.path().join(".envup/machines");
@@ -228,19 +281,9 @@ pub fn nothing_left(p: &Project, ids: &[String]) -> Result<(), libtest_mimic::Fa
             format!("state directory of {m} left"),
         )?;
     }
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    check(
-        !mounts.contains(p.path().to_str().unwrap()),
-        "a mount is left",
-    )?;
-    let procs = std::process::Command::new("pgrep")
-        .args(["-af", p.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    check(
-        procs.stdout.is_empty(),
-        format!("processes left: {}", String::from_utf8_lossy(&procs.stdout)),
-    )?;
+    check(!mounted_below(p.path()), "a mount is left")?;
+    let procs = processes_naming(p.path().as_os_str().as_encoded_bytes());
+    check(procs.is_empty(), format!("processes left: {procs:?}"))?;
     for id in ids {
         check(
             !Path::new("/run/netns").join(id).exists(),

@@ -67,6 +67,12 @@ pub enum ContainerError {
     },
     #[error("cannot lock the box for importing")]
     Lock(#[source] crate::state::lock::LockError),
+    #[error(
+        "{} is not UTF-8, which Docker and Podman cannot carry, and there is no runtime \
+         directory (XDG_RUNTIME_DIR) to link it from",
+        .0.display()
+    )]
+    NoLinkDir(PathBuf),
 }
 
 impl OwnError for ContainerError {}
@@ -105,6 +111,79 @@ pub(crate) struct Created {
     name: String,
     /// `create` arguments, without the image.
     args: Vec<String>,
+    /// The paths the container sees through links of envup's (those that
+    /// are not UTF-8): link N in [`links_dir`] names the Nth.
+    #[serde(default, with = "crate::state::bytes::args")]
+    links: Vec<std::ffi::OsString>,
+}
+
+/// Where a container's links live: Docker and Podman take paths as UTF-8
+/// text (their APIs speak JSON), so a share or a project directory whose
+/// path is not is handed to them as a link here, made again before every
+/// start (the directory is on a tmpfs) and removed with the container.
+fn links_dir(name: &str) -> Option<PathBuf> {
+    let base = if nix::unistd::geteuid().is_root() {
+        PathBuf::from("/run/envup")
+    } else {
+        PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?).join("envup")
+    };
+    let dir = base.join("container").join(name);
+    dir.to_str().is_some().then_some(dir)
+}
+
+/// The paths the engine sees for a container's mounts.
+struct EnginePaths<'a> {
+    container: &'a str,
+    links: Vec<std::ffi::OsString>,
+}
+
+impl EnginePaths<'_> {
+    /// `host` as the engine can take it: itself when it is UTF-8, else a
+    /// link to it (made now).
+    fn of(&mut self, host: &Path) -> Result<String, BackendError> {
+        if let Some(text) = host.to_str() {
+            return Ok(text.to_owned());
+        }
+        let dir =
+            links_dir(self.container).ok_or_else(|| ContainerError::NoLinkDir(host.to_owned()))?;
+        let link = dir.join(self.links.len().to_string());
+        self.links.push(host.as_os_str().to_owned());
+        make_links(self.container, &self.links)?;
+        Ok(link.to_str().expect("links_dir is UTF-8").to_owned())
+    }
+}
+
+/// Make (again) the links a container's mounts go through.
+fn make_links(container: &str, targets: &[std::ffi::OsString]) -> Result<(), BackendError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let dir = links_dir(container)
+        .ok_or_else(|| ContainerError::NoLinkDir(PathBuf::from(&targets[0])))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io_err("make", &dir))?;
+    for (i, target) in targets.iter().enumerate() {
+        let link = dir.join(i.to_string());
+        match std::fs::remove_file(&link) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err("remove", &link)(e));
+            }
+            _ => {}
+        }
+        std::os::unix::fs::symlink(target, &link).map_err(io_err("link", &link))?;
+    }
+    Ok(())
+}
+
+/// Remove a container's links, if it has any.
+fn remove_links(container: &str) {
+    if let Some(dir) = links_dir(container) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 fn record_path(state: &MachineState) -> Result<PathBuf, BackendError> {
@@ -154,13 +233,14 @@ fn ensure_image(e: &EngineCli, stored: &StoredBox) -> Result<String, BackendErro
 }
 
 /// The `create` arguments for a machine (everything but the image).
-pub fn create_args(
+fn create_args(
     m: &Machine,
     name: &str,
     ssh_port: u16,
     host_args: &[String],
     cgroup_v1: bool,
-) -> Vec<String> {
+    paths: &mut EnginePaths,
+) -> Result<Vec<String>, BackendError> {
     let mut a: Vec<String> = vec![
         "--name".into(),
         name.into(),
@@ -200,21 +280,21 @@ pub fn create_args(
         ]);
     }
     for s in &m.shares {
-        a.extend(bind_mount(&s.host, &s.guest, s.read_only));
+        a.extend(bind_mount(&paths.of(&s.host)?, &s.guest, s.read_only));
     }
     a.extend(host_args.iter().cloned());
-    a
+    Ok(a)
 }
 
 /// A bind mount as `--mount`, which Docker and Podman both read as CSV:
 /// each field quoted (a `"` doubled), so a path with a colon, a comma, a
 /// space or a quote stays one path. (`--volume host:guest` splits at the
 /// first colon.)
-fn bind_mount(host: &Path, guest: &str, read_only: bool) -> [String; 2] {
+fn bind_mount(host: &str, guest: &str, read_only: bool) -> [String; 2] {
     let field = |k: &str, v: &str| format!("\"{k}={}\"", v.replace('"', "\"\""));
     let mut spec = format!(
         "type=bind,{},{}",
-        field("source", &host.to_string_lossy()),
+        field("source", host),
         field("target", guest)
     );
     if read_only {
@@ -225,7 +305,11 @@ fn bind_mount(host: &Path, guest: &str, read_only: bool) -> [String; 2] {
 
 /// What the machine finds on first start, as read-only bind mounts from
 /// its state directory: its login key for root and its SSH host key.
-fn key_mounts(dir: &Path, keys: &MachineKeys) -> Result<Vec<String>, BackendError> {
+fn key_mounts(
+    dir: &Path,
+    keys: &MachineKeys,
+    paths: &mut EnginePaths,
+) -> Result<Vec<String>, BackendError> {
     let kdir = dir.join("container");
     std::fs::create_dir_all(&kdir).map_err(io_err("make", &kdir))?;
     let files = [
@@ -246,7 +330,7 @@ fn key_mounts(dir: &Path, keys: &MachineKeys) -> Result<Vec<String>, BackendErro
         std::fs::write(&path, text).map_err(io_err("write", &path))?;
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(io_err("set the mode of", &path))?;
-        args.extend(bind_mount(&path, guest, true));
+        args.extend(bind_mount(&paths.of(&path)?, guest, true));
     }
     Ok(args)
 }
@@ -352,12 +436,24 @@ impl Backend for ContainerBackend {
         let image = ensure_image(&e, stored)?;
         let host_args = e.host_args(&image)?;
         let port = super::ssh_port()?;
-        let mut args = create_args(m, &name, port, &host_args, crate::host::cgroup_v1());
-        args.extend(key_mounts(&dir, keys)?);
+        let mut paths = EnginePaths {
+            container: &name,
+            links: Vec::new(),
+        };
+        let mut args = create_args(
+            m,
+            &name,
+            port,
+            &host_args,
+            crate::host::cgroup_v1(),
+            &mut paths,
+        )?;
+        args.extend(key_mounts(&dir, keys, &mut paths)?);
         let created = Created {
             engine: e.kind,
             name: name.clone(),
             args: args.clone(),
+            links: paths.links,
         };
         crate::state::write_json(&record_path(state)?, &created)?;
         let mut cmd: Vec<&str> = vec!["create"];
@@ -386,6 +482,7 @@ impl Backend for ContainerBackend {
         {
             wait_port_free(ep.port);
         }
+        make_links(&c.name, &c.links)?;
         e.run(&["start", &c.name]).map(|_| ()).map_err(|err| {
             if engine_status(&e, &c.name).is_none() {
                 ContainerError::Gone {
@@ -427,6 +524,7 @@ impl Backend for ContainerBackend {
             Err(_) => return Ok(()),
         };
         let _ = e.remove_container(&c.name);
+        remove_links(&c.name);
         if engine_status(&e, &c.name).is_some() {
             return Err(ContainerError::NotRemoved {
                 container: c.name,
@@ -475,6 +573,7 @@ impl Backend for ContainerBackend {
             }
             crate::state::write_json(&record_path(state)?, &c)?;
         }
+        make_links(&c.name, &c.links)?;
         let mut cmd: Vec<&str> = vec!["create"];
         cmd.extend(c.args.iter().map(String::as_str));
         cmd.push(&image);
@@ -581,13 +680,19 @@ mod tests {
             guest: "/srv/src".into(),
             read_only: true,
         }];
+        let mut paths = EnginePaths {
+            container: "envup-x",
+            links: Vec::new(),
+        };
         let a = create_args(
             &m,
             "envup-x",
             2200,
             &["--ulimit".into(), "nofile=1:1".into()],
             true,
-        );
+            &mut paths,
+        )
+        .unwrap();
         let s = a.join(" ");
         for want in [
             "--name envup-x",
@@ -604,7 +709,8 @@ mod tests {
             assert!(s.contains(want), "{want} missing from {s}");
         }
         assert!(
-            !create_args(&m, "envup-x", 2200, &[], false)
+            !create_args(&m, "envup-x", 2200, &[], false, &mut paths)
+                .unwrap()
                 .join(" ")
                 .contains("/sys/fs/cgroup")
         );
@@ -612,7 +718,7 @@ mod tests {
 
     #[test]
     fn bind_mounts_keep_any_path_whole() {
-        let [flag, spec] = bind_mount(Path::new("/a b/my proj:x,y \"q\""), "/srv/a,b", false);
+        let [flag, spec] = bind_mount("/a b/my proj:x,y \"q\"", "/srv/a,b", false);
         assert_eq!(flag, "--mount");
         assert_eq!(
             spec,
@@ -620,12 +726,40 @@ mod tests {
         );
     }
 
+    /// A path that is not UTF-8 reaches the engine as a link to it, made
+    /// again before a start and gone with the container.
+    #[test]
+    fn a_path_that_is_not_utf8_goes_through_a_link() {
+        use std::os::unix::ffi::OsStringExt;
+        if !nix::unistd::geteuid().is_root() && std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+            return;
+        }
+        let name = format!("envup-test-{}", std::process::id());
+        let odd = PathBuf::from(std::ffi::OsString::from_vec(b"/tmp/a\xff b".to_vec()));
+        let mut paths = EnginePaths {
+            container: &name,
+            links: Vec::new(),
+        };
+        assert_eq!(paths.of(Path::new("/plain/path")).unwrap(), "/plain/path");
+        let via = paths.of(&odd).unwrap();
+        assert_eq!(std::fs::read_link(&via).unwrap(), odd);
+        std::fs::remove_file(&via).unwrap();
+        make_links(&name, &paths.links).unwrap();
+        assert_eq!(std::fs::read_link(&via).unwrap(), odd);
+        remove_links(&name);
+        assert!(std::fs::symlink_metadata(&via).is_err());
+    }
+
     #[test]
     fn keys_are_mounted_read_only_with_private_modes() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let keys = MachineKeys::ensure(dir.path(), "web").unwrap();
-        let a = key_mounts(dir.path(), &keys).unwrap().join(" ");
+        let mut paths = EnginePaths {
+            container: "envup-x",
+            links: Vec::new(),
+        };
+        let a = key_mounts(dir.path(), &keys, &mut paths).unwrap().join(" ");
         assert!(
             a.contains(
                 "container/authorized_keys\",\"target=/root/.ssh/authorized_keys\",readonly"

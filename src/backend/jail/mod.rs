@@ -43,9 +43,13 @@ pub const PIDS_MAX: u64 = 1024;
 /// What the supervisor needs to start a jail; written at create.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JailConfig {
+    #[serde(with = "crate::state::bytes::path")]
     pub lower: PathBuf,
+    #[serde(with = "crate::state::bytes::path")]
     pub upper: PathBuf,
+    #[serde(with = "crate::state::bytes::path")]
     pub work: PathBuf,
+    #[serde(with = "crate::state::bytes::path")]
     pub merged: PathBuf,
     pub hostname: String,
     pub cpus: u32,
@@ -124,7 +128,7 @@ fn live_supervisor(state: &MachineState) -> Option<i32> {
         let (pid, start) = text.trim().split_once(' ')?;
         Some(format!("{pid}:{start}"))
     });
-    super::live_process(recorded.as_deref(), &dir.to_string_lossy())
+    super::live_process(recorded.as_deref(), dir.as_os_str().as_encoded_bytes())
 }
 
 impl Backend for JailBackend {

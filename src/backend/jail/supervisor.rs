@@ -146,14 +146,14 @@ fn drop_capabilities(network: JailNetwork) -> Result<(), SetupError> {
 
 /// A path as a value in overlayfs's mount options: a backslash escapes a
 /// comma (which would end the option) and a colon (which separates lower
-/// layers), as overlayfs reads them.
-fn overlay_path(p: &Path) -> String {
-    let mut out = String::new();
-    for c in p.to_string_lossy().chars() {
-        if matches!(c, '\\' | ',' | ':') {
-            out.push('\\');
+/// layers), as overlayfs reads them; byte for byte.
+fn overlay_path(p: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &b in p.as_os_str().as_encoded_bytes() {
+        if matches!(b, b'\\' | b',' | b':') {
+            out.push(b'\\');
         }
-        out.push(c);
+        out.push(b);
     }
     out
 }
@@ -169,18 +169,18 @@ fn setup_root(cfg: &JailConfig) -> Result<(), SetupError> {
         None::<&str>,
     )
     .map_err(e("making mounts private"))?;
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        overlay_path(&cfg.lower),
-        overlay_path(&cfg.upper),
-        overlay_path(&cfg.work)
-    );
+    let mut opts = b"lowerdir=".to_vec();
+    opts.extend(overlay_path(&cfg.lower));
+    opts.extend(b",upperdir=");
+    opts.extend(overlay_path(&cfg.upper));
+    opts.extend(b",workdir=");
+    opts.extend(overlay_path(&cfg.work));
     mount(
         Some("overlay"),
         m,
         Some("overlay"),
         MsFlags::empty(),
-        Some(opts.as_str()),
+        Some(opts.as_slice()),
     )
     .map_err(e("mounting the overlay"))?;
     // From here on every path in the jail's root is the machine's to

@@ -306,12 +306,16 @@ const NET_PID: &str = "net.pid";
 /// namespace's name away.
 fn end_net(dir: &Path, name: &str) {
     let id = std::fs::read_to_string(dir.join(NET_PID)).ok();
-    if let Some(pid) = crate::backend::live_process(id.as_deref().map(str::trim), net::PROGRAM) {
+    if let Some(pid) =
+        crate::backend::live_process(id.as_deref().map(str::trim), net::PROGRAM.as_bytes())
+    {
         // Gone before returning: a new helper will want the same ports.
         let p = nix::unistd::Pid::from_raw(pid);
         let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(2);
-        while crate::backend::live_process(id.as_deref().map(str::trim), net::PROGRAM).is_some() {
+        while crate::backend::live_process(id.as_deref().map(str::trim), net::PROGRAM.as_bytes())
+            .is_some()
+        {
             if Instant::now() > deadline {
                 let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
                 break;

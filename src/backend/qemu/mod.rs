@@ -6,7 +6,9 @@ mod probe;
 pub mod qmp;
 pub mod seed;
 
+use std::ffi::{OsStr, OsString};
 use std::io::Read;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -80,7 +82,8 @@ impl OwnError for QemuError {}
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmConfig {
     /// qemu-system-x86_64's arguments.
-    pub args: Vec<String>,
+    #[serde(with = "crate::state::bytes::args")]
+    pub args: Vec<OsString>,
     /// `kvm` or `tcg`.
     pub accel: String,
     pub name: String,
@@ -117,7 +120,14 @@ impl Paths {
     }
 }
 
-fn qemu_img(args: &[&str]) -> Result<String, BackendError> {
+/// `qemu-img ARGS… PATH`.
+fn qemu_img_on(args: &[&str], path: &Path) -> Result<String, BackendError> {
+    let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    all.push(path.as_os_str());
+    qemu_img(&all)
+}
+
+fn qemu_img(args: &[&OsStr]) -> Result<String, BackendError> {
     run_tool(
         Command::new("qemu-img").args(args),
         "apt-get install qemu-utils",
@@ -127,23 +137,23 @@ fn qemu_img(args: &[&str]) -> Result<String, BackendError> {
 /// The qcow2 overlay on the stored image: a backing file, nothing copied;
 /// grown to `disk` when that is more than the image's own size.
 fn make_overlay(base: &Path, format: &str, overlay: &Path, disk: u64) -> Result<(), BackendError> {
-    let info = qemu_img(&["info", "--output=json", "-U", &base.to_string_lossy()])?;
+    let info = qemu_img_on(&["info", "--output=json", "-U"], base)?;
     let virtual_size = serde_json::from_str::<serde_json::Value>(&info)
         .ok()
         .and_then(|v| v["virtual-size"].as_u64())
         .unwrap_or(0);
     let size = disk.max(virtual_size).to_string();
     qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-F",
-        format,
-        "-b",
-        &base.to_string_lossy(),
-        &overlay.to_string_lossy(),
-        &size,
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        format.as_ref(),
+        "-b".as_ref(),
+        base.as_ref(),
+        overlay.as_ref(),
+        size.as_ref(),
     ])?;
     Ok(())
 }
@@ -250,11 +260,36 @@ fn boots_under_kvm(kernel: &Path) -> bool {
     ok
 }
 
-/// A path as the value in one of qemu's `key=value,…` option lists: a
-/// comma in it is doubled, which qemu reads as a literal comma (a project
-/// directory named `a,b` would otherwise end the value there).
-fn opt_path(p: &Path) -> String {
-    p.to_string_lossy().replace(',', ",,")
+/// A path as the value in one of qemu's `key=value,…` option lists, byte
+/// for byte: a comma in it is doubled, which qemu reads as a literal comma
+/// (a project directory named `a,b` would otherwise end the value there).
+fn opt_path(p: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &b in p.as_os_str().as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    out
+}
+
+/// An option list `{before}{path}{after}`, the path as [`opt_path`] gives it.
+fn opt_with_path(before: &str, p: &Path, after: &str) -> OsString {
+    let mut v = before.as_bytes().to_vec();
+    v.extend(opt_path(p));
+    v.extend(after.as_bytes());
+    OsString::from_vec(v)
+}
+
+/// A command line being built.
+#[derive(Default)]
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn add<S: AsRef<OsStr>>(&mut self, xs: &[S]) {
+        self.0.extend(xs.iter().map(|x| x.as_ref().to_owned()));
+    }
 }
 
 /// qemu's arguments for a machine.
@@ -266,41 +301,38 @@ pub fn qemu_args(
     p: &Paths,
     boot: Option<(&Path, Option<&Path>, &str)>,
     ssh_port: u16,
-) -> Vec<String> {
-    let mut a: Vec<String> = Vec::new();
-    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| (*s).to_owned()));
-    push(&["-name", &format!("{name},process={name}")]);
-    push(&["-accel", accel]);
+) -> Vec<OsString> {
+    let mut a = Args::default();
+    a.add(&["-name", &format!("{name},process={name}")]);
+    a.add(&["-accel", accel]);
     if accel == "kvm" {
-        push(&["-cpu", "host"]);
+        a.add(&["-cpu", "host"]);
     }
-    push(&["-smp", &m.cpus.to_string()]);
-    push(&["-m", &format!("{}M", m.memory.bytes() >> 20)]);
-    push(&["-display", "none", "-nodefaults", "-no-user-config"]);
+    a.add(&["-smp", &m.cpus.to_string()]);
+    a.add(&["-m", &format!("{}M", m.memory.bytes() >> 20)]);
+    a.add(&["-display", "none", "-nodefaults", "-no-user-config"]);
     if let Some((kernel, initrd, cmdline)) = boot {
         if Path::new(QBOOT).exists() {
-            push(&["-bios", QBOOT]);
+            a.add(&["-bios", QBOOT]);
         }
-        push(&["-kernel", &kernel.to_string_lossy()]);
+        a.add(&[OsStr::new("-kernel"), kernel.as_os_str()]);
         if let Some(i) = initrd {
-            push(&["-initrd", &i.to_string_lossy()]);
+            a.add(&[OsStr::new("-initrd"), i.as_os_str()]);
         }
-        push(&["-append", cmdline]);
+        a.add(&["-append", cmdline]);
     }
-    push(&[
-        "-drive",
-        &format!(
-            "file={},if=virtio,format=qcow2,discard=unmap",
-            opt_path(&p.overlay())
+    a.add(&[
+        OsStr::new("-drive"),
+        &opt_with_path(
+            "file=",
+            &p.overlay(),
+            ",if=virtio,format=qcow2,discard=unmap",
         ),
     ]);
     // Read-only, so it needs no snapshot support of its own.
-    push(&[
-        "-drive",
-        &format!(
-            "file={},if=virtio,format=raw,readonly=on",
-            opt_path(&p.seed())
-        ),
+    a.add(&[
+        OsStr::new("-drive"),
+        &opt_with_path("file=", &p.seed(), ",if=virtio,format=raw,readonly=on"),
     ]);
     let mut net = format!("user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22");
     for f in &m.forwards {
@@ -312,31 +344,32 @@ pub fn qemu_args(
         };
         net.push_str(&format!(",hostfwd={proto}:{ip}:{}-:{}", f.host, f.guest));
     }
-    push(&["-netdev", &net]);
-    push(&["-device", "virtio-net-pci,netdev=net0,romfile="]);
-    push(&["-device", "virtio-rng-pci"]);
+    a.add(&["-netdev", &net]);
+    a.add(&["-device", "virtio-net-pci,netdev=net0,romfile="]);
+    a.add(&["-device", "virtio-rng-pci"]);
     for (i, s) in m.shares.iter().enumerate() {
         let ro = if s.read_only { ",readonly=on" } else { "" };
-        push(&[
-            "-virtfs",
-            &format!(
-                "local,path={},mount_tag=envup{i},security_model=none,id=fs{i}{ro}",
-                opt_path(&s.host)
+        a.add(&[
+            OsStr::new("-virtfs"),
+            &opt_with_path(
+                "local,path=",
+                &s.host,
+                &format!(",mount_tag=envup{i},security_model=none,id=fs{i}{ro}"),
             ),
         ]);
     }
-    push(&[
-        "-chardev",
-        &format!("file,id=console,path={},append=on", opt_path(&p.console())),
+    a.add(&[
+        OsStr::new("-chardev"),
+        &opt_with_path("file,id=console,path=", &p.console(), ",append=on"),
     ]);
-    push(&["-serial", "chardev:console"]);
-    push(&[
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", opt_path(&p.qmp())),
+    a.add(&["-serial", "chardev:console"]);
+    a.add(&[
+        OsStr::new("-qmp"),
+        &opt_with_path("unix:", &p.qmp(), ",server=on,wait=off"),
     ]);
-    push(&["-pidfile", &p.pidfile().to_string_lossy()]);
-    push(&["-daemonize"]);
-    a
+    a.add(&[OsStr::new("-pidfile"), p.pidfile().as_os_str()]);
+    a.add(&["-daemonize"]);
+    a.0
 }
 
 /// The qemu recorded in the state, if it still runs and is still ours
@@ -383,7 +416,7 @@ fn wait_gone(pid: i32, within: Duration) -> bool {
 
 /// The snapshots qcow2 holds in `overlay`: (name, has the VM's state).
 fn snapshots(overlay: &Path) -> Result<Vec<(String, bool)>, BackendError> {
-    let info = qemu_img(&["info", "--output=json", "-U", &overlay.to_string_lossy()])?;
+    let info = qemu_img_on(&["info", "--output=json", "-U"], overlay)?;
     let v: serde_json::Value = serde_json::from_str(&info)
         .map_err(|e| QemuError::Info(overlay.display().to_string(), e))?;
     Ok(v["snapshots"]
@@ -677,7 +710,7 @@ impl Backend for QemuBackend {
             human(state, &format!("savevm {name}"))
         } else {
             let o = Paths::of(state)?.overlay();
-            qemu_img(&["snapshot", "-c", name, &o.to_string_lossy()]).map(|_| ())
+            qemu_img_on(&["snapshot", "-c", name], &o).map(|_| ())
         }
     }
 
@@ -693,7 +726,7 @@ impl Backend for QemuBackend {
         // A disk-only snapshot, or a stopped machine: apply it to the disk
         // with qemu stopped, then start again if it ran.
         self.stop(state, true)?;
-        qemu_img(&["snapshot", "-a", name, &o.to_string_lossy()])?;
+        qemu_img_on(&["snapshot", "-a", name], &o)?;
         if running {
             launch(state)?;
         }
@@ -713,7 +746,7 @@ impl Backend for QemuBackend {
         if live_qemu(state).is_some() {
             human(state, &format!("delvm {name}"))
         } else {
-            qemu_img(&["snapshot", "-d", name, &o.to_string_lossy()]).map(|_| ())
+            qemu_img_on(&["snapshot", "-d", name], &o).map(|_| ())
         }
     }
 }

@@ -84,7 +84,7 @@ pub fn run(app: &App, cmd: &BoxCommand) -> Result<ExitCode, CliError> {
 /// `box add`: a box file, URL, catalog name or catalog URL into the store.
 fn add(
     app: &App,
-    source: &str,
+    source: &std::ffi::OsStr,
     checksum: Option<&str>,
     name: &Option<String>,
     version: &Option<String>,

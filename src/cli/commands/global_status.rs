@@ -41,7 +41,7 @@ pub fn run(app: &App, args: &GlobalStatusArgs) -> Result<ExitCode, CliError> {
             .iter()
             .map(|(e, status)| {
                 json!({
-                    "project": e.project, "root": e.root, "machine": e.machine,
+                    "project": e.project, "root": e.root.to_string_lossy(), "machine": e.machine,
                     "backend": e.backend, "status": status,
                 })
             })

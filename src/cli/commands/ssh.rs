@@ -20,7 +20,9 @@ pub fn run(app: &App, args: &SshArgs) -> Result<ExitCode, CliError> {
     })?;
     let mut cmd = std::process::Command::new(ssh);
     for (k, v) in super::ssh_config::options(&config, &name, &state, &keys)? {
-        cmd.arg("-o").arg(format!("{k}={v}"));
+        let mut o = std::ffi::OsString::from(format!("{k}="));
+        o.push(v);
+        cmd.arg("-o").arg(o);
     }
     if !args.command.is_empty() {
         cmd.arg("-t");

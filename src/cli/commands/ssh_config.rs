@@ -1,3 +1,6 @@
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
 use crate::cli::{App, CliError, ExitCode, MachinesArgs};
 use crate::envfile::Config;
 use crate::ssh::MachineKeys;
@@ -8,18 +11,22 @@ pub(crate) fn host_key_alias(config: &Config, machine: &str) -> String {
     format!("envup-{}-{machine}", config.project)
 }
 
-/// A value as OpenSSH reads it in a config file and in `-o`: in double
-/// quotes, so paths with spaces stay one value. A value OpenSSH cannot
-/// quote (a control character, a `"`) is refused: from a damaged state
-/// file it would add options of its own.
-fn quoted(machine: &str, key: &str, v: &str) -> Result<String, CliError> {
-    if v.chars().any(|c| c.is_control() || c == '"') {
+/// A path as OpenSSH reads it in a config file and in `-o`: in double
+/// quotes, so paths with spaces stay one value; byte for byte. A path
+/// OpenSSH cannot quote (a control character, a `"`) is refused: it would
+/// add options of its own.
+fn quoted(machine: &str, key: &str, p: &std::path::Path) -> Result<OsString, CliError> {
+    let bytes = p.as_os_str().as_bytes();
+    if bytes.iter().any(|&b| b.is_ascii_control() || b == b'"') {
         return Err(CliError::Failed(format!(
             "machine `{machine}`: its {key} `{}` cannot be written into an SSH config",
-            crate::ident::printable(v)
+            crate::ident::printable(&p.to_string_lossy())
         )));
     }
-    Ok(format!("\"{v}\""))
+    let mut v = b"\"".to_vec();
+    v.extend(bytes);
+    v.push(b'"');
+    Ok(OsString::from_vec(v))
 }
 
 /// OpenSSH client options that reach `machine` with its own key and host key.
@@ -30,7 +37,7 @@ pub(crate) fn options(
     machine: &str,
     state: &MachineState,
     keys: &MachineKeys,
-) -> Result<Vec<(&'static str, String)>, CliError> {
+) -> Result<Vec<(&'static str, OsString)>, CliError> {
     let ep = state.ssh.as_ref().ok_or_else(|| {
         CliError::Failed(format!("machine `{machine}` has no SSH address recorded"))
     })?;
@@ -46,34 +53,45 @@ pub(crate) fn options(
     let known = keys
         .known_hosts(&alias)
         .map_err(|e| CliError::Failed(crate::cli::error::chain(&e)))?;
-    let path = |key: &str, p: &std::path::Path| quoted(machine, key, &p.display().to_string());
     Ok(vec![
-        ("HostName", ep.host.clone()),
-        ("Port", ep.port.to_string()),
-        ("User", ep.user.clone()),
+        ("HostName", ep.host.clone().into()),
+        ("Port", ep.port.to_string().into()),
+        ("User", ep.user.clone().into()),
         (
             "IdentityFile",
-            path("IdentityFile", &keys.client_key_path())?,
+            quoted(machine, "IdentityFile", &keys.client_key_path())?,
         ),
         ("IdentitiesOnly", "yes".into()),
-        ("UserKnownHostsFile", path("UserKnownHostsFile", &known)?),
+        (
+            "UserKnownHostsFile",
+            quoted(machine, "UserKnownHostsFile", &known)?,
+        ),
         ("StrictHostKeyChecking", "yes".into()),
-        ("HostKeyAlias", alias),
+        ("HostKeyAlias", alias.into()),
         ("LogLevel", "ERROR".into()),
     ])
 }
 
 pub fn run(app: &App, args: &MachinesArgs) -> Result<ExitCode, CliError> {
     let config = app.config()?;
-    let mut text = String::new();
+    // Bytes: a path in it need not be UTF-8.
+    let mut text: Vec<u8> = Vec::new();
     for name in app.select(&config, &args.machines)? {
         let (state, keys) = super::running_machine(app, &config, &name)?;
-        text.push_str(&format!("Host {name}\n"));
+        text.extend(format!("Host {name}\n").as_bytes());
         for (k, v) in options(&config, &name, &state, &keys)? {
-            text.push_str(&format!("  {k} {v}\n"));
+            text.extend(format!("  {k} ").as_bytes());
+            text.extend(v.as_bytes());
+            text.push(b'\n');
         }
-        text.push('\n');
+        text.push(b'\n');
     }
-    anstream::print!("{text}");
+    use std::io::Write;
+    std::io::stdout()
+        .write_all(&text)
+        .map_err(|source| CliError::Io {
+            what: "write the SSH config".into(),
+            source,
+        })?;
     Ok(ExitCode::SUCCESS)
 }

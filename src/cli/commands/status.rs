@@ -43,7 +43,7 @@ pub fn run(app: &App, args: &MachinesArgs) -> Result<ExitCode, CliError> {
             })
             .collect();
         print_json(
-            &json!({ "project": config.project, "root": config.root, "machines": machines }),
+            &json!({ "project": config.project, "root": config.root.to_string_lossy(), "machines": machines }),
         );
         return Ok(ExitCode::SUCCESS);
     }
