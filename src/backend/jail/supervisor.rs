@@ -46,6 +46,8 @@ enum SetupError {
     Release(#[source] nix::Error),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Seccomp(#[from] super::seccomp::SeccompError),
 }
 
 fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> SetupError {
@@ -68,13 +70,16 @@ pub fn clean_up(cfg: &JailConfig) {
 }
 
 /// Inside the new namespaces: the root filesystem, then init.
-fn enter(cfg: &JailConfig, ready: std::os::fd::OwnedFd) -> isize {
+fn enter(cfg: &JailConfig, ready: std::os::fd::OwnedFd, filter: &seccompiler::BpfProgram) -> isize {
     // If the supervisor dies, so does the jail: no orphaned jails.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // Wait until the supervisor has put us in the cgroup and the network.
     let mut b = [0u8; 1];
     let _ = nix::unistd::read(&ready, &mut b);
-    match setup_root(cfg).and_then(|()| drop_capabilities(cfg.network)) {
+    let set_up = setup_root(cfg)
+        .and_then(|()| drop_capabilities(cfg.network))
+        .and_then(|()| super::seccomp::install(filter).map_err(SetupError::from));
+    match set_up {
         Ok(()) => {
             let init = ["/sbin/init", "/usr/sbin/init", "/lib/systemd/systemd"]
                 .into_iter()
@@ -158,6 +163,100 @@ fn overlay_path(p: &Path) -> Vec<u8> {
     out
 }
 
+/// What runc hides from a container in the `/proc` and `/sys` it mounts
+/// (the OCI runtime's defaults): files a bind of /dev/null covers,
+/// directories an empty read-only tmpfs does.
+const MASKED: [&str; 11] = [
+    "proc/acpi",
+    "proc/asound",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+
+/// What runc leaves readable but not writable: the kernel's settings for
+/// the whole host (`/proc/sys`), its interrupt and bus controls, and the
+/// magic SysRq key.
+const READ_ONLY: [&str; 5] = [
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+/// Hide and freeze, in the jail's fresh `/proc` and `/sys`, what runc does
+/// in a container's. The paths are the kernel's own (nothing of the
+/// machine's is in those file systems yet); one that this kernel does not
+/// have is skipped.
+fn mask_kernel_paths(root: &Root) -> Result<(), SetupError> {
+    let e = |step: &'static str| move |source: nix::Error| SetupError::Sys { step, source };
+    let fresh = |fs: &str| {
+        root.open_dir(Path::new(fs))
+            .map_err(io(format!("cannot open /{fs} in the jail")))
+    };
+    let (proc, sys) = (fresh("proc")?, fresh("sys")?);
+    let at = |rel: &str| {
+        let (fs, rest) = rel.split_once('/').expect("a path below /proc or /sys");
+        fd_path(if fs == "proc" { &proc } else { &sys }).join(rest)
+    };
+    let kernel_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for rel in MASKED {
+        let target = at(rel);
+        let Ok(md) = std::fs::symlink_metadata(&target) else {
+            continue;
+        };
+        if md.is_dir() {
+            mount(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                kernel_flags | MsFlags::MS_RDONLY,
+                Some("size=0,mode=0555"),
+            )
+            .map_err(e("masking a kernel directory"))?;
+        } else {
+            mount(
+                Some("/dev/null"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(e("masking a kernel file"))?;
+        }
+    }
+    for rel in READ_ONLY {
+        let target = at(rel);
+        if std::fs::symlink_metadata(&target).is_err() {
+            continue;
+        }
+        mount(
+            Some(&target),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(e("binding a kernel path"))?;
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | kernel_flags,
+            None::<&str>,
+        )
+        .map_err(e("making a kernel path read-only"))?;
+    }
+    Ok(())
+}
+
 fn setup_root(cfg: &JailConfig) -> Result<(), SetupError> {
     let m = &cfg.merged;
     let e = |step: &'static str| move |source: nix::Error| SetupError::Sys { step, source };
@@ -239,6 +338,7 @@ fn setup_root(cfg: &JailConfig) -> Result<(), SetupError> {
         None::<&str>,
     )
     .map_err(e("mounting /sys"))?;
+    mask_kernel_paths(&root)?;
     mount(
         Some("tmpfs"),
         &fd_path(&dir("dev")?),
@@ -366,6 +466,13 @@ pub fn supervise(dir: &Path) -> i32 {
     if cfg.network == JailNetwork::Private {
         flags |= CloneFlags::CLONE_NEWNET;
     }
+    let filter = match super::seccomp::program() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
     let mut stack = vec![0u8; 1 << 20];
     let mut ready_r = Some(ready_r);
     let child_cfg = cfg.clone();
@@ -373,7 +480,7 @@ pub fn supervise(dir: &Path) -> i32 {
     // child gets its own copy of memory, as after fork.
     let child = unsafe {
         nix::sched::clone(
-            Box::new(move || enter(&child_cfg, ready_r.take().expect("entered once"))),
+            Box::new(move || enter(&child_cfg, ready_r.take().expect("entered once"), &filter)),
             &mut stack,
             flags,
             Some(Signal::SIGCHLD as i32),
