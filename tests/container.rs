@@ -103,6 +103,12 @@ fn lifecycle(engine: &'static str, boxname: &'static str) -> Result<(), Failed> 
         "provisioner did not run",
     )?;
     check(exec(&p, "web", "hostname") == "web\n", "hostname")?;
+    if engine == "lxc" {
+        common::kernel_paths_guarded(&|script| exec(&p, "web", script))?;
+        if boxname != "tiny" {
+            common::keyctl_refused(&|script| exec(&p, "web", script))?;
+        }
+    }
     exec(&p, "web", "echo kept > /root/data");
     envup(&p, &["halt"]).status(0);
     let j = envup(&p, &["--json", "status"]).status(0).json();

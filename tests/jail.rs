@@ -177,18 +177,8 @@ fn debian_lifecycle() -> Result<(), Failed> {
         state.trim() == "running" || state.trim() == "degraded",
         format!("systemd says {state:?}"),
     )?;
-    kernel_paths_guarded(&p, "web")?;
-    // The seccomp filter: keyctl (250 on x86_64; the keyrings are the host
-    // kernel's) answers EPERM, from perl, which the box has.
-    let errno = exec(
-        &p,
-        "web",
-        "perl -e '$! = 0; syscall(250, 0, 0, 0, 0, 0); print $! + 0'",
-    );
-    check(
-        errno == "1",
-        format!("keyctl gave errno {errno:?}, not EPERM"),
-    )?;
+    common::kernel_paths_guarded(&|script| exec(&p, "web", script))?;
+    common::keyctl_refused(&|script| exec(&p, "web", script))?;
     exec(&p, "web", "echo kept > /root/data");
     let t = std::time::Instant::now();
     envup(&p, &["halt"]).status(0);
@@ -248,39 +238,6 @@ fn two_jails_serve_port_80() -> Result<(), Failed> {
     destroy_and_check(&p)
 }
 
-/// What runc hides or freezes in a container's /proc and /sys is hidden or
-/// frozen in the jail: the host's sysctls cannot be written (the test
-/// writes back the value it read, never another), nor the SysRq trigger;
-/// the kernel's memory image and the firmware tables show nothing.
-fn kernel_paths_guarded(p: &Project, machine: &str) -> Result<(), Failed> {
-    let said = exec(
-        p,
-        machine,
-        "v=$(cat /proc/sys/kernel/core_pattern); \
-         if printf '%s\\n' \"$v\" > /proc/sys/kernel/core_pattern; then echo written; else echo refused; fi 2>/dev/null",
-    );
-    check(said == "refused\n", format!("a host sysctl: {said:?}"))?;
-    let said = exec(
-        p,
-        machine,
-        "if echo h > /proc/sysrq-trigger; then echo written; else echo refused; fi 2>/dev/null",
-    );
-    check(
-        said == "refused\n",
-        format!("/proc/sysrq-trigger: {said:?}"),
-    )?;
-    let said = exec(p, machine, "head -c 16 /proc/kcore | wc -c");
-    check(
-        said.trim() == "0",
-        format!("/proc/kcore gives {said:?} bytes"),
-    )?;
-    let said = exec(p, machine, "ls -A /sys/firmware | wc -l");
-    check(
-        said.trim() == "0",
-        format!("/sys/firmware holds {said:?} entries"),
-    )
-}
-
 fn jail_cannot_see_or_exceed() -> Result<(), Failed> {
     let secret = Path::new("/tmp/envup-host-secret-for-jail-test");
     std::fs::write(secret, "secret").unwrap();
@@ -315,7 +272,7 @@ fn jail_cannot_see_or_exceed() -> Result<(), Failed> {
         ) == "refused\n",
         "mknod of a block device worked",
     )?;
-    kernel_paths_guarded(&p, "web")?;
+    common::kernel_paths_guarded(&|script| exec(&p, "web", script))?;
     // The memory limit is the Envfile's, on the jail's own cgroup.
     let limit = exec(
         &p,

@@ -272,6 +272,45 @@ pub fn processes_naming(bytes: &[u8]) -> Vec<String> {
     found
 }
 
+/// What runc hides or freezes in a container's /proc and /sys is hidden or
+/// frozen in the machine (`exec` runs a script in it): the host's sysctls cannot be written (the test
+/// writes back the value it read, never another), nor the SysRq trigger;
+/// the kernel's memory image and the firmware tables show nothing.
+pub fn kernel_paths_guarded(exec: &dyn Fn(&str) -> String) -> Result<(), libtest_mimic::Failed> {
+    let said = exec(
+        "v=$(cat /proc/sys/kernel/core_pattern); \
+         if printf '%s\\n' \"$v\" > /proc/sys/kernel/core_pattern; then echo written; else echo refused; fi 2>/dev/null",
+    );
+    check(said == "refused\n", format!("a host sysctl: {said:?}"))?;
+    let said = exec(
+        "if echo h > /proc/sysrq-trigger; then echo written; else echo refused; fi 2>/dev/null",
+    );
+    check(
+        said == "refused\n",
+        format!("/proc/sysrq-trigger: {said:?}"),
+    )?;
+    let said = exec("head -c 16 /proc/kcore | wc -c");
+    check(
+        said.trim() == "0",
+        format!("/proc/kcore gives {said:?} bytes"),
+    )?;
+    let said = exec("ls -A /sys/firmware | wc -l");
+    check(
+        said.trim() == "0",
+        format!("/sys/firmware holds {said:?} entries"),
+    )
+}
+
+/// The seccomp filter: keyctl (250 on x86_64; the keyrings are the host
+/// kernel's) answers EPERM. Asked from perl, which debian/bookworm has.
+pub fn keyctl_refused(exec: &dyn Fn(&str) -> String) -> Result<(), libtest_mimic::Failed> {
+    let errno = exec("perl -e '$! = 0; syscall(250, 0, 0, 0, 0, 0); print $! + 0'");
+    check(
+        errno == "1",
+        format!("keyctl gave errno {errno:?}, not EPERM"),
+    )
+}
+
 /// Nothing of the machines is left on the host.
 pub fn nothing_left(p: &Project, ids: &[String]) -> Result<(), libtest_mimic::Failed> {
     let dir = p.path().join(".envup/machines");

@@ -12,7 +12,6 @@ mod cgroup;
 #[allow(dead_code)]
 pub mod freebsd;
 pub mod probe;
-pub mod seccomp;
 pub(crate) mod supervisor;
 
 use std::os::unix::process::CommandExt;

@@ -47,7 +47,7 @@ enum SetupError {
     #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error(transparent)]
-    Seccomp(#[from] super::seccomp::SeccompError),
+    Seccomp(#[from] crate::backend::rootfs::seccomp::SeccompError),
 }
 
 fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> SetupError {
@@ -78,7 +78,7 @@ fn enter(cfg: &JailConfig, ready: std::os::fd::OwnedFd, filter: &seccompiler::Bp
     let _ = nix::unistd::read(&ready, &mut b);
     let set_up = setup_root(cfg)
         .and_then(|()| drop_capabilities(cfg.network))
-        .and_then(|()| super::seccomp::install(filter).map_err(SetupError::from));
+        .and_then(|()| crate::backend::rootfs::seccomp::install(filter).map_err(SetupError::from));
     match set_up {
         Ok(()) => {
             let init = ["/sbin/init", "/usr/sbin/init", "/lib/systemd/systemd"]
@@ -466,7 +466,7 @@ pub fn supervise(dir: &Path) -> i32 {
     if cfg.network == JailNetwork::Private {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    let filter = match super::seccomp::program() {
+    let filter = match crate::backend::rootfs::seccomp::program() {
         Ok(f) => f,
         Err(e) => {
             eprintln!("{e}");

@@ -137,6 +137,12 @@ pub fn config(m: &Machine, name: &str, dir: &Path, cgroup_v1: bool) -> Vec<u8> {
         "lxc.apparmor.profile = unconfined".into(),
         "lxc.environment = container=lxc".into(),
         "lxc.cap.drop = sys_module sys_rawio sys_time mac_admin mac_override".into(),
+        format!(
+            "lxc.seccomp.profile = {}",
+            dir.join(name).join(SECCOMP).display()
+        ),
+        // What runc hides in /sys and LXC's own defaults leave visible.
+        "lxc.mount.entry = tmpfs sys/firmware tmpfs ro,nosuid,nodev,noexec,size=0 0 0".into(),
         format!("# envup machine {} ({name})", m.name),
     ];
     let mem = m.memory.bytes();
@@ -163,6 +169,20 @@ pub fn config(m: &Machine, name: &str, dir: &Path, cgroup_v1: bool) -> Vec<u8> {
     out
 }
 
+/// Write the container's config and the seccomp profile it names.
+fn write_config(m: &Machine, state: &MachineState, name: &str) -> Result<(), BackendError> {
+    let own = lxc_dir(state)?.join(name);
+    crate::state::write_atomic(
+        &own.join(SECCOMP),
+        crate::backend::rootfs::seccomp::lxc_profile().as_bytes(),
+    )?;
+    let text = config(m, name, &lxc_path(state, name)?, crate::host::cgroup_v1());
+    Ok(crate::state::write_atomic(&own.join("config"), &text)?)
+}
+
+/// The seccomp profile's file, beside the config.
+const SECCOMP: &str = "seccomp";
+
 fn create(
     m: &Machine,
     stored: &StoredBox,
@@ -184,8 +204,7 @@ fn create(
         upper: &upper,
     };
     first_boot_files(&layer, keys, &login, &m.hostname, Network::Private, port)?;
-    let text = config(m, name, &lxc_path(state, name)?, crate::host::cgroup_v1());
-    crate::state::write_atomic(&dir.join(name).join("config"), &text)?;
+    write_config(m, state, name)?;
     state.id = Some(format!("lxc:{name}"));
     state.ssh = Some(SshEndpoint {
         host: "127.0.0.1".into(),
@@ -237,11 +256,7 @@ fn refresh_config(m: &Machine, state: &MachineState, name: &str) -> Result<(), B
     for s in &m.shares {
         layer.mkdir(Path::new(&s.guest), 0o755, (0, 0))?;
     }
-    let text = config(m, name, &lxc_path(state, name)?, crate::host::cgroup_v1());
-    Ok(crate::state::write_atomic(
-        &dir.join(name).join("config"),
-        &text,
-    )?)
+    write_config(m, state, name)
 }
 
 fn start(m: &Machine, state: &mut MachineState, name: &str) -> Result<(), BackendError> {
@@ -528,6 +543,8 @@ mod tests {
             "lxc.cgroup.memory.limit_in_bytes = 536870912",
             "lxc.cgroup.pids.max = 1024",
             "lxc.cgroup.cpu.cfs_quota_us = 200000",
+            "lxc.seccomp.profile = /run/envup/lxc/envup-x/envup-x/seccomp",
+            "lxc.mount.entry = tmpfs sys/firmware tmpfs ro,",
         ] {
             assert!(v1.contains(want), "{want} missing:\n{v1}");
         }

@@ -4,6 +4,7 @@
 //! private network helper (`net`); snapshots of the machine's layer.
 
 pub mod net;
+pub mod seccomp;
 pub(crate) mod snapshots;
 
 use std::path::{Path, PathBuf};

@@ -1,15 +1,16 @@
-//! The jail's seccomp filter: the system calls that Docker's default
-//! profile refuses to a container which, like a jail, keeps CAP_SYS_ADMIN,
-//! CAP_SYS_PTRACE and CAP_SYS_BOOT. They reach what a namespace does not
+//! The seccomp filter of jails and LXC containers: the system calls that
+//! Docker's default profile refuses to a container which, like these,
+//! keeps CAP_SYS_ADMIN, CAP_SYS_PTRACE and CAP_SYS_BOOT. They reach what a namespace does not
 //! cover: the kernel's keyrings, its modules and its image (kexec), the
 //! clock, swap, accounting, raw I/O ports, files by handle, performance
 //! counters and BPF programs (both read the host's kernel), userfaultfd.
 //! Each answers EPERM, as under Docker, so software that probes for them
 //! (systemd asks for a keyring for every service) carries on without.
 //!
-//! The program is compiled with seccompiler and installed without
-//! `no_new_privs` (the jail still holds CAP_SYS_ADMIN when it installs it),
-//! so setuid programs in the machine, sudo among them, keep working.
+//! For a jail the program is compiled with seccompiler and installed
+//! without `no_new_privs` (the jail still holds CAP_SYS_ADMIN when it
+//! installs it), so setuid programs in the machine, sudo among them, keep
+//! working. For LXC the same list is written as an LXC seccomp profile.
 
 use nix::libc;
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
@@ -49,6 +50,16 @@ pub const REFUSED: &[(&str, libc::c_long)] = &[
     #[cfg(target_arch = "x86_64")]
     ("_sysctl", libc::SYS__sysctl),
 ];
+
+/// The list as an LXC seccomp profile (version 2: a deny list, each call
+/// answering EPERM).
+pub fn lxc_profile() -> String {
+    let mut p = String::from("2\ndenylist\n[all]\n");
+    for (name, _) in REFUSED {
+        p.push_str(&format!("{name} errno {}\n", libc::EPERM));
+    }
+    p
+}
 
 /// Why the filter cannot be made or installed.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +114,14 @@ pub fn install(program: &BpfProgram) -> Result<(), SeccompError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lxc_profile_denies_each_call_with_eperm() {
+        let p = lxc_profile();
+        assert!(p.starts_with("2\ndenylist\n[all]\n"), "{p}");
+        assert!(p.contains("\nkeyctl errno 1\n"), "{p}");
+        assert_eq!(p.lines().count(), 3 + REFUSED.len());
+    }
 
     #[test]
     fn the_filter_compiles_for_this_machine() {
