@@ -238,6 +238,24 @@ fn two_jails_serve_port_80() -> Result<(), Failed> {
     destroy_and_check(&p)
 }
 
+/// `privileged = true` in the jail's table keeps the view a jail had
+/// before it hid kernel paths and filtered system calls.
+fn privileged_jail() -> Result<(), Failed> {
+    let p = project(&format!("{TINY}[machines.web.jail]\nprivileged = true\n"));
+    envup(&p, &["up"]).status(0);
+    let firmware = exec(&p, "web", "ls -A /sys/firmware | wc -l");
+    let seccomp = exec(&p, "web", "grep '^Seccomp:' /proc/self/status");
+    envup(&p, &["destroy", "-f"]).status(0);
+    check(
+        firmware.trim() != "0",
+        "/sys/firmware is hidden in a privileged jail",
+    )?;
+    check(
+        seccomp.split_whitespace().nth(1) == Some("0"),
+        format!("a privileged jail is filtered: {seccomp:?}"),
+    )
+}
+
 fn jail_cannot_see_or_exceed() -> Result<(), Failed> {
     let secret = Path::new("/tmp/envup-host-secret-for-jail-test");
     std::fs::write(secret, "secret").unwrap();
@@ -582,6 +600,7 @@ fn main() {
         ("debian_lifecycle", debian_lifecycle),
         ("two_jails_serve_port_80", two_jails_serve_port_80),
         ("jail_cannot_see_or_exceed", jail_cannot_see_or_exceed),
+        ("privileged_jail", privileged_jail),
         ("private_network", private_network),
         ("host_network", host_network),
         ("non_root_login", non_root_login),

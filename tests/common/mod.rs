@@ -298,6 +298,11 @@ pub fn kernel_paths_guarded(exec: &dyn Fn(&str) -> String) -> Result<(), libtest
     check(
         said.trim() == "0",
         format!("/sys/firmware holds {said:?} entries"),
+    )?;
+    let said = exec("grep '^Seccomp:' /proc/self/status");
+    check(
+        said.split_whitespace().nth(1) == Some("2"),
+        format!("no seccomp filter: {said:?}"),
     )
 }
 

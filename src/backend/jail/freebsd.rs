@@ -213,6 +213,7 @@ mod tests {
                 },
             ],
             id: "envup-0123456789ab".into(),
+            privileged: false,
         }
     }
 

@@ -61,6 +61,9 @@ pub struct JailConfig {
     pub shares: Vec<Share>,
     /// Names the jail's cgroup and network namespace on the host.
     pub id: String,
+    /// `privileged = true` in the Envfile (taken from there at every start).
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 pub struct JailBackend;
@@ -97,6 +100,10 @@ pub struct Options {
     /// A network of its own (`private`, the default) or the host's.
     #[serde(default)]
     pub network: JailNetwork,
+    /// Without what the jail hides in /proc and /sys and without its
+    /// seccomp filter, for what needs them (root in it is root on the host).
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 fn jail_dir(state_dir: &Path) -> PathBuf {
@@ -201,6 +208,7 @@ impl Backend for JailBackend {
             forwards: m.forwards.clone(),
             shares: m.shares.clone(),
             id,
+            privileged: opts.privileged,
         };
         crate::state::write_json(&dir.join("jail.json"), &cfg)?;
         state.ssh = Some(SshEndpoint {
@@ -304,6 +312,7 @@ fn refresh_config(m: &Machine, state: &mut MachineState) -> Result<(), BackendEr
     cfg.pids = PIDS_MAX;
     cfg.forwards = m.forwards.clone();
     cfg.shares = m.shares.clone();
+    cfg.privileged = opts.privileged;
     // Written (and synced) only when it changed: the first start follows
     // create, which wrote the same.
     let value = |c: &JailConfig| serde_json::to_value(c).expect("configs serialize");

@@ -118,7 +118,17 @@ fn lxc(tool: &str, dir: &Path, name: &str, args: &[&str]) -> Result<String, Back
 /// The container's config file, for the container whose directory LXC
 /// sees as `dir` (plain: see [`lxc_path`]). Bytes: a share's path need
 /// not be UTF-8.
-pub fn config(m: &Machine, name: &str, dir: &Path, cgroup_v1: bool) -> Vec<u8> {
+/// The lxc backend's table, `[machines.NAME.lxc]`.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// Without the seccomp filter and the hidden /sys/firmware, for what
+    /// needs them (root in it is root on the host).
+    #[serde(default)]
+    pub privileged: bool,
+}
+
+pub fn config(m: &Machine, name: &str, dir: &Path, cgroup_v1: bool, privileged: bool) -> Vec<u8> {
     let mut c = vec![
         format!("lxc.uts.name = {}", m.hostname),
         format!(
@@ -137,14 +147,18 @@ pub fn config(m: &Machine, name: &str, dir: &Path, cgroup_v1: bool) -> Vec<u8> {
         "lxc.apparmor.profile = unconfined".into(),
         "lxc.environment = container=lxc".into(),
         "lxc.cap.drop = sys_module sys_rawio sys_time mac_admin mac_override".into(),
-        format!(
-            "lxc.seccomp.profile = {}",
-            dir.join(name).join(SECCOMP).display()
-        ),
-        // What runc hides in /sys and LXC's own defaults leave visible.
-        "lxc.mount.entry = tmpfs sys/firmware tmpfs ro,nosuid,nodev,noexec,size=0 0 0".into(),
         format!("# envup machine {} ({name})", m.name),
     ];
+    if !privileged {
+        c.push(format!(
+            "lxc.seccomp.profile = {}",
+            dir.join(name).join(SECCOMP).display()
+        ));
+        // What runc hides in /sys and LXC's own defaults leave visible.
+        c.push(
+            "lxc.mount.entry = tmpfs sys/firmware tmpfs ro,nosuid,nodev,noexec,size=0 0 0".into(),
+        );
+    }
     let mem = m.memory.bytes();
     let quota = u64::from(m.cpus) * 100_000;
     if cgroup_v1 {
@@ -176,7 +190,14 @@ fn write_config(m: &Machine, state: &MachineState, name: &str) -> Result<(), Bac
         &own.join(SECCOMP),
         crate::backend::rootfs::seccomp::lxc_profile().as_bytes(),
     )?;
-    let text = config(m, name, &lxc_path(state, name)?, crate::host::cgroup_v1());
+    let opts: Options = crate::backend::options(m)?;
+    let text = config(
+        m,
+        name,
+        &lxc_path(state, name)?,
+        crate::host::cgroup_v1(),
+        opts.privileged,
+    );
     Ok(crate::state::write_atomic(&own.join("config"), &text)?)
 }
 
@@ -454,6 +475,11 @@ impl Backend for LxcBackend {
         probe::probe()
     }
 
+    fn check_options(&self, table: toml::de::ValueDeserializer<'_>) -> Result<(), toml::de::Error> {
+        use serde::Deserialize;
+        Options::deserialize(table).map(|_| ())
+    }
+
     fn check(&self, _m: &Machine) -> Result<(), BackendError> {
         if crate::host::which("lxc-start").is_none() {
             return Err(LxcError::NotInstalled.into());
@@ -532,7 +558,7 @@ mod tests {
         }];
         let m = &m;
         let dir = Path::new("/run/envup/lxc/envup-x");
-        let v1 = config(m, "envup-x", dir, true);
+        let v1 = config(m, "envup-x", dir, true, false);
         let share = b"lxc.mount.entry = /src\\040dir,a:b\\134c\\011d\xff srv/app none bind,create=dir,ro 0 0\n";
         assert!(v1.windows(share.len()).any(|w| w == share));
         let v1 = String::from_utf8_lossy(&v1);
@@ -548,7 +574,11 @@ mod tests {
         ] {
             assert!(v1.contains(want), "{want} missing:\n{v1}");
         }
-        let v2 = config(m, "envup-x", dir, false);
+        let privileged =
+            String::from_utf8_lossy(&config(m, "envup-x", dir, false, true)).into_owned();
+        assert!(!privileged.contains("lxc.seccomp.profile"), "{privileged}");
+        assert!(!privileged.contains("sys/firmware"), "{privileged}");
+        let v2 = config(m, "envup-x", dir, false, false);
         let v2 = String::from_utf8_lossy(&v2);
         assert!(v2.contains("lxc.cgroup2.memory.max = 536870912"), "{v2}");
         assert!(v2.contains("lxc.cgroup2.cpu.max = 200000 100000"), "{v2}");
