@@ -67,7 +67,7 @@ pub fn settings(m: &Machine) -> Value {
         "hostname": m.hostname,
         "forwards": m.forwards,
         "shares": m.shares,
-        "options": m.options,
+        "options": m.options.get(m.backend.as_str()).cloned().unwrap_or_default(),
     })
 }
 

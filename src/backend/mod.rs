@@ -648,15 +648,21 @@ impl Registry {
     }
 }
 
-/// A backend's typed settings, read from the machine's own table of it
-/// (checked by [`Backend::check_options`] when the Envfile was loaded).
-pub fn options<T: serde::de::DeserializeOwned>(m: &Machine) -> Result<T, BackendError> {
+/// Backend `backend`'s typed settings for machine `m`, read from the
+/// machine's table of it (checked by [`Backend::check_options`] when the
+/// Envfile was loaded); its defaults where the machine has none.
+pub fn options<T: serde::de::DeserializeOwned>(
+    m: &Machine,
+    backend: &str,
+) -> Result<T, BackendError> {
     m.options
-        .clone()
+        .get(backend)
+        .cloned()
+        .unwrap_or_default()
         .try_into()
         .map_err(|source| BackendError::Options {
             machine: m.name.clone(),
-            backend: m.backend.to_string(),
+            backend: backend.to_owned(),
             source: Box::new(source),
         })
 }

@@ -65,10 +65,12 @@ pub struct Machine {
     pub boot_timeout: Duration,
     #[serde(skip)]
     pub provisioners: Vec<Provisioner>,
-    /// The machine's table for its backend (`[machines.NAME.<backend>]`
-    /// over `[defaults.<backend>]`, key by key), checked by the backend;
-    /// the backend reads it with `backend::options`.
-    pub options: toml::Table,
+    /// The machine's table for each backend that has one
+    /// (`[machines.NAME.<backend>]` over `[defaults.<backend>]`, key by
+    /// key), checked by that backend; a backend reads its own with
+    /// `backend::options` (a machine handed to another backend is run with
+    /// that backend's table).
+    pub options: IndexMap<String, toml::Table>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -437,13 +437,9 @@ fn build_machine(
 
     // The backend's table: the machine's keys over `[defaults]`' (each
     // table was checked by its backend as the Envfile was read).
-    let mut options = d
-        .backend_tables
-        .get(backend.as_str())
-        .cloned()
-        .unwrap_or_default();
-    if let Some(own) = m.backend_tables.get(backend.as_str()) {
-        options.extend(own.clone());
+    let mut options: IndexMap<String, toml::Table> = d.backend_tables.clone();
+    for (b, own) in &m.backend_tables {
+        options.entry(b.clone()).or_default().extend(own.clone());
     }
 
     (ctx.problems.len() == before).then(|| Machine {

@@ -376,7 +376,7 @@ impl Backend for ContainerBackend {
     /// `engine = "lxc"` is the lxc backend's machine; so is `auto` where
     /// neither Docker nor Podman works and LXC is installed.
     fn hand_over(&self, m: &Machine) -> Result<Option<HandOver>, BackendError> {
-        let opts: Options = super::options(m)?;
+        let opts: Options = super::options(m, "container")?;
         let to_lxc = match opts.engine {
             Engine::Lxc => Some(
                 "`engine = \"lxc\"` is the lxc backend now: write `backend = \"lxc\"`".to_owned(),
@@ -406,7 +406,7 @@ impl Backend for ContainerBackend {
     }
 
     fn check(&self, m: &Machine) -> Result<(), BackendError> {
-        match super::options::<Options>(m)?.engine {
+        match super::options::<Options>(m, "container")?.engine {
             // New machines with it go to the lxc backend; one still here
             // was made with Docker or Podman before the Envfile changed,
             // and runs on the engine it was made with.
@@ -424,7 +424,7 @@ impl Backend for ContainerBackend {
     ) -> Result<(), BackendError> {
         let dir = super::machine_dir(state)?;
         let name = super::host_name(&dir);
-        let opts: Options = super::options(m)?;
+        let opts: Options = super::options(m, "container")?;
         let e = EngineCli::choose(opts.engine)?;
         if stored.manifest.ssh_user != "root" {
             return Err(ContainerError::NotRoot {

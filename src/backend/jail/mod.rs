@@ -191,7 +191,7 @@ impl Backend for JailBackend {
             lower: &lower,
             upper: &upper,
         };
-        let opts: Options = super::options(m)?;
+        let opts: Options = super::options(m, "jail")?;
         first_boot_files(&layer, keys, &login, &m.hostname, opts.network, port)?;
         let id = super::host_name(&dir);
         let cfg = JailConfig {
@@ -298,7 +298,7 @@ fn refresh_config(m: &Machine, state: &mut MachineState) -> Result<(), BackendEr
     let dir = jail_dir(&super::machine_dir(state)?);
     let recorded = JailConfig::load(&dir)?;
     let mut cfg = recorded.clone();
-    let opts: Options = super::options(m)?;
+    let opts: Options = super::options(m, "jail")?;
     if cfg.network != opts.network {
         return Err(JailError::NetworkChanged {
             made: cfg.network.name(),

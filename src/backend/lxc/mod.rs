@@ -190,7 +190,7 @@ fn write_config(m: &Machine, state: &MachineState, name: &str) -> Result<(), Bac
         &own.join(SECCOMP),
         crate::backend::rootfs::seccomp::lxc_profile().as_bytes(),
     )?;
-    let opts: Options = crate::backend::options(m)?;
+    let opts: Options = crate::backend::options(m, "lxc")?;
     let text = config(
         m,
         name,
@@ -544,6 +544,22 @@ impl Backend for LxcBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A machine the container backend hands over is run with the lxc
+    /// table of its own (its container table says `engine = "lxc"`).
+    #[test]
+    fn a_handed_over_machine_reads_its_lxc_table() {
+        let m = crate::envfile::test_machine(
+            "[machines.web]\nbox = \"tiny\"\nbackend = \"container\"\ncontainer = { engine = \"lxc\" }\n",
+        );
+        let o: Options = crate::backend::options(&m, "lxc").unwrap();
+        assert!(!o.privileged);
+        let m = crate::envfile::test_machine(
+            "[machines.web]\nbox = \"tiny\"\nbackend = \"container\"\ncontainer = { engine = \"lxc\" }\nlxc = { privileged = true }\n",
+        );
+        let o: Options = crate::backend::options(&m, "lxc").unwrap();
+        assert!(o.privileged);
+    }
 
     #[test]
     fn config_has_the_root_limits_and_shares() {

@@ -558,7 +558,7 @@ impl Backend for QemuBackend {
             source,
         })?;
         let kernel = stored.artifact("kernel");
-        let opts: Options = super::options(m)?;
+        let opts: Options = super::options(m, "qemu")?;
         let accel = match opts.accel {
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",
