@@ -327,7 +327,16 @@ impl Ops<'_> {
         let console = dir.join("console.log");
         let console = console.exists().then_some(console.as_path());
         let dial = self.backends.dial(state);
-        let Some(how) = state.first_login else {
+        // The state file is not trusted to ask for a login without the
+        // host key check: the machine's box in the store must ask for it.
+        let how = state.first_login.filter(|how| {
+            state
+                .box_ref
+                .as_ref()
+                .and_then(|b| self.store.get(b.sha256.as_str()))
+                .is_some_and(|b| b.manifest.first_login == Some(*how))
+        });
+        let Some(how) = how else {
             self.reporter.step(&m.name, "waiting for SSH");
             return Ok(Ssh::wait(
                 &ep,

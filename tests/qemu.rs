@@ -337,6 +337,19 @@ fn put_files(raw: &std::path::Path, files: &[(&str, &str, &str, u32)]) {
     }
 }
 
+/// After the first login to machine `vm`: its login user's
+/// `authorized_keys` is the machine's own key alone (the insecure key is
+/// gone) and its hostname is set.
+fn keys_placed(p: &Project) -> Result<(), Failed> {
+    let keys = exec(p, "vm", "cat ~/.ssh/authorized_keys");
+    let own = std::fs::read_to_string(p.path().join(".envup/machines/vm/id_ed25519.pub")).unwrap();
+    check(
+        keys == own,
+        format!("authorized_keys after the first login: {keys:?}"),
+    )?;
+    check(exec(p, "vm", "hostname") == "vm\n", "hostname not set")
+}
+
 /// Run debugfs `commands` on the ext4 image `image`.
 fn debugfs(image: &std::path::Path, commands: &str) -> String {
     let o = std::process::Command::new("debugfs")
@@ -392,14 +405,7 @@ fn vagrant_insecure_key_first_login() -> Result<(), Failed> {
     qemu_img(&["convert", "-O", "qcow2"], &raw, &disk);
     let file = vagrant_libvirt_file(d, "tiny", &disk, "root");
     up_vagrant_box(&file, "vagrant/insecure-key", |p| {
-        let keys = exec(p, "vm", "cat /root/.ssh/authorized_keys");
-        let own =
-            std::fs::read_to_string(p.path().join(".envup/machines/vm/id_ed25519.pub")).unwrap();
-        check(
-            keys == own,
-            format!("authorized_keys after the first login: {keys:?}"),
-        )?;
-        check(exec(p, "vm", "hostname") == "vm\n", "hostname not set")?;
+        keys_placed(p)?;
         let state =
             std::fs::read_to_string(p.path().join(".envup/machines/vm/state.json")).unwrap();
         check(
@@ -493,18 +499,11 @@ fn vagrant_debian_box_with_sudo() -> Result<(), Failed> {
     let file = vagrant_libvirt_file(d, "debian/bookworm", &disk, "vagrant");
     let settings = "memory = \"1GiB\"\nboot_timeout = \"180s\"\n";
     up_vagrant_box_with(&file, "vagrant/debian-insecure-key", settings, |p| {
-        let keys = exec(p, "vm", "cat ~/.ssh/authorized_keys");
-        let own =
-            std::fs::read_to_string(p.path().join(".envup/machines/vm/id_ed25519.pub")).unwrap();
-        check(
-            keys == own,
-            format!("authorized_keys after the first login: {keys:?}"),
-        )?;
+        keys_placed(p)?;
         check(
             exec(p, "vm", "id -un") == "vagrant\n",
             "not logged in as vagrant",
         )?;
-        check(exec(p, "vm", "hostname") == "vm\n", "hostname not set")?;
         // envup checked the host key on every login after the first; the
         // baked one is gone from the machine.
         let served = exec(p, "vm", "sudo -n cat /etc/ssh/ssh_host_ed25519_key.pub");
