@@ -74,6 +74,16 @@ impl Root {
         Ok(Root { fd })
     }
 
+    /// The directory behind `fd` as a root (a mount envup made).
+    pub fn from_fd(fd: OwnedFd) -> Root {
+        Root { fd }
+    }
+
+    /// The root's own descriptor.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     /// Open `rel` inside the root.
     fn resolve(&self, rel: &Path, flags: OFlag, mode: u32) -> nix::Result<OwnedFd> {
         let rel = relative(rel);

@@ -46,6 +46,19 @@ fn exec(p: &Project, machine: &str, script: &str) -> String {
     common::exec_in(home().path(), p, machine, script)
 }
 
+/// The host's name for a jail (its cgroup and network namespace).
+fn jail_id(p: &Project, machine: &str) -> String {
+    let cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            p.path()
+                .join(format!(".envup/machines/{machine}/jail/jail.json")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    cfg["id"].as_str().unwrap().to_owned()
+}
+
 /// Destroy the project's machines, then check nothing of them is left.
 fn destroy_and_check(p: &Project) -> Result<(), Failed> {
     let ids = common::jail_ids(p);
@@ -161,7 +174,8 @@ fn debian_lifecycle() -> Result<(), Failed> {
     with_debian();
     let p = project(
         "[machines.web]\nbox = \"debian/bookworm\"\nbackend = \"jail\"\nmemory = \"1GiB\"\n\
-         provision = [{ name = \"hi\", shell = \"echo provisioned > /root/p\" }]\n",
+         provision = [{ name = \"hi\", shell = \"echo provisioned > /root/p\" }]\n\
+         [machines.other]\nbox = \"tiny\"\nbackend = \"jail\"\n",
     );
     envup(&p, &["up"]).status(0);
     check(
@@ -179,6 +193,8 @@ fn debian_lifecycle() -> Result<(), Failed> {
     )?;
     common::kernel_paths_guarded(&|script| exec(&p, "web", script))?;
     common::keyctl_refused(&|script| exec(&p, "web", script))?;
+    common::root_is_confined(&|script| exec(&p, "web", script), &jail_id(&p, "other"))?;
+    systemd_stays_inside(&p)?;
     exec(&p, "web", "echo kept > /root/data");
     let t = std::time::Instant::now();
     envup(&p, &["halt"]).status(0);
@@ -192,6 +208,63 @@ fn debian_lifecycle() -> Result<(), Failed> {
         "data lost across halt and up",
     )?;
     destroy_and_check(&p)
+}
+
+/// systemd in a jail keeps its services in the jail's own cgroup (delegated
+/// to it, in a cgroup namespace), so the jail's limits hold for them: a fork
+/// storm started as a service stops at the jail's pids.max.
+fn systemd_stays_inside(p: &Project) -> Result<(), Failed> {
+    let id = jail_id(p, "web");
+    let hierarchies: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let ssh = hierarchies
+        .iter()
+        .map(|h| h.join("envup").join(&id).join("system.slice/ssh.service"))
+        .find(|d| d.exists());
+    check(ssh.is_some(), "ssh.service is not below the jail's cgroup")?;
+    for h in &hierarchies {
+        check(
+            !h.join("system.slice").exists(),
+            format!("{}/system.slice was made on the host", h.display()),
+        )?;
+    }
+    // The unit has no limit of its own (TasksMax): only the jail's holds.
+    // bash retries a fork that fails, so the storm stays at the limit.
+    exec(
+        p,
+        "web",
+        "systemd-run --unit=storm -p TasksMax=infinity bash -c \
+         'for i in $(seq 1 1500); do sleep 60 & done; wait' >/dev/null 2>&1",
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let cg = Path::new("/sys/fs/cgroup/pids/envup").join(&id);
+    let cg = if cg.exists() {
+        cg
+    } else {
+        Path::new("/sys/fs/cgroup/envup").join(&id)
+    };
+    let current: u64 = std::fs::read_to_string(cg.join("pids.current"))
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    // The jail is full: its storm is ended from the host.
+    let unit = cg.join("system.slice/storm.service/cgroup.procs");
+    for pid in std::fs::read_to_string(&unit).unwrap_or_default().lines() {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", pid])
+            .status();
+    }
+    check(
+        current > envup::backend::jail::PIDS_MAX - 30 && current <= envup::backend::jail::PIDS_MAX,
+        format!(
+            "the jail runs {current} processes (pids.max {})",
+            envup::backend::jail::PIDS_MAX
+        ),
+    )
 }
 
 fn http_get(port: u16) -> String {
@@ -245,7 +318,55 @@ fn privileged_jail() -> Result<(), Failed> {
     envup(&p, &["up"]).status(0);
     let firmware = exec(&p, "web", "ls -A /sys/firmware | wc -l");
     let seccomp = exec(&p, "web", "grep '^Seccomp:' /proc/self/status");
+    // Root in it is the host's root: the checks of an unprivileged jail fail.
+    let confined = common::root_is_confined(&|script| exec(&p, "web", script), &jail_id(&p, "web"));
+    check(confined.is_err(), "a privileged jail passed as confined")?;
+    // Made unprivileged, the same machine keeps its files and their owners
+    // as it sees them; on the host its layer is owned by its block of ids.
+    exec(
+        &p,
+        "web",
+        "echo mine > /root/mine && touch /root/f && chown 1000:1000 /root/f",
+    );
+    envup(&p, &["halt"]).status(0);
+    p.write("Envfile", TINY);
+    envup(&p, &["up"]).status(0);
+    let owners = exec(
+        &p,
+        "web",
+        "cat /root/mine; stat -c '%u %g' /root/mine /root/f",
+    );
+    let ids: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(p.path().join(".envup/machines/web/jail/ids.json")).unwrap(),
+    )
+    .unwrap();
+    let base = ids["uid"].as_u64().unwrap();
+    let upper = p.path().join(".envup/machines/web/jail/upper");
+    let host_owner = |rel: &str| {
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(upper.join(rel)).unwrap())
+    };
+    let shifted = (
+        u64::from(host_owner("root/mine")),
+        u64::from(host_owner("root/f")),
+    );
+    // And back: privileged again, the host's own ids.
+    envup(&p, &["halt"]).status(0);
+    p.write(
+        "Envfile",
+        &format!("{TINY}[machines.web.jail]\nprivileged = true\n"),
+    );
+    envup(&p, &["up"]).status(0);
+    let back = exec(&p, "web", "stat -c '%u' /root/mine /root/f");
     envup(&p, &["destroy", "-f"]).status(0);
+    check(
+        owners == "mine\n0 0\n1000 1000\n",
+        format!("after the shift the jail sees {owners:?}"),
+    )?;
+    check(
+        base >= 65536 && shifted == (base, base + 1000),
+        format!("the layer is owned by {shifted:?} for ids from {base}"),
+    )?;
+    check(back == "0\n1000\n", format!("shifted back: {back:?}"))?;
     check(
         firmware.trim() != "0",
         "/sys/firmware is hidden in a privileged jail",
@@ -291,20 +412,22 @@ fn jail_cannot_see_or_exceed() -> Result<(), Failed> {
         "mknod of a block device worked",
     )?;
     common::kernel_paths_guarded(&|script| exec(&p, "web", script))?;
+    common::root_is_confined(&|script| exec(&p, "web", script), &jail_id(&p, "many"))?;
+    // The jail sees its own cgroup as the top (a cgroup namespace).
+    let own = exec(&p, "web", "cat /proc/self/cgroup");
+    check(
+        own.lines().all(|l| l.ends_with(":/")),
+        format!("the jail's cgroups as it sees them: {own}"),
+    )?;
     // The memory limit is the Envfile's, on the jail's own cgroup.
-    let limit = exec(
-        &p,
-        "web",
-        "cat /proc/self/cgroup | grep -E 'memory' | cut -d: -f3",
-    );
     let on_host = std::fs::read_to_string(format!(
-        "/sys/fs/cgroup/memory{}/memory.limit_in_bytes",
-        limit.trim()
+        "/sys/fs/cgroup/memory/envup/{}/memory.limit_in_bytes",
+        jail_id(&p, "web")
     ))
     .unwrap_or_default();
     check(
         on_host.trim() == (64u64 << 20).to_string(),
-        format!("memory limit {on_host:?} for {limit:?}"),
+        format!("memory limit {on_host:?}"),
     )?;
     // More than 64 MiB in memory: killed, not granted.
     let out = envup(
@@ -340,15 +463,11 @@ fn jail_cannot_see_or_exceed() -> Result<(), Failed> {
         storm.code() != 0,
         "1500 processes fitted under a pids limit of 1024",
     )?;
-    let cfg: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(p.path().join(".envup/machines/many/jail/jail.json")).unwrap(),
-    )
-    .unwrap();
     // The jail's pids cgroup: v1 (pids hierarchy) or v2 (unified).
-    let id = cfg["id"].as_str().unwrap();
+    let id = jail_id(&p, "many");
     let cg = ["/sys/fs/cgroup/pids/envup", "/sys/fs/cgroup/envup"]
         .iter()
-        .map(|base| Path::new(base).join(id))
+        .map(|base| Path::new(base).join(&id))
         .find(|d| d.join("pids.max").exists())
         .ok_or_else(|| Failed::from(format!("no pids cgroup for jail {id}")))?;
     let max = std::fs::read_to_string(cg.join("pids.max")).unwrap();

@@ -349,11 +349,106 @@ pub fn nothing_left(p: &Project, ids: &[String]) -> Result<(), libtest_mimic::Fa
                 String::from_utf8_lossy(&helpers.stdout)
             ),
         )?;
-        for c in ["memory", "pids", "cpu,cpuacct", "freezer", "unified"] {
-            let d = Path::new("/sys/fs/cgroup").join(c).join("envup").join(id);
+        // In every hierarchy (v1 controllers, v1's named ones, v2).
+        let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .chain([PathBuf::from("/sys/fs/cgroup")]);
+        for h in hierarchies {
+            let d = h.join("envup").join(id);
             check(!d.exists(), format!("cgroup {} left", d.display()))?;
         }
     }
+    // No block of ids stays claimed for the project's machines.
+    let project = p.path().as_os_str().as_encoded_bytes();
+    for claim in std::fs::read_dir("/var/lib/envup/ids")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let text = std::fs::read(claim.path()).unwrap_or_default();
+        check(
+            !text.starts_with(project),
+            format!("ids claim {} left", claim.path().display()),
+        )?;
+    }
+    Ok(())
+}
+
+/// From inside machine `a` as root, with `other` a machine of another
+/// cgroup up beside it (its host cgroup id): what a user namespace, a
+/// cgroup namespace and the filters keep root in `a` from.
+pub fn root_is_confined(
+    exec: &dyn Fn(&str) -> String,
+    other: &str,
+) -> Result<(), libtest_mimic::Failed> {
+    // Root in the machine is an unprivileged host uid.
+    let map = exec("cat /proc/self/uid_map");
+    let f: Vec<u64> = map
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    check(
+        f.len() == 3 && f[0] == 0 && f[1] >= 65536 && f[2] == 65536,
+        format!("root's uid map is {map:?}"),
+    )?;
+    // The host's init is not there to read.
+    let host_env = std::fs::read("/proc/1/environ").unwrap_or_default();
+    let seen = exec("cat /proc/1/environ 2>/dev/null | tr '\\0' '\\n'");
+    check(
+        seen.contains("container=envup") && (host_env.is_empty() || seen.as_bytes() != host_env),
+        format!("/proc/1/environ in the machine: {seen:?}"),
+    )?;
+    check(
+        exec("mknod /tmp/sda b 8 0 2>/dev/null && echo made || echo refused") == "refused\n",
+        "mknod of a block device worked",
+    )?;
+    check(
+        exec(
+            "mkdir -p /tmp/d && mount -t devtmpfs none /tmp/d 2>/dev/null && echo mounted || echo refused",
+        ) == "refused\n",
+        "devtmpfs mounted",
+    )?;
+    // A cgroup file system mounted inside shows the machine's own cgroup
+    // at its top, nothing of the host's or another machine's, and its
+    // limits cannot be raised or its freezer used.
+    let said = exec(
+        "mkdir -p /tmp/cg && if mount -t cgroup -o memory,freezer none /tmp/cg 2>/dev/null \
+           || mount -t cgroup -o memory none /tmp/cg 2>/dev/null || mount -t cgroup2 none /tmp/cg 2>/dev/null; then \
+           ls /tmp/cg; for f in memory.limit_in_bytes memory.max freezer.state cgroup.freeze; do \
+             [ -e /tmp/cg/$f ] || continue; v=$(cat /tmp/cg/$f); \
+             if (echo 0 > /tmp/cg/$f) 2>/dev/null; then echo \"wrote $f\"; fi; \
+             [ \"$(cat /tmp/cg/$f)\" = \"$v\" ] || echo \"changed $f\"; done; \
+           umount /tmp/cg; else echo refused; fi",
+    );
+    check(
+        !said.contains("envup")
+            && !said.contains(other)
+            && !said.contains("wrote")
+            && !said.contains("changed"),
+        format!("a cgroup file system inside shows or allows: {said}"),
+    )?;
+    // Another machine's processes are not there to signal (by the host
+    // pid of its init).
+    let other_pid =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/pids/envup/{other}/cgroup.procs"))
+            .or_else(|_| {
+                std::fs::read_to_string(format!("/sys/fs/cgroup/envup/{other}/cgroup.procs"))
+            })
+            .unwrap_or_default();
+    let other_pid = other_pid.lines().next().unwrap_or("").trim().to_owned();
+    check(
+        !other_pid.is_empty(),
+        format!("no process in cgroup {other}"),
+    )?;
+    let said = exec(&format!(
+        "kill -STOP {other_pid} 2>/dev/null && echo sent || echo refused"
+    ));
+    check(
+        said == "refused\n",
+        format!("SIGSTOP to the other machine's init: {said}"),
+    )?;
     Ok(())
 }
 

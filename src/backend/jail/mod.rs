@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::rootfs::ids::{self, Claims};
 use super::rootfs::{
     Layer, Login, Network as JailNetwork, first_boot_files, is_store_rootfs, lower_dir, snapshots,
 };
@@ -239,6 +240,7 @@ impl Backend for JailBackend {
             supervisor::clean_up(cfg);
         }
         let dir = jail_dir(&super::machine_dir(state)?);
+        Claims::host().release(&dir);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", &dir)(e)),
             // What the jail's files named but envup did not make is told.
@@ -275,6 +277,7 @@ impl Backend for JailBackend {
         let running = live_supervisor(state).is_some();
         halt(state, true)?;
         snapshots::restore(&dir, name)?;
+        ids::layer_replaced(&dir)?;
         if running {
             launch(state)?;
         }
@@ -329,6 +332,8 @@ fn launch(state: &mut MachineState) -> Result<(), BackendError> {
         return Ok(());
     }
     let dir = jail_dir(&super::machine_dir(state)?);
+    let cfg = JailConfig::load(&dir)?;
+    Claims::host().settle(&dir, &cfg.upper, cfg.privileged)?;
     let log = dir.join("supervisor.log");
     let pidfile = dir.join("supervisor.pid");
     let _ = std::fs::remove_file(&pidfile);

@@ -12,6 +12,8 @@ pub struct CgroupLayout {
     pub v2: Option<String>,
     /// v1 controllers and where each is mounted.
     pub v1: Vec<(String, String)>,
+    /// Every v1 hierarchy's mount point, named ones (`name=systemd`) too.
+    pub v1_mounts: Vec<String>,
 }
 
 impl CgroupLayout {
@@ -19,6 +21,7 @@ impl CgroupLayout {
     pub fn from_mountinfo(text: &str) -> Self {
         let mut v2 = None;
         let mut v1 = Vec::new();
+        let mut v1_mounts = Vec::new();
         for line in text.lines() {
             let Some((left, right)) = line.split_once(" - ") else {
                 continue;
@@ -30,6 +33,7 @@ impl CgroupLayout {
             match fstype {
                 "cgroup2" => v2 = Some(mount_point.to_owned()),
                 "cgroup" => {
+                    v1_mounts.push(mount_point.to_owned());
                     for opt in options.split(',') {
                         if matches!(
                             opt,
@@ -42,7 +46,7 @@ impl CgroupLayout {
                 _ => {}
             }
         }
-        Self { v2, v1 }
+        Self { v2, v1, v1_mounts }
     }
 
     pub fn describe(&self) -> String {

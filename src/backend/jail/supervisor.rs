@@ -15,9 +15,15 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sig
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::cgroup::Cgroup;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+
+use super::cgroup::{Cgroup, Limits};
 use super::{HALT_DEADLINE, JailConfig};
 use crate::backend::rootfs::Network as JailNetwork;
+use crate::backend::rootfs::detached;
+use crate::backend::rootfs::ids::Claims;
 use crate::backend::rootfs::net::{self, forget_netns, name_netns};
 use crate::contained::{Root, fd_path};
 
@@ -47,6 +53,8 @@ enum SetupError {
     #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error(transparent)]
+    Mount(#[from] detached::MountError),
+    #[error(transparent)]
     Seccomp(#[from] crate::backend::rootfs::seccomp::SeccompError),
 }
 
@@ -69,14 +77,72 @@ pub fn clean_up(cfg: &JailConfig) {
     Cgroup::remove_dirs(&cfg.id);
 }
 
+/// The most shares a jail takes (they travel to it in one message).
+pub const MAX_SHARES: usize = 60;
+
+/// The detached mounts the supervisor hands the jail, in this order in
+/// one message: its root (the overlay), the host's /sys when the jail
+/// shares the host's network, its shares. The root is attached on the
+/// jail's working directory, which is the machine's `merged` directory
+/// (the supervisor's when it cloned the jail, seen in the jail's own mount
+/// namespace; the jail's root may not be able to reach it by path).
+struct Handed {
+    root: OwnedFd,
+    sys: Option<OwnedFd>,
+    shares: Vec<OwnedFd>,
+}
+
+/// Receive the jail's mounts; an empty message (or none: the supervisor
+/// died) means do not start.
+fn receive(sock: &OwnedFd, host_sys: bool) -> Option<Handed> {
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; MAX_SHARES + 3]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().ok()? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: SCM_RIGHTS installed these descriptors in this
+            // process for it alone; each is owned once.
+            fds.extend(
+                raw.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let mut fds = fds.into_iter();
+    Some(Handed {
+        root: fds.next()?,
+        sys: if host_sys { Some(fds.next()?) } else { None },
+        shares: fds.collect(),
+    })
+}
+
 /// Inside the new namespaces: the root filesystem, then init.
-fn enter(cfg: &JailConfig, ready: std::os::fd::OwnedFd, filter: &seccompiler::BpfProgram) -> isize {
+fn enter(cfg: &JailConfig, sock: OwnedFd, filter: &seccompiler::BpfProgram, userns: bool) -> isize {
     // If the supervisor dies, so does the jail: no orphaned jails.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    // Wait until the supervisor has put us in the cgroup and the network.
-    let mut b = [0u8; 1];
-    let _ = nix::unistd::read(&ready, &mut b);
-    let set_up = setup_root(cfg)
+    // Wait until the supervisor has mapped our ids and put us in the
+    // cgroup and the network, and has our mounts ready.
+    let Some(handed) = receive(&sock, cfg.network == JailNetwork::Host) else {
+        return 125;
+    };
+    drop(sock);
+    let set_up = become_root(userns)
+        .and_then(|()| {
+            // A cgroup namespace rooted at the jail's own cgroup.
+            nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|source| SetupError::Sys {
+                step: "making the cgroup namespace",
+                source,
+            })
+        })
+        .and_then(|()| setup_root(cfg, handed))
         .and_then(|()| drop_capabilities(cfg.network))
         .and_then(|()| {
             if cfg.privileged {
@@ -108,6 +174,22 @@ fn enter(cfg: &JailConfig, ready: std::os::fd::OwnedFd, filter: &seccompiler::Bp
             126
         }
     }
+}
+
+/// In a user namespace, take the namespace's uid and gid 0 (the host ids
+/// of the jail's root), with no supplementary groups.
+fn become_root(userns: bool) -> Result<(), SetupError> {
+    if !userns {
+        return Ok(());
+    }
+    let e = |step: &'static str| move |source: nix::Error| SetupError::Sys { step, source };
+    let (uid, gid) = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+    nix::unistd::setresgid(gid, gid, gid).map_err(e("taking gid 0"))?;
+    nix::unistd::setgroups(&[]).map_err(e("dropping groups"))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(e("taking uid 0"))?;
+    // A change of uid clears the parent-death signal.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(e("asking for SIGKILL"))?;
+    Ok(())
 }
 
 /// Capabilities taken from the jail's bounding set before init starts, so
@@ -152,20 +234,6 @@ fn drop_capabilities(network: JailNetwork) -> Result<(), SetupError> {
         }
     }
     Ok(())
-}
-
-/// A path as a value in overlayfs's mount options: a backslash escapes a
-/// comma (which would end the option) and a colon (which separates lower
-/// layers), as overlayfs reads them; byte for byte.
-fn overlay_path(p: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    for &b in p.as_os_str().as_encoded_bytes() {
-        if matches!(b, b'\\' | b',' | b':') {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
-    out
 }
 
 /// What runc hides from a container in the `/proc` and `/sys` it mounts
@@ -262,8 +330,7 @@ fn mask_kernel_paths(root: &Root) -> Result<(), SetupError> {
     Ok(())
 }
 
-fn setup_root(cfg: &JailConfig) -> Result<(), SetupError> {
-    let m = &cfg.merged;
+fn setup_root(cfg: &JailConfig, handed: Handed) -> Result<(), SetupError> {
     let e = |step: &'static str| move |source: nix::Error| SetupError::Sys { step, source };
     mount(
         None::<&str>,
@@ -273,55 +340,18 @@ fn setup_root(cfg: &JailConfig) -> Result<(), SetupError> {
         None::<&str>,
     )
     .map_err(e("making mounts private"))?;
-    let mut opts = b"lowerdir=".to_vec();
-    opts.extend(overlay_path(&cfg.lower));
-    opts.extend(b",upperdir=");
-    opts.extend(overlay_path(&cfg.upper));
-    opts.extend(b",workdir=");
-    opts.extend(overlay_path(&cfg.work));
-    mount(
-        Some("overlay"),
-        m,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(opts.as_slice()),
-    )
-    .map_err(e("mounting the overlay"))?;
+    detached::attach_here(&handed.root).map_err(io("cannot attach the jail's root"))?;
     // From here on every path in the jail's root is the machine's to
     // choose (the box's and its root user's symlinks): each mount target
     // is resolved inside the root and mounted through its descriptor.
-    let root = Root::open(m).map_err(io(format!("cannot open {}", m.display())))?;
+    let root = Root::from_fd(handed.root);
     let dir = |rel: &str| {
         root.mkdir_all(Path::new(rel), 0o755, Some((0, 0)))
             .map_err(io(format!("cannot make /{rel} in the jail")))
     };
-    for s in &cfg.shares {
-        let fd = dir(&s.guest)?;
-        let target = fd_path(&fd);
-        mount(
-            Some(&s.host),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(e("binding a share"))?;
-        if s.read_only {
-            // The descriptor is of the directory under the new mount;
-            // the remount needs the mount itself, found again by path
-            // (nothing runs in the jail yet to change it).
-            let mounted = root
-                .open_dir(Path::new(&s.guest))
-                .map_err(io(format!("cannot open share {}", s.guest)))?;
-            mount(
-                None::<&str>,
-                &fd_path(&mounted),
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None::<&str>,
-            )
-            .map_err(e("making a share read-only"))?;
-        }
+    for (s, tree) in cfg.shares.iter().zip(&handed.shares) {
+        detached::attach(tree, &dir(&s.guest)?)
+            .map_err(io(format!("cannot attach share {}", s.guest)))?;
     }
     for d in ["tmp", "run"] {
         let _ = dir(d);
@@ -335,14 +365,18 @@ fn setup_root(cfg: &JailConfig) -> Result<(), SetupError> {
         None::<&str>,
     )
     .map_err(e("mounting /proc"))?;
-    mount(
-        Some("sysfs"),
-        &fd_path(&dir("sys")?),
-        Some("sysfs"),
-        nosuid | MsFlags::MS_RDONLY,
-        None::<&str>,
-    )
-    .map_err(e("mounting /sys"))?;
+    match &handed.sys {
+        // The host's network's /sys: only the supervisor could mount it.
+        Some(sys) => detached::attach(sys, &dir("sys")?).map_err(io("cannot attach /sys"))?,
+        None => mount(
+            Some("sysfs"),
+            &fd_path(&dir("sys")?),
+            Some("sysfs"),
+            nosuid | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(e("mounting /sys"))?,
+    }
     if !cfg.privileged {
         mask_kernel_paths(&root)?;
     }
@@ -393,7 +427,7 @@ fn setup_root(cfg: &JailConfig) -> Result<(), SetupError> {
     )
     .map_err(e("mounting /dev/shm"))?;
     nix::unistd::sethostname(&cfg.hostname).map_err(e("setting the hostname"))?;
-    nix::unistd::chdir(m).map_err(e("entering the root"))?;
+    nix::unistd::fchdir(root.fd()).map_err(e("entering the root"))?;
     dir(".envup-oldroot")?;
     if !std::fs::symlink_metadata(".envup-oldroot").is_ok_and(|md| md.is_dir()) {
         return Err(SetupError::Io {
@@ -425,6 +459,59 @@ fn connect_network(
     )
 }
 
+/// The jail's root and shares as detached mounts, and the host's /sys when
+/// it shares the host's network. With a user namespace (`/proc/PID` of
+/// the jail's init), the box's rootfs and the shares are id-mapped into
+/// it: a file owned by host uid N is seen as the jail's uid N, and what the
+/// jail's root writes is owned by host root, as without the namespace.
+fn prepare_mounts(cfg: &JailConfig, userns_of: Option<&Path>) -> Result<Handed, SetupError> {
+    let userns = match userns_of {
+        Some(p) => Some(
+            nix::fcntl::open(
+                &p.join("ns/user"),
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|source| SetupError::Sys {
+                step: "opening the jail's user namespace",
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let lower = detached::tree(&cfg.lower, false, true, userns.as_ref())?;
+    let root = detached::overlay(&lower, &cfg.upper, &cfg.work)?;
+    let sys = if cfg.network == JailNetwork::Host {
+        Some(detached::tree(Path::new("/sys"), false, true, None)?)
+    } else {
+        None
+    };
+    let shares = cfg
+        .shares
+        .iter()
+        .map(|s| detached::tree(&s.host, true, s.read_only, userns.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Handed { root, sys, shares })
+}
+
+/// Send the jail its mounts, which also lets it start.
+fn hand_over(sock: &OwnedFd, h: &Handed) -> nix::Result<()> {
+    let fds: Vec<std::os::fd::RawFd> = std::iter::once(&h.root)
+        .chain(&h.sys)
+        .chain(&h.shares)
+        .map(AsRawFd::as_raw_fd)
+        .collect();
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    nix::sys::socket::sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[std::io::IoSlice::new(b"x")],
+        &cmsg,
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map(drop)
+}
+
 /// Run one jail until it ends. Returns the process exit code.
 pub fn supervise(dir: &Path) -> i32 {
     let cfg = match JailConfig::load(dir) {
@@ -449,20 +536,48 @@ pub fn supervise(dir: &Path) -> i32 {
         // signal runs nothing.
         let _ = unsafe { sigaction(signal, action) };
     }
+    let ids = if cfg.privileged {
+        None
+    } else {
+        // Checked against the host's claims: a damaged ids.json maps
+        // nothing that is not this jail's block.
+        match Claims::host().ids_of(dir) {
+            Ok(ids) if ids.shifted => Some(ids),
+            Ok(_) => {
+                eprintln!("the jail's layer is not yet owned by its ids; `envup up` shifts it");
+                return 1;
+            }
+            Err(e) => {
+                eprintln!("{}", crate::cli::error::chain(&e));
+                return 1;
+            }
+        }
+    };
     // Whatever an earlier supervisor of this jail left running goes first.
     Cgroup::kill_all(&cfg.id);
     clean_up(&cfg);
-    let cg = match Cgroup::create(&cfg.id, cfg.cpus, cfg.memory, cfg.pids) {
+    let limits = Limits {
+        cpus: cfg.cpus,
+        memory: cfg.memory,
+        pids: cfg.pids,
+    };
+    let cg = match Cgroup::create(&cfg.id, limits, ids.map(|i| (i.uid, i.gid))) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}", crate::cli::error::chain(&e));
+            clean_up(&cfg);
             return 1;
         }
     };
-    let (ready_r, ready_w) = match nix::unistd::pipe() {
+    let (sock, child_sock) = match socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    ) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("pipe: {e}");
+            eprintln!("socketpair: {e}");
             return 1;
         }
     };
@@ -473,6 +588,9 @@ pub fn supervise(dir: &Path) -> i32 {
     if cfg.network == JailNetwork::Private {
         flags |= CloneFlags::CLONE_NEWNET;
     }
+    if ids.is_some() {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
     let filter = match crate::backend::rootfs::seccomp::program() {
         Ok(f) => f,
         Err(e) => {
@@ -481,18 +599,32 @@ pub fn supervise(dir: &Path) -> i32 {
         }
     };
     let mut stack = vec![0u8; 1 << 20];
-    let mut ready_r = Some(ready_r);
+    let mut child_sock = Some(child_sock);
     let child_cfg = cfg.clone();
+    let userns = ids.is_some();
+    if let Err(e) = nix::unistd::chdir(&cfg.merged) {
+        eprintln!("cannot enter {}: {e}", cfg.merged.display());
+        return 1;
+    }
     // SAFETY: the supervisor has no other threads, and without CLONE_VM the
     // child gets its own copy of memory, as after fork.
     let child = unsafe {
         nix::sched::clone(
-            Box::new(move || enter(&child_cfg, ready_r.take().expect("entered once"), &filter)),
+            Box::new(move || {
+                enter(
+                    &child_cfg,
+                    child_sock.take().expect("entered once"),
+                    &filter,
+                    userns,
+                )
+            }),
             &mut stack,
             flags,
             Some(Signal::SIGCHLD as i32),
         )
     };
+    // (The parent's copy of the child's end went with the closure.)
+    let _ = nix::unistd::chdir("/");
     let child = match child {
         Ok(c) => c,
         Err(e) => {
@@ -508,6 +640,17 @@ pub fn supervise(dir: &Path) -> i32 {
         clean_up(&cfg);
         1
     };
+    let proc_dir = Path::new("/proc").join(child.as_raw().to_string());
+    if let Some(ids) = ids {
+        for (file, line) in [("uid_map", ids.uid_line()), ("gid_map", ids.gid_line())] {
+            if let Err(e) = crate::backend::rootfs::ids::write_map(&proc_dir.join(file), &line) {
+                return fail(SetupError::Io {
+                    what: format!("cannot write the jail's {file}"),
+                    source: e,
+                });
+            }
+        }
+    }
     if let Err(e) = cg.add(child.as_raw()) {
         return fail(e.into());
     }
@@ -518,10 +661,14 @@ pub fn supervise(dir: &Path) -> i32 {
             Err(e) => return fail(e.into()),
         }
     }
-    if let Err(e) = nix::unistd::write(&ready_w, b"x") {
+    let handed = match prepare_mounts(&cfg, ids.is_some().then_some(&proc_dir)) {
+        Ok(h) => h,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = hand_over(&sock, &handed) {
         return fail(SetupError::Release(e));
     }
-    drop(ready_w);
+    drop(handed);
     let me = std::process::id() as i32;
     let started = crate::backend::start_time(me).unwrap_or(0);
     let pidfile = dir.join("supervisor.pid");

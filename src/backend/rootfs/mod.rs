@@ -3,6 +3,8 @@
 //! machine's own layer; the files a machine finds on its first boot; the
 //! private network helper (`net`); snapshots of the machine's layer.
 
+pub mod detached;
+pub mod ids;
 pub mod net;
 pub mod seccomp;
 pub(crate) mod snapshots;

@@ -1,0 +1,431 @@
+//! The host ids a machine's user namespace maps to: a block of 65536 uids
+//! and gids per machine, so root in the machine is an unprivileged host
+//! uid and no two machines share ids.
+//!
+//! Blocks come from the range `/etc/subuid` and `/etc/subgid` give the user
+//! running envup, or else from the range systemd sets aside for container
+//! ids (524288–1879048191). A machine claims block N with a file
+//! `N` in a host-wide directory naming the machine's directory; a claim
+//! whose machine is gone (its directory no longer records that block) is
+//! taken again. The machine records its block in `ids.json` beside its
+//! layer, with whether its own layer's files are already shifted into it.
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Ids per machine: uid 0–65535 in the machine.
+pub const BLOCK: u32 = 65536;
+/// systemd's range for container ids, used without a subuid entry.
+const DEFAULT_POOL: Pool = Pool {
+    uid: 524_288,
+    gid: 524_288,
+    count: 1_879_048_192 - 524_288,
+};
+
+/// Where claims are kept when envup runs as root.
+pub const CLAIMS_DIR: &str = "/var/lib/envup/ids";
+
+/// What can go wrong with a machine's ids.
+#[derive(Debug, thiserror::Error)]
+pub enum IdError {
+    #[error("cannot {what} {}", .path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("every block of {BLOCK} ids in {0} is claimed by a machine")]
+    Exhausted(String),
+    #[error(
+        "{} names ids that are not this machine's block (uid {uid}, gid {gid}): \
+         it is damaged or was edited",
+        .path.display()
+    )]
+    NotOurs { path: PathBuf, uid: u32, gid: u32 },
+}
+
+impl crate::backend::OwnError for IdError {}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IdError {
+    let path = path.to_owned();
+    move |source| IdError::Io { what, path, source }
+}
+
+/// The ids a machine's root and users are on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    /// The host uid of the machine's uid 0.
+    pub uid: u32,
+    /// The host gid of the machine's gid 0.
+    pub gid: u32,
+    /// Whether the machine's own layer is owned by these ids yet.
+    #[serde(default)]
+    pub shifted: bool,
+}
+
+impl IdMap {
+    /// `uid_map` / `gid_map` lines for a user namespace.
+    pub fn uid_line(&self) -> String {
+        format!("0 {} {BLOCK}\n", self.uid)
+    }
+    pub fn gid_line(&self) -> String {
+        format!("0 {} {BLOCK}\n", self.gid)
+    }
+}
+
+/// The host's range of ids for machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    pub uid: u32,
+    pub gid: u32,
+    pub count: u32,
+}
+
+impl Pool {
+    /// The range for the user running envup: `/etc/subuid` and
+    /// `/etc/subgid` (their first entry for the user's name or uid), else
+    /// systemd's container range.
+    pub fn of_host() -> Pool {
+        let uid = nix::unistd::geteuid();
+        let name = nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_default();
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        match (
+            sub_range(&read("/etc/subuid"), &name, uid.as_raw()),
+            sub_range(&read("/etc/subgid"), &name, uid.as_raw()),
+        ) {
+            (Some((u, uc)), Some((g, gc))) if uc.min(gc) >= BLOCK => Pool {
+                uid: u,
+                gid: g,
+                count: uc.min(gc),
+            },
+            _ => DEFAULT_POOL,
+        }
+    }
+
+    fn blocks(&self) -> u32 {
+        self.count / BLOCK
+    }
+
+    fn block(&self, n: u32) -> IdMap {
+        IdMap {
+            uid: self.uid + n * BLOCK,
+            gid: self.gid + n * BLOCK,
+            shifted: false,
+        }
+    }
+
+    /// The block `ids` is, if it is one of this pool's.
+    fn index_of(&self, ids: &IdMap) -> Option<u32> {
+        let n = ids.uid.checked_sub(self.uid)? / BLOCK;
+        (n < self.blocks() && self.block(n).uid == ids.uid && self.block(n).gid == ids.gid)
+            .then_some(n)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "uids {}+{} and gids {}+{}",
+            self.uid, self.count, self.gid, self.count
+        )
+    }
+}
+
+/// The first `name:start:count` line of a subuid file for `name` or `uid`.
+fn sub_range(text: &str, name: &str, uid: u32) -> Option<(u32, u32)> {
+    text.lines().find_map(|line| {
+        let mut f = line.trim().split(':');
+        let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+        if who != name && who != uid.to_string() {
+            return None;
+        }
+        let (start, count): (u32, u32) = (start.parse().ok()?, count.parse().ok()?);
+        // A range that would reach the host's own ids or wrap is no range.
+        (start >= BLOCK && start.checked_add(count).is_some()).then_some((start, count))
+    })
+}
+
+/// A machine's id blocks, claimed in `claims` for the machine directory
+/// `dir`, which records its block in `dir/ids.json`.
+pub struct Claims {
+    dir: PathBuf,
+    pool: Pool,
+}
+
+impl Claims {
+    /// The host's claims directory (root's) and pool.
+    pub fn host() -> Claims {
+        Claims::new(Path::new(CLAIMS_DIR), Pool::of_host())
+    }
+
+    pub fn new(dir: &Path, pool: Pool) -> Claims {
+        Claims {
+            dir: dir.to_owned(),
+            pool,
+        }
+    }
+
+    /// The ids `machine` has, claiming a free block if it has none; `Ok`
+    /// only for a block of the pool that is claimed for `machine`.
+    pub fn ids_of(&self, machine: &Path) -> Result<IdMap, IdError> {
+        let file = machine.join("ids.json");
+        std::fs::create_dir_all(&self.dir).map_err(io("make", &self.dir))?;
+        let lock_path = self.dir.join(".lock");
+        let lock = std::fs::File::create(&lock_path).map_err(io("open", &lock_path))?;
+        lock.lock().map_err(io("lock", &lock_path))?;
+        if let Some(ids) = read_ids(&file) {
+            let n = self.pool.index_of(&ids).ok_or(IdError::NotOurs {
+                path: file.clone(),
+                uid: ids.uid,
+                gid: ids.gid,
+            })?;
+            match self.holder(n) {
+                Some(holder) if holder == machine => return Ok(ids),
+                // The claim was lost (the claims were wiped): take it again.
+                None => {
+                    self.claim(n, machine)?;
+                    return Ok(ids);
+                }
+                Some(_) => {
+                    return Err(IdError::NotOurs {
+                        path: file,
+                        uid: ids.uid,
+                        gid: ids.gid,
+                    });
+                }
+            }
+        }
+        for n in 0..self.pool.blocks() {
+            if self.holder(n).is_none() {
+                let ids = self.pool.block(n);
+                // The machine's record first: a claim never names a
+                // machine that does not know its block.
+                write_ids(&file, &ids)?;
+                self.claim(n, machine)?;
+                return Ok(ids);
+            }
+        }
+        Err(IdError::Exhausted(self.pool.describe()))
+    }
+
+    /// Give up `machine`'s block (at destroy, or when it becomes privileged).
+    pub fn release(&self, machine: &Path) {
+        let Some(ids) = read_ids(&machine.join("ids.json")) else {
+            return;
+        };
+        if let Some(n) = self.pool.index_of(&ids)
+            && self.holder(n).as_deref() == Some(machine)
+        {
+            let _ = std::fs::remove_file(self.dir.join(n.to_string()));
+        }
+    }
+
+    /// The machine holding block `n`, if its claim is live: its directory
+    /// still records that block.
+    fn holder(&self, n: u32) -> Option<PathBuf> {
+        let text = std::fs::read(self.dir.join(n.to_string())).ok()?;
+        let machine = PathBuf::from(std::ffi::OsStr::from_bytes(&text));
+        let ids = read_ids(&machine.join("ids.json"))?;
+        (self.pool.index_of(&ids) == Some(n)).then_some(machine)
+    }
+
+    fn claim(&self, n: u32, machine: &Path) -> Result<(), IdError> {
+        crate::state::write_atomic(
+            &self.dir.join(n.to_string()),
+            machine.as_os_str().as_bytes(),
+        )?;
+        Ok(())
+    }
+}
+
+impl Claims {
+    /// Before a start: the machine's own layer `upper` owned by its block
+    /// of ids (claimed if it has none), or, `privileged`, by the host's own
+    /// ids again (and the block given up). A shift cut short is finished
+    /// by the next call.
+    pub fn settle(
+        &self,
+        machine: &Path,
+        upper: &Path,
+        privileged: bool,
+    ) -> Result<Option<IdMap>, IdError> {
+        let file = machine.join("ids.json");
+        if privileged {
+            if read_ids(&file).is_some() {
+                let ids = self.ids_of(machine)?;
+                shift_tree(upper, (ids.uid, ids.gid), (0, 0))?;
+                self.release(machine);
+                std::fs::remove_file(&file).map_err(io("remove", &file))?;
+            }
+            return Ok(None);
+        }
+        let mut ids = self.ids_of(machine)?;
+        if !ids.shifted {
+            shift_tree(upper, (0, 0), (ids.uid, ids.gid))?;
+            ids.shifted = true;
+            write_ids(&file, &ids)?;
+        }
+        Ok(Some(ids))
+    }
+}
+
+/// After a machine's layer was replaced (a snapshot restored): shift it
+/// again at the next start (a shift of what is already shifted leaves it).
+pub fn layer_replaced(machine: &Path) -> Result<(), IdError> {
+    let file = machine.join("ids.json");
+    match read_ids(&file) {
+        Some(ids) if ids.shifted => write_ids(
+            &file,
+            &IdMap {
+                shifted: false,
+                ..ids
+            },
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The ids a machine directory records, if it records any readable ones.
+pub fn read_ids(file: &Path) -> Option<IdMap> {
+    serde_json::from_slice(&std::fs::read(file).ok()?).ok()
+}
+
+pub fn write_ids(file: &Path, ids: &IdMap) -> Result<(), IdError> {
+    let mut text = serde_json::to_vec(ids).expect("ids serialize");
+    text.push(b'\n');
+    crate::state::write_atomic(file, &text)?;
+    Ok(())
+}
+
+/// Move the owners of everything under `top` (not following symlinks)
+/// from block `from` to block `to` (0 is the host's own ids): an id inside
+/// `from`'s block is moved, any other is left, so running it again after
+/// an interruption finishes the job. Setuid and setgid bits, which a
+/// change of owner clears, are put back.
+pub fn shift_tree(top: &Path, from: (u32, u32), to: (u32, u32)) -> Result<(), IdError> {
+    let shift =
+        |id: u32, from: u32, to: u32| (id >= from && id - from < BLOCK).then(|| id - from + to);
+    // A file with several links is met more than once: the second time its
+    // owner is outside `from` and it is left.
+    let mut stack = vec![top.to_owned()];
+    while let Some(path) = stack.pop() {
+        let md = std::fs::symlink_metadata(&path).map_err(io("read", &path))?;
+        let (uid, gid) = (shift(md.uid(), from.0, to.0), shift(md.gid(), from.1, to.1));
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::lchown(&path, uid, gid).map_err(io("change the owner of", &path))?;
+            let special = md.mode() & 0o6000;
+            if special != 0 && md.is_file() {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(
+                    &path,
+                    std::fs::Permissions::from_mode(md.mode() & 0o7777),
+                )
+                .map_err(io("restore the mode of", &path))?;
+            }
+        }
+        if md.is_dir() {
+            for entry in std::fs::read_dir(&path).map_err(io("read", &path))? {
+                stack.push(entry.map_err(io("read", &path))?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Write a whole `uid_map` or `gid_map`.
+pub fn write_map(path: &Path, line: &str) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .write_all(line.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subuid_lines() {
+        let text = "alice:100000:65536\nroot:1000000:1000000000\n";
+        assert_eq!(sub_range(text, "root", 0), Some((1_000_000, 1_000_000_000)));
+        assert_eq!(sub_range(text, "bob", 1001), None);
+        assert_eq!(
+            sub_range("1001:200000:65536\n", "bob", 1001),
+            Some((200_000, 65536))
+        );
+        // A range over the host's own ids, or past the end, is refused.
+        assert_eq!(sub_range("root:0:65536\n", "root", 0), None);
+        assert_eq!(sub_range("root:4294901760:65537\n", "root", 0), None);
+    }
+
+    #[test]
+    fn claims_give_distinct_blocks_and_refuse_edits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let claims = Claims::new(&tmp.path().join("ids"), DEFAULT_POOL);
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let ia = claims.ids_of(&a).unwrap();
+        let ib = claims.ids_of(&b).unwrap();
+        assert_ne!(ia.uid, ib.uid);
+        assert_eq!(claims.ids_of(&a).unwrap(), ia);
+        // b edited to a's block: refused by name.
+        write_ids(&b.join("ids.json"), &ia).unwrap();
+        let e = claims.ids_of(&b).unwrap_err().to_string();
+        assert!(
+            e.contains("b/ids.json") && e.contains("not this machine's"),
+            "{e}"
+        );
+        // An id outside the pool (host root) is refused too.
+        write_ids(
+            &b.join("ids.json"),
+            &IdMap {
+                uid: 0,
+                gid: 0,
+                shifted: true,
+            },
+        )
+        .unwrap();
+        assert!(matches!(claims.ids_of(&b), Err(IdError::NotOurs { .. })));
+        // A released block is free again; a machine gone frees its block.
+        claims.release(&a);
+        std::fs::remove_dir_all(&b).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let c = tmp.path().join("c");
+        std::fs::create_dir_all(&c).unwrap();
+        assert_eq!(claims.ids_of(&c).unwrap().uid, ia.uid);
+        assert_eq!(claims.ids_of(&b).unwrap().uid, ib.uid);
+    }
+
+    #[test]
+    fn shifting_twice_is_shifting_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = tmp.path().join("upper");
+        std::fs::create_dir_all(top.join("etc")).unwrap();
+        std::fs::write(top.join("etc/f"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", top.join("link")).unwrap();
+        std::os::unix::fs::lchown(top.join("etc/f"), Some(1000), Some(1000)).unwrap();
+        let base = (DEFAULT_POOL.uid, DEFAULT_POOL.gid);
+        shift_tree(&top, (0, 0), base).unwrap();
+        shift_tree(&top, (0, 0), base).unwrap();
+        let owner = |p: &str| {
+            let md = std::fs::symlink_metadata(top.join(p)).unwrap();
+            (md.uid(), md.gid())
+        };
+        assert_eq!(owner("etc/f"), (base.0 + 1000, base.1 + 1000));
+        assert_eq!(owner("link"), base);
+        assert_eq!(std::fs::metadata("/etc/passwd").unwrap().uid(), 0);
+        shift_tree(&top, base, (0, 0)).unwrap();
+        assert_eq!(owner("etc/f"), (1000, 1000));
+        assert_eq!(owner(""), (0, 0));
+    }
+}
