@@ -2,7 +2,8 @@
 # One jail from `envup up` to provisioned, against the raw baseline measured
 # in the same run: unshare + chroot of the same rootfs + its SSH server,
 # until the first SSH command returns. Also four jails with --jobs 4, and
-# the supervisor's resident memory. Prints figures; needs root.
+# fifty jails, and the supervisor's resident memory. Prints figures; needs
+# root.
 # Targets: one jail <= 1.5x the baseline; four <= 2x one; supervisor <= 5 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,7 +64,11 @@ for r in $(seq 1 "$ROUNDS"); do
   fours+=("$(one 4 4)")
   [ "$r" = "$ROUNDS" ] || down 4
 done
-echo "runs (s): raw ${raws[*]}; one ${ones[*]}; four ${fours[*]}" >&2
+# Fifty jails at once (three runs): how start-up scales with many machines.
+fifties=()
+for r in 1 2 3; do fifties+=("$(one 50 50)"); down 50; done
+echo "runs (s): raw ${raws[*]}; one ${ones[*]}; four ${fours[*]}; fifty ${fifties[*]}" >&2
+t_fifty=$(median "${fifties[@]}")
 raw=$(median "${raws[@]}"); t_one=$(median "${ones[@]}"); t_four=$(median "${fours[@]}")
 sup=$(cut -d' ' -f1 "$work/p4/.envup/machines/m1/jail/supervisor.pid")
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$sup/status")
@@ -72,4 +77,5 @@ echo "one jail, up to provisioned (tiny), median of $ROUNDS:"
 echo "  raw: unshare + chroot + dropbear, first SSH command $(ms "$raw")"
 echo "  envup up                                           $(ms "$t_one")   ratio $(python3 -c "print(f'{$t_one/$raw:.2f}x')")   target <= 1.5x"
 echo "  envup up, four jails, --jobs 4                     $(ms "$t_four")   $(python3 -c "print(f'{$t_four/$t_one:.2f}x')") one   target <= 2x"
+echo "  envup up, fifty jails, --jobs 4                    $(ms "$t_fifty")   $(python3 -c "print(f'{$t_fifty/$t_one:.1f}x')") one"
 echo "  supervisor resident memory                         $((rss / 1024)) MB ($rss kB)   target <= 5 MB"

@@ -708,6 +708,52 @@ fn locked_recipe_box() -> Result<(), Failed> {
 
 type TestFn = fn() -> Result<(), Failed>;
 
+/// Run as a user that is not root, a jail is refused at once, saying that
+/// rootless jails are not built (before any box is fetched or built).
+fn rootless_says_not_yet() -> Result<(), Failed> {
+    let user = "envup-rootless-test";
+    let made = std::process::Command::new("useradd")
+        .args(["-M", "-s", "/bin/sh", user])
+        .output()
+        .unwrap();
+    let exists = std::process::Command::new("id").arg(user).output().unwrap();
+    check(
+        exists.status.success(),
+        format!(
+            "cannot make user {user}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        ),
+    )?;
+    let p = project(TINY);
+    let home = p.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let chown = std::process::Command::new("chown")
+        .args(["-R", user])
+        .arg(p.path())
+        .status()
+        .unwrap();
+    check(chown.success(), "chown failed")?;
+    let script = format!(
+        "cd '{}' && ENVUP_HOME='{}' '{}' up",
+        p.path().display(),
+        home.display(),
+        env!("CARGO_BIN_EXE_envup")
+    );
+    let out = std::process::Command::new("su")
+        .args([user, "-s", "/bin/sh", "-c", &script])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    check(
+        !out.status.success() && err.contains("rootless jails are not built yet"),
+        format!("as {user}: {err}"),
+    )?;
+    check(
+        !err.contains("getting the box") && !home.join("boxes-v1").exists(),
+        format!("a box was fetched first: {err}"),
+    )
+}
+
 fn main() {
     let args = Arguments::from_args();
     let skip = common::jails_unavailable();
@@ -725,6 +771,7 @@ fn main() {
         ("non_root_login", non_root_login),
         ("quickstart", quickstart),
         ("locked_recipe_box", locked_recipe_box),
+        ("rootless_says_not_yet", rootless_says_not_yet),
     ];
     let trials = tests
         .into_iter()

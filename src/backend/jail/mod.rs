@@ -74,6 +74,11 @@ pub struct JailBackend;
 pub enum JailError {
     #[error("{} is missing: it is installed beside envup (cargo install installs both)", .0.display())]
     NoSupervisor(PathBuf),
+    #[error(
+        "a jail needs root (its namespaces, mounts and cgroups); rootless jails are not built yet: \
+         run envup as root, or use the container backend with rootless Podman"
+    )]
+    NeedsRoot,
     #[error("cannot start the jail supervisor")]
     Spawn(#[source] std::io::Error),
     #[error("the jail supervisor stopped ({status}): {last}")]
@@ -166,6 +171,14 @@ impl Backend for JailBackend {
 
     /// Root reaches a private jail's SSH server from inside its network
     /// namespace, skipping slirp4netns's port forward.
+    /// Jails need root: rootless jails are not built.
+    fn check(&self, _m: &Machine) -> Result<(), BackendError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(JailError::NeedsRoot.into());
+        }
+        Ok(())
+    }
+
     fn dial(&self, state: &MachineState) -> Option<super::Dial> {
         let cfg = read_config(state).ok()?;
         (cfg.network == JailNetwork::Private)

@@ -138,9 +138,80 @@ pub fn probe() -> (bool, Vec<Check>) {
         )
     });
 
+    if root {
+        checks.push(idmap_check());
+    }
+    checks.push(rootless_check());
     checks.push(crate::backend::rootfs::net::check());
     let ready = checks.iter().all(|c| c.ok);
     (ready, checks)
+}
+
+/// Try what every jail's start does: a user namespace with a block of ids,
+/// and an id-mapped copy of a mount into it.
+fn idmap_check() -> Check {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("5");
+    // SAFETY: unshare is a plain system call, safe between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(std::io::Error::from)
+        });
+    }
+    let fix = "use a kernel with user namespaces and id-mapped mounts (5.19 or later), or `privileged = true`";
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Check::missing("user namespaces", format!("cannot make one: {e}"), fix),
+    };
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", child.id()));
+    let tried = (|| -> Result<(), String> {
+        // The child may not have unshared yet: wait until its namespace differs.
+        let own = std::fs::read_link("/proc/self/ns/user").map_err(|e| e.to_string())?;
+        for _ in 0..500 {
+            if std::fs::read_link(proc_dir.join("ns/user")).is_ok_and(|ns| ns != own) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for map in ["uid_map", "gid_map"] {
+            crate::backend::rootfs::ids::write_map(&proc_dir.join(map), "0 524288 65536\n")
+                .map_err(|e| format!("cannot write {map}: {e}"))?;
+        }
+        let ns = nix::fcntl::open(
+            &proc_dir.join("ns/user"),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| e.to_string())?;
+        crate::backend::rootfs::detached::tree(std::path::Path::new("/"), false, true, Some(&ns))
+            .map(drop)
+            .map_err(|e| crate::cli::error::chain(&e))
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    match tried {
+        Ok(()) => Check::ok(
+            "user namespaces",
+            "a jail's user namespace and id-mapped mounts work",
+        ),
+        Err(e) => Check::missing("user namespaces", e, fix),
+    }
+}
+
+/// Rootless jails are not built; say so, and whether this host would
+/// allow the unprivileged user namespaces they need.
+fn rootless_check() -> Check {
+    let read = |p: &str| std::fs::read_to_string(p).ok().map(|t| t.trim().to_owned());
+    let allowed = read("/proc/sys/kernel/unprivileged_userns_clone").is_none_or(|v| v == "1")
+        && read("/proc/sys/user/max_user_namespaces").is_none_or(|v| v != "0");
+    Check::ok(
+        "rootless",
+        format!(
+            "not built yet: jails need root; this host {} unprivileged user namespaces",
+            if allowed { "allows" } else { "forbids" }
+        ),
+    )
 }
 
 #[cfg(test)]
