@@ -105,6 +105,12 @@ fn lifecycle(engine: &'static str, boxname: &'static str) -> Result<(), Failed> 
     check(exec(&p, "web", "hostname") == "web\n", "hostname")?;
     if engine == "lxc" {
         common::kernel_paths_guarded(&|script| exec(&p, "web", script))?;
+        // The host's processes (this test's) are out of reach.
+        common::root_is_confined(
+            &|script| exec(&p, "web", script),
+            "envup",
+            std::process::id(),
+        )?;
         if boxname != "tiny" {
             common::keyctl_refused(&|script| exec(&p, "web", script))?;
         }

@@ -59,6 +59,19 @@ fn jail_id(p: &Project, machine: &str) -> String {
     cfg["id"].as_str().unwrap().to_owned()
 }
 
+/// The host pid of a jail's init (the first process in its pids cgroup).
+fn jail_init(p: &Project, machine: &str) -> u32 {
+    let id = jail_id(p, machine);
+    let procs = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/envup/{id}/cgroup.procs"))
+        .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/envup/{id}/cgroup.procs")))
+        .unwrap_or_default();
+    procs
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Destroy the project's machines, then check nothing of them is left.
 fn destroy_and_check(p: &Project) -> Result<(), Failed> {
     let ids = common::jail_ids(p);
@@ -204,7 +217,11 @@ fn debian_lifecycle() -> Result<(), Failed> {
     )?;
     common::kernel_paths_guarded(&|script| exec(&p, "web", script))?;
     common::keyctl_refused(&|script| exec(&p, "web", script))?;
-    common::root_is_confined(&|script| exec(&p, "web", script), &jail_id(&p, "other"))?;
+    common::root_is_confined(
+        &|script| exec(&p, "web", script),
+        &jail_id(&p, "other"),
+        jail_init(&p, "other"),
+    )?;
     systemd_stays_inside(&p)?;
     exec(&p, "web", "echo kept > /root/data");
     let t = std::time::Instant::now();
@@ -330,7 +347,11 @@ fn privileged_jail() -> Result<(), Failed> {
     let firmware = exec(&p, "web", "ls -A /sys/firmware | wc -l");
     let seccomp = exec(&p, "web", "grep '^Seccomp:' /proc/self/status");
     // Root in it is the host's root: the checks of an unprivileged jail fail.
-    let confined = common::root_is_confined(&|script| exec(&p, "web", script), &jail_id(&p, "web"));
+    let confined = common::root_is_confined(
+        &|script| exec(&p, "web", script),
+        &jail_id(&p, "web"),
+        std::process::id(),
+    );
     check(confined.is_err(), "a privileged jail passed as confined")?;
     // Made unprivileged, the same machine keeps its files and their owners
     // as it sees them; on the host its layer is owned by its block of ids.
@@ -423,7 +444,11 @@ fn jail_cannot_see_or_exceed() -> Result<(), Failed> {
         "mknod of a block device worked",
     )?;
     common::kernel_paths_guarded(&|script| exec(&p, "web", script))?;
-    common::root_is_confined(&|script| exec(&p, "web", script), &jail_id(&p, "many"))?;
+    common::root_is_confined(
+        &|script| exec(&p, "web", script),
+        &jail_id(&p, "many"),
+        jail_init(&p, "many"),
+    )?;
     // The jail sees its own cgroup as the top (a cgroup namespace).
     let own = exec(&p, "web", "cat /proc/self/cgroup");
     check(

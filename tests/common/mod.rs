@@ -199,14 +199,18 @@ pub fn jails_unavailable() -> Option<String> {
 /// The LXC container of a machine's directory: its own directory under
 /// `lxc/`, the one with a config.
 pub fn lxc_names(machine: &Path) -> Vec<String> {
-    std::fs::read_dir(machine.join("lxc"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().join("config").is_file())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    if !machine.join("lxc").is_dir() {
+        return Vec::new();
+    }
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(machine.join("state.json")).unwrap_or_default())
+            .unwrap_or_default();
+    state["id"]
+        .as_str()
+        .and_then(|id| id.strip_prefix("lxc:"))
+        .map(str::to_owned)
+        .into_iter()
+        .collect()
 }
 
 /// The host names (cgroup, netns) of the project's jails and LXC
@@ -337,6 +341,10 @@ pub fn nothing_left(p: &Project, ids: &[String]) -> Result<(), libtest_mimic::Fa
             std::fs::symlink_metadata(Path::new("/run/envup/lxc").join(id)).is_err(),
             format!("LXC's link /run/envup/lxc/{id} left"),
         )?;
+        check(
+            std::fs::symlink_metadata(Path::new("/run/envup-lxc").join(id)).is_err(),
+            format!("LXC's directory /run/envup-lxc/{id} left"),
+        )?;
         // The network helper names the namespace, not the project.
         let helpers = std::process::Command::new("pgrep")
             .args(["-af", id])
@@ -376,12 +384,14 @@ pub fn nothing_left(p: &Project, ids: &[String]) -> Result<(), libtest_mimic::Fa
     Ok(())
 }
 
-/// From inside machine `a` as root, with `other` a machine of another
-/// cgroup up beside it (its host cgroup id): what a user namespace, a
-/// cgroup namespace and the filters keep root in `a` from.
+/// From inside a machine as root: what a user namespace, a cgroup
+/// namespace and the filters keep it from. `other` names another machine's
+/// cgroup (it must not show), `other_pid` is a host process outside the
+/// machine (another machine's init): signalling it must fail.
 pub fn root_is_confined(
     exec: &dyn Fn(&str) -> String,
     other: &str,
+    other_pid: u32,
 ) -> Result<(), libtest_mimic::Failed> {
     // Root in the machine is an unprivileged host uid.
     let map = exec("cat /proc/self/uid_map");
@@ -397,7 +407,7 @@ pub fn root_is_confined(
     let host_env = std::fs::read("/proc/1/environ").unwrap_or_default();
     let seen = exec("cat /proc/1/environ 2>/dev/null | tr '\\0' '\\n'");
     check(
-        seen.contains("container=envup") && (host_env.is_empty() || seen.as_bytes() != host_env),
+        seen.contains("container=") && (host_env.is_empty() || seen.as_bytes() != host_env),
         format!("/proc/1/environ in the machine: {seen:?}"),
     )?;
     check(
@@ -429,25 +439,17 @@ pub fn root_is_confined(
             && !said.contains("changed"),
         format!("a cgroup file system inside shows or allows: {said}"),
     )?;
-    // Another machine's processes are not there to signal (by the host
-    // pid of its init).
-    let other_pid =
-        std::fs::read_to_string(format!("/sys/fs/cgroup/pids/envup/{other}/cgroup.procs"))
-            .or_else(|_| {
-                std::fs::read_to_string(format!("/sys/fs/cgroup/envup/{other}/cgroup.procs"))
-            })
-            .unwrap_or_default();
-    let other_pid = other_pid.lines().next().unwrap_or("").trim().to_owned();
+    // Processes outside are not there to signal (by their host pid).
     check(
-        !other_pid.is_empty(),
-        format!("no process in cgroup {other}"),
+        other_pid > 1,
+        format!("no host process to try: pid {other_pid}"),
     )?;
     let said = exec(&format!(
         "kill -STOP {other_pid} 2>/dev/null && echo sent || echo refused"
     ));
     check(
         said == "refused\n",
-        format!("SIGSTOP to the other machine's init: {said}"),
+        format!("SIGSTOP to host pid {other_pid}: {said}"),
     )?;
     Ok(())
 }

@@ -150,52 +150,24 @@ pub fn probe() -> (bool, Vec<Check>) {
 /// Try what every jail's start does: a user namespace with a block of ids,
 /// and an id-mapped copy of a mount into it.
 fn idmap_check() -> Check {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new("sleep");
-    cmd.arg("5");
-    // SAFETY: unshare is a plain system call, safe between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(std::io::Error::from)
-        });
-    }
-    let fix = "use a kernel with user namespaces and id-mapped mounts (5.19 or later), or `privileged = true`";
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return Check::missing("user namespaces", format!("cannot make one: {e}"), fix),
+    let ids = crate::backend::rootfs::ids::IdMap {
+        uid: 1_073_741_824,
+        gid: 1_073_741_824,
+        shifted: false,
     };
-    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", child.id()));
-    let tried = (|| -> Result<(), String> {
-        // The child may not have unshared yet: wait until its namespace differs.
-        let own = std::fs::read_link("/proc/self/ns/user").map_err(|e| e.to_string())?;
-        for _ in 0..500 {
-            if std::fs::read_link(proc_dir.join("ns/user")).is_ok_and(|ns| ns != own) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        for map in ["uid_map", "gid_map"] {
-            crate::backend::rootfs::ids::write_map(&proc_dir.join(map), "0 524288 65536\n")
-                .map_err(|e| format!("cannot write {map}: {e}"))?;
-        }
-        let ns = nix::fcntl::open(
-            &proc_dir.join("ns/user"),
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(|e| e.to_string())?;
+    let tried = crate::backend::rootfs::detached::userns_with(&ids).and_then(|ns| {
         crate::backend::rootfs::detached::tree(std::path::Path::new("/"), false, true, Some(&ns))
-            .map(drop)
-            .map_err(|e| crate::cli::error::chain(&e))
-    })();
-    let _ = child.kill();
-    let _ = child.wait();
+    });
     match tried {
-        Ok(()) => Check::ok(
+        Ok(_) => Check::ok(
             "user namespaces",
             "a jail's user namespace and id-mapped mounts work",
         ),
-        Err(e) => Check::missing("user namespaces", e, fix),
+        Err(e) => Check::missing(
+            "user namespaces",
+            crate::cli::error::chain(&e),
+            "use a kernel with user namespaces and id-mapped mounts (5.19 or later), or `privileged = true`",
+        ),
     }
 }
 

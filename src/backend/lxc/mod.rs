@@ -12,13 +12,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use std::os::unix::fs::PermissionsExt;
+
+use crate::backend::rootfs::detached;
+use crate::backend::rootfs::ids::{self, BLOCK, Claims, IdMap};
 use crate::backend::rootfs::net::{self, forget_netns, name_netns};
 use crate::backend::rootfs::{
     Layer, Login, Network, first_boot_files, is_store_rootfs, lower_dir, snapshots,
 };
 use crate::backend::{Backend, BackendError, Check, Dial, OwnError, io_err, run_tool};
 use crate::boxes::StoredBox;
+use crate::contained::Root;
 use crate::envfile::Machine;
+use crate::envfile::config::Share;
 use crate::ssh::MachineKeys;
 use crate::state::machine::SshEndpoint;
 use crate::state::{MachineState, Status};
@@ -35,6 +41,13 @@ pub struct LxcBackend;
 pub enum LxcError {
     #[error("lxc is not installed (apt-get install lxc)")]
     NotInstalled,
+    #[error(
+        "an unprivileged LXC container needs ids reserved for root in /etc/subuid and /etc/subgid \
+         (LXC maps them with newuidmap): `usermod --add-subuids 1073741824-1879048191 \
+         --add-subgids 1073741824-1879048191 root` (scripts/install-deps does), \
+         or `privileged = true` in [machines.NAME.lxc]"
+    )]
+    IdsNotReserved,
     #[error("the container stopped at once; see {}", .0.display())]
     StoppedAtOnce(PathBuf),
     #[error("the machine's state records no SSH port")]
@@ -58,50 +71,40 @@ fn lxc_dir(state: &MachineState) -> Result<PathBuf, BackendError> {
     Ok(crate::backend::machine_dir(state)?.join("lxc"))
 }
 
-/// Where the links that give LXC plain paths live.
-const LINKS: &str = "/run/envup/lxc";
+/// Where LXC's own files for each container live.
+const RUNTIME: &str = "/run/envup-lxc";
+/// Where an earlier envup linked each container's directory.
+const OLD_LINKS: &str = "/run/envup/lxc";
 
-/// The container's directory as the lxc tools and its config name it: a
-/// link `/run/envup/lxc/NAME` to [`lxc_dir`]. LXC splits its overlay spec
-/// at colons and builds mount options joined by commas without escaping,
-/// so a project directory (or `ENVUP_HOME`) whose path holds a colon, a
-/// comma or bytes that are not UTF-8 could not be named there; this path
-/// holds none. The link is made (again) before every use, and removed by
-/// `destroy`.
-fn lxc_path(state: &MachineState, name: &str) -> Result<PathBuf, BackendError> {
-    let link = Path::new(LINKS).join(name);
-    if linked(state, name)? {
-        return Ok(link);
-    }
-    let real = lxc_dir(state)?;
-    crate::state::ensure_private_dir(Path::new(LINKS)).map_err(io_err("make", LINKS))?;
-    match std::fs::remove_file(&link) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io_err("replace", link)(e));
+/// The container's directory as the lxc tools see it (`-P`):
+/// `/run/envup-lxc/NAME`, envup's own, holding only what LXC keeps for the
+/// container: `NAME/config` and the seccomp profile (written from the
+/// Envfile at every start), LXC's log and runtime files, and `rootfs`,
+/// where the container's root is mounted while it starts. The machine's own
+/// files stay in [`lxc_dir`]. LXC splits and joins paths at colons and
+/// commas without escaping, and this path holds none; and the root of an
+/// unprivileged container must be able to pass through it (LXC checks),
+/// so it and its parent are mode 0711: passable, not listable. Made before
+/// every use, removed by `destroy`.
+fn lxc_path(name: &str) -> Result<PathBuf, BackendError> {
+    let dir = Path::new(RUNTIME).join(name);
+    for d in [Path::new(RUNTIME), &dir, &dir.join(name)] {
+        match std::fs::create_dir(d) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(io_err("make", d)(e));
+            }
+            _ => {}
         }
-        _ => {}
-    }
-    std::os::unix::fs::symlink(&real, &link).map_err(io_err("make the link", &link))?;
-    Ok(link)
-}
-
-/// Whether the container's link is there and names its directory.
-fn linked(state: &MachineState, name: &str) -> Result<bool, BackendError> {
-    Ok(std::fs::read_link(Path::new(LINKS).join(name)).ok() == Some(lxc_dir(state)?))
-}
-
-/// A path as a field of an fstab line (`lxc.mount.entry`): whitespace and
-/// backslashes as octal escapes, which LXC's getmntent decodes.
-fn fstab_field(path: &Path) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut out = Vec::new();
-    for &b in path.as_os_str().as_bytes() {
-        match b {
-            b' ' | b'\t' | b'\n' | b'\\' => out.extend(format!("\\{b:03o}").bytes()),
-            _ => out.push(b),
+        if !std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()) {
+            return Err(BackendError::NotOurs(format!(
+                "{} is not a directory",
+                d.display()
+            )));
         }
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))
+            .map_err(io_err("set the mode of", d))?;
     }
-    out
+    Ok(dir)
 }
 
 fn lxc(tool: &str, dir: &Path, name: &str, args: &[&str]) -> Result<String, BackendError> {
@@ -116,7 +119,7 @@ fn lxc(tool: &str, dir: &Path, name: &str, args: &[&str]) -> Result<String, Back
 }
 
 /// The container's config file, for the container whose directory LXC
-/// sees as `dir` (plain: see [`lxc_path`]). Bytes: a share's path need
+/// sees as `dir` ([`lxc_path`]). Bytes: a share's path need
 /// not be UTF-8.
 /// The lxc backend's table, `[machines.NAME.lxc]`.
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
@@ -128,14 +131,18 @@ pub struct Options {
     pub privileged: bool,
 }
 
-pub fn config(m: &Machine, name: &str, dir: &Path, cgroup_v1: bool, privileged: bool) -> Vec<u8> {
+pub fn config(
+    m: &Machine,
+    name: &str,
+    dir: &Path,
+    cgroup_v1: bool,
+    ids: Option<&IdMap>,
+) -> Vec<u8> {
+    let privileged = ids.is_none();
     let mut c = vec![
         format!("lxc.uts.name = {}", m.hostname),
-        format!(
-            "lxc.rootfs.path = overlay:{}:{}",
-            dir.join("lower").display(),
-            dir.join("upper").display()
-        ),
+        // The root envup mounted for this start (see `mount_root`).
+        format!("lxc.rootfs.path = dir:{}", dir.join(ROOTFS).display()),
         "lxc.init.cmd = /sbin/init".into(),
         // An empty network namespace: slirp4netns connects it once it starts.
         "lxc.net.0.type = empty".into(),
@@ -149,6 +156,10 @@ pub fn config(m: &Machine, name: &str, dir: &Path, cgroup_v1: bool, privileged: 
         "lxc.cap.drop = sys_module sys_rawio sys_time mac_admin mac_override".into(),
         format!("# envup machine {} ({name})", m.name),
     ];
+    if let Some(ids) = ids {
+        c.push(format!("lxc.idmap = u 0 {} {BLOCK}", ids.uid));
+        c.push(format!("lxc.idmap = g 0 {} {BLOCK}", ids.gid));
+    }
     if !privileged {
         c.push(format!(
             "lxc.seccomp.profile = {}",
@@ -171,34 +182,121 @@ pub fn config(m: &Machine, name: &str, dir: &Path, cgroup_v1: bool, privileged: 
         c.push(format!("lxc.cgroup2.pids.max = {PIDS_MAX}"));
         c.push(format!("lxc.cgroup2.cpu.max = {quota} 100000"));
     }
-    let mut out = (c.join("\n") + "\n").into_bytes();
-    for s in &m.shares {
-        let ro = if s.read_only { ",ro" } else { "" };
-        out.extend(b"lxc.mount.entry = ");
-        out.extend(fstab_field(&s.host));
-        out.push(b' ');
-        out.extend(fstab_field(Path::new(s.guest.trim_start_matches('/'))));
-        out.extend(format!(" none bind,create=dir{ro} 0 0\n").bytes());
-    }
-    out
+    (c.join("\n") + "\n").into_bytes()
 }
 
 /// Write the container's config and the seccomp profile it names.
+/// With the container's own layer owned by its block of ids (or by the
+/// host's, privileged), and what its next boot mounts recorded.
 fn write_config(m: &Machine, state: &MachineState, name: &str) -> Result<(), BackendError> {
-    let own = lxc_dir(state)?.join(name);
+    let real = lxc_dir(state)?;
+    let own = lxc_path(name)?.join(name);
     crate::state::write_atomic(
         &own.join(SECCOMP),
         crate::backend::rootfs::seccomp::lxc_profile().as_bytes(),
     )?;
     let opts: Options = crate::backend::options(m, "lxc")?;
+    let ids = Claims::host().settle(&real, &real.join("upper"), opts.privileged)?;
     let text = config(
         m,
         name,
-        &lxc_path(state, name)?,
+        &lxc_path(name)?,
         crate::host::cgroup_v1(),
-        opts.privileged,
+        ids.as_ref(),
     );
+    crate::state::write_json(
+        &real.join(ROOT_PLAN),
+        &RootPlan {
+            privileged: opts.privileged,
+            shares: m.shares.clone(),
+        },
+    )?;
     Ok(crate::state::write_atomic(&own.join("config"), &text)?)
+}
+
+/// What the container's root is made of at its next boot: written from the
+/// Envfile by every start (a snapshot's restore boots with the last).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RootPlan {
+    privileged: bool,
+    shares: Vec<Share>,
+}
+const ROOT_PLAN: &str = "root.json";
+
+/// Where a container's root is mounted (in [`lxc_path`]) while
+/// `lxc-start` takes it.
+const ROOTFS: &str = "rootfs";
+
+/// The box rootfs the container's `lower` link names, if it names one in
+/// a store.
+fn checked_lower(dir: &Path) -> Result<PathBuf, BackendError> {
+    let link = dir.join("lower");
+    std::fs::read_link(&link)
+        .ok()
+        .filter(|l| is_store_rootfs(l))
+        .ok_or_else(|| {
+            BackendError::NotOurs(format!(
+                "{} does not name a box rootfs in a store: it is damaged or was edited",
+                link.display()
+            ))
+        })
+}
+
+/// Mount the container's root at `rootfs` in [`lxc_path`] for `lxc-start` to take (it
+/// binds it, with the mounts below it, into the container): the overlay of
+/// the box's rootfs, id-mapped into the container's ids, and the machine's
+/// layer, with the shares attached at their targets (resolved inside the
+/// root, id-mapped too). Made by root on the host, so the container's root
+/// needs no access to the paths they come from; taken away again as soon
+/// as the container runs (see `unmount_root`).
+fn mount_root(
+    dir: &Path,
+    name: &str,
+    plan: &RootPlan,
+    ids: Option<&IdMap>,
+) -> Result<(), BackendError> {
+    let lower = checked_lower(dir)?;
+    let userns = ids.map(detached::userns_with).transpose()?;
+    let tree = detached::tree(&lower, false, true, userns.as_ref())?;
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).map_err(io_err("make", &work))?;
+    let root = detached::overlay(&tree, &dir.join("upper"), &work)?;
+    unmount_root(name);
+    let at = lxc_path(name)?.join(ROOTFS);
+    std::fs::create_dir_all(&at).map_err(io_err("make", &at))?;
+    let attached = (|| {
+        let onto = Root::open(&at).map_err(io_err("open", &at))?;
+        detached::attach(
+            &root,
+            &onto
+                .fd()
+                .try_clone_to_owned()
+                .map_err(io_err("open", &at))?,
+        )
+        .map_err(io_err("mount the container's root on", &at))?;
+        let inside = Root::from_fd(root);
+        let owner = ids.map_or((0, 0), |i| (i.uid, i.gid));
+        for s in &plan.shares {
+            let share = detached::tree(&s.host, true, s.read_only, userns.as_ref())?;
+            let target = inside
+                .mkdir_all(Path::new(&s.guest), 0o755, Some(owner))
+                .map_err(io_err("make the share target", &s.guest))?;
+            detached::attach(&share, &target).map_err(io_err("mount the share on", &s.guest))?;
+        }
+        Ok::<(), BackendError>(())
+    })();
+    if attached.is_err() {
+        unmount_root(name);
+    }
+    attached
+}
+
+/// Take the root `mount_root` made off the host (the container keeps its
+/// own copy), with everything mounted below it.
+fn unmount_root(name: &str) {
+    let at = Path::new(RUNTIME).join(name).join(ROOTFS);
+    while nix::mount::umount2(&at, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+    let _ = std::fs::remove_dir(&at);
 }
 
 /// The seccomp profile's file, beside the config.
@@ -216,7 +314,6 @@ fn create(
     let dir = lxc_dir(state)?;
     let upper = dir.join("upper");
     std::fs::create_dir_all(&upper).map_err(io_err("make", &upper))?;
-    std::fs::create_dir_all(dir.join(name)).map_err(io_err("make", dir.join(name)))?;
     std::os::unix::fs::symlink(&lower, dir.join("lower"))
         .map_err(io_err("make the link", dir.join("lower")))?;
     let port = crate::backend::ssh_port()?;
@@ -258,30 +355,12 @@ fn init_pid(dir: &Path, name: &str) -> Option<i32> {
 /// again in the machine's layer, where a symlink root in the container
 /// planted cannot redirect them.
 fn refresh_config(m: &Machine, state: &MachineState, name: &str) -> Result<(), BackendError> {
-    let dir = lxc_dir(state)?;
-    let link = dir.join("lower");
-    let lower = std::fs::read_link(&link)
-        .ok()
-        .filter(|l| is_store_rootfs(l))
-        .ok_or_else(|| {
-            BackendError::NotOurs(format!(
-                "{} does not name a box rootfs in a store: it is damaged or was edited",
-                link.display()
-            ))
-        })?;
-    let upper = dir.join("upper");
-    let layer = Layer {
-        lower: &lower,
-        upper: &upper,
-    };
-    for s in &m.shares {
-        layer.mkdir(Path::new(&s.guest), 0o755, (0, 0))?;
-    }
+    checked_lower(&lxc_dir(state)?)?;
     write_config(m, state, name)
 }
 
 fn start(m: &Machine, state: &mut MachineState, name: &str) -> Result<(), BackendError> {
-    let dir = lxc_path(state, name)?;
+    let dir = lxc_path(name)?;
     if lxc_state(&dir, name).as_deref() == Some("RUNNING") {
         return Ok(());
     }
@@ -294,18 +373,26 @@ fn start(m: &Machine, state: &mut MachineState, name: &str) -> Result<(), Backen
 /// Start the container with the config it has (written from the Envfile
 /// by the last `start`).
 fn boot(state: &MachineState, name: &str) -> Result<(), BackendError> {
-    let dir = lxc_path(state, name)?;
+    let dir = lxc_path(name)?;
+    let real = lxc_dir(state)?;
     // A container that powered itself off left its helper holding ports.
-    end_net(&dir, name);
+    end_net(&real, name);
+    let plan_file = real.join(ROOT_PLAN);
+    let plan: RootPlan = crate::state::read_json(&plan_file)?
+        .ok_or_else(|| BackendError::Missing(plan_file.clone()))?;
+    // (Again: a restored snapshot's layer is shifted here.)
+    let ids = Claims::host().settle(&real, &real.join("upper"), plan.privileged)?;
+    mount_root(&real, name, &plan, ids.as_ref())?;
     let log = dir.join("lxc.log");
-    lxc(
+    let started = lxc(
         "lxc-start",
         &dir,
         name,
         &["-d", "-l", "WARN", "-o", &log.to_string_lossy()],
-    )?;
-    let real_log = lxc_dir(state)?.join("lxc.log");
-    let pid = init_pid(&dir, name).ok_or(LxcError::StoppedAtOnce(real_log))?;
+    );
+    unmount_root(name);
+    started?;
+    let pid = init_pid(&dir, name).ok_or_else(|| LxcError::StoppedAtOnce(dir.join("lxc.log")))?;
     let ns = name_netns(pid, name)?;
     let ep = state.ssh.as_ref().ok_or(LxcError::NoSshPort)?;
     // The helper outlives this command; its pid and start time are kept so
@@ -313,7 +400,7 @@ fn boot(state: &MachineState, name: &str) -> Result<(), BackendError> {
     let helper = net::connect(
         &ns,
         name,
-        &dir.join("net.log"),
+        &real.join("net.log"),
         &net::host_fwds(ep.port, &state.forwards),
         net::Lifetime::Detached,
     );
@@ -324,7 +411,7 @@ fn boot(state: &MachineState, name: &str) -> Result<(), BackendError> {
             let started = crate::backend::start_time(pid).unwrap_or(0);
             let id = format!("{pid}:{started}");
             Ok(crate::state::write_atomic(
-                &dir.join(NET_PID),
+                &real.join(NET_PID),
                 id.as_bytes(),
             )?)
         });
@@ -364,7 +451,7 @@ fn end_net(dir: &Path, name: &str) {
 }
 
 fn stop(state: &MachineState, name: &str, force: bool) -> Result<(), BackendError> {
-    let dir = lxc_path(state, name)?;
+    let dir = lxc_path(name)?;
     if lxc_state(&dir, name).as_deref() == Some("RUNNING") {
         let mut stopped = false;
         if !force && let Some(pid) = init_pid(&dir, name) {
@@ -388,33 +475,34 @@ fn stop(state: &MachineState, name: &str, force: bool) -> Result<(), BackendErro
             lxc("lxc-stop", &dir, name, &["-k"])?;
         }
     }
-    end_net(&dir, name);
+    end_net(&lxc_dir(state)?, name);
     Ok(())
 }
 
 /// Whether the container runs. Asking changes nothing on the host: without
-/// its link (made by every start) the container cannot be running.
-fn status(state: &MachineState, name: &str) -> Result<Status, BackendError> {
-    if !linked(state, name)? {
+/// its config (written by every start) the container cannot be running.
+fn status(name: &str) -> Result<Status, BackendError> {
+    let dir = Path::new(RUNTIME).join(name);
+    if !dir.join(name).join("config").is_file() {
         return Ok(Status::Stopped);
     }
-    Ok(
-        match lxc_state(&Path::new(LINKS).join(name), name).as_deref() {
-            Some("RUNNING") => Status::Running,
-            _ => Status::Stopped,
-        },
-    )
+    Ok(match lxc_state(&dir, name).as_deref() {
+        Some("RUNNING") => Status::Running,
+        _ => Status::Stopped,
+    })
 }
 
 fn destroy(state: &MachineState, name: &str) -> Result<(), BackendError> {
     stop(state, name, true)?;
+    unmount_root(name);
     let dir = lxc_dir(state)?;
+    Claims::host().release(&dir);
+    let runtime = Path::new(RUNTIME).join(name);
+    let old_link = Path::new(OLD_LINKS).join(name);
     for (path, gone) in [
         (dir.clone(), std::fs::remove_dir_all(&dir)),
-        (
-            Path::new(LINKS).join(name),
-            std::fs::remove_file(Path::new(LINKS).join(name)),
-        ),
+        (runtime.clone(), std::fs::remove_dir_all(&runtime)),
+        (old_link.clone(), std::fs::remove_file(&old_link)),
     ] {
         if let Err(e) = gone
             && e.kind() != std::io::ErrorKind::NotFound
@@ -428,22 +516,24 @@ fn destroy(state: &MachineState, name: &str) -> Result<(), BackendError> {
 /// Snapshots: copies of the machine's own layer (rootfs::snapshots), frozen
 /// with lxc-freeze while copied.
 fn snapshot_save(state: &MachineState, host: &str, snap: &str) -> Result<(), BackendError> {
-    let dir = lxc_path(state, host)?;
+    let dir = lxc_path(host)?;
     let running = lxc_state(&dir, host).as_deref() == Some("RUNNING");
-    snapshots::save(&dir, snap, running, |frozen| {
+    snapshots::save(&lxc_dir(state)?, snap, running, |frozen| {
         let tool = if frozen { "lxc-freeze" } else { "lxc-unfreeze" };
         lxc(tool, &dir, host, &[]).map(drop)
     })
 }
 
 fn snapshot_restore(state: &MachineState, host: &str, snap: &str) -> Result<(), BackendError> {
-    let dir = lxc_path(state, host)?;
-    if !snapshots::exists(&dir, snap) {
+    let dir = lxc_path(host)?;
+    let real = lxc_dir(state)?;
+    if !snapshots::exists(&real, snap) {
         return Err(BackendError::NoSnapshot(snap.to_owned()));
     }
     let running = lxc_state(&dir, host).as_deref() == Some("RUNNING");
     stop(state, host, true)?;
-    snapshots::restore(&dir, snap)?;
+    snapshots::restore(&real, snap)?;
+    ids::layer_replaced(&real)?;
     if running {
         boot(state, host)?;
     }
@@ -480,9 +570,17 @@ impl Backend for LxcBackend {
         Options::deserialize(table).map(|_| ())
     }
 
-    fn check(&self, _m: &Machine) -> Result<(), BackendError> {
+    fn check(&self, m: &Machine) -> Result<(), BackendError> {
         if crate::host::which("lxc-start").is_none() {
             return Err(LxcError::NotInstalled.into());
+        }
+        // LXC maps ids with newuidmap, which maps only reserved ranges.
+        let opts: Options = crate::backend::options(m, "lxc")?;
+        if !opts.privileged
+            && crate::host::which("newuidmap").is_some()
+            && crate::backend::rootfs::ids::Pool::reserved().is_none()
+        {
+            return Err(LxcError::IdsNotReserved.into());
         }
         Ok(())
     }
@@ -520,7 +618,7 @@ impl Backend for LxcBackend {
         if !matches!(state.status, Status::Running | Status::Stopped) {
             return Ok(state.status);
         }
-        status(state, &host_name(state)?)
+        status(&host_name(state)?)
     }
 
     fn snapshot_save(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
@@ -562,39 +660,38 @@ mod tests {
     }
 
     #[test]
-    fn config_has_the_root_limits_and_shares() {
-        let mut m = crate::envfile::test_machine(
+    fn config_has_the_root_ids_and_limits() {
+        let m = crate::envfile::test_machine(
             "[machines.web]\nbox = \"tiny\"\nbackend = \"lxc\"\ncpus = 2\nmemory = \"512MiB\"\n",
         );
-        use std::os::unix::ffi::OsStrExt;
-        m.shares = vec![crate::envfile::config::Share {
-            host: std::ffi::OsStr::from_bytes(b"/src dir,a:b\\c\td\xff").into(),
-            guest: "/srv/app".into(),
-            read_only: true,
-        }];
         let m = &m;
-        let dir = Path::new("/run/envup/lxc/envup-x");
-        let v1 = config(m, "envup-x", dir, true, false);
-        let share = b"lxc.mount.entry = /src\\040dir,a:b\\134c\\011d\xff srv/app none bind,create=dir,ro 0 0\n";
-        assert!(v1.windows(share.len()).any(|w| w == share));
-        let v1 = String::from_utf8_lossy(&v1);
+        let dir = Path::new("/run/envup-lxc/envup-x");
+        let ids = IdMap {
+            uid: 1_073_807_360,
+            gid: 1_073_872_896,
+            shifted: true,
+        };
+        let v1 = String::from_utf8_lossy(&config(m, "envup-x", dir, true, Some(&ids))).into_owned();
         for want in [
             "lxc.uts.name = web",
-            "lxc.rootfs.path = overlay:/run/envup/lxc/envup-x/lower:/run/envup/lxc/envup-x/upper",
+            "lxc.rootfs.path = dir:/run/envup-lxc/envup-x/rootfs",
+            "lxc.idmap = u 0 1073807360 65536",
+            "lxc.idmap = g 0 1073872896 65536",
             "lxc.net.0.type = empty",
             "lxc.cgroup.memory.limit_in_bytes = 536870912",
             "lxc.cgroup.pids.max = 1024",
             "lxc.cgroup.cpu.cfs_quota_us = 200000",
-            "lxc.seccomp.profile = /run/envup/lxc/envup-x/envup-x/seccomp",
+            "lxc.seccomp.profile = /run/envup-lxc/envup-x/envup-x/seccomp",
             "lxc.mount.entry = tmpfs sys/firmware tmpfs ro,",
         ] {
             assert!(v1.contains(want), "{want} missing:\n{v1}");
         }
         let privileged =
-            String::from_utf8_lossy(&config(m, "envup-x", dir, false, true)).into_owned();
-        assert!(!privileged.contains("lxc.seccomp.profile"), "{privileged}");
-        assert!(!privileged.contains("sys/firmware"), "{privileged}");
-        let v2 = config(m, "envup-x", dir, false, false);
+            String::from_utf8_lossy(&config(m, "envup-x", dir, false, None)).into_owned();
+        for unwanted in ["lxc.seccomp.profile", "sys/firmware", "lxc.idmap"] {
+            assert!(!privileged.contains(unwanted), "{privileged}");
+        }
+        let v2 = config(m, "envup-x", dir, false, Some(&ids));
         let v2 = String::from_utf8_lossy(&v2);
         assert!(v2.contains("lxc.cgroup2.memory.max = 536870912"), "{v2}");
         assert!(v2.contains("lxc.cgroup2.cpu.max = 200000 100000"), "{v2}");

@@ -15,7 +15,7 @@ pub fn probe() -> (bool, Vec<Check>) {
         Some(p) => match run_with_timeout(&p, &["--version"], timeout) {
             Ok(_) if !nix::unistd::geteuid().is_root() => Check::missing(
                 "lxc",
-                "envup runs LXC containers as root only (privileged containers)",
+                "envup runs the lxc tools as root only",
                 "run envup as root, or use backend = \"container\"",
             ),
             Ok(_) if !net.ok => Check::missing(
@@ -40,6 +40,19 @@ pub fn probe() -> (bool, Vec<Check>) {
         },
     });
 
+    checks.push(
+        match crate::backend::rootfs::ids::Pool::reserved() {
+            Some(p) => Check::ok(
+                "lxc ids",
+                format!("ids {}+{} reserved for root in /etc/subuid and /etc/subgid", p.uid, p.count),
+            ),
+            None => Check::missing(
+                "lxc ids",
+                "no ids are reserved for root in /etc/subuid and /etc/subgid: LXC's newuidmap maps only reserved ones",
+                "usermod --add-subuids 1073741824-1879048191 --add-subgids 1073741824-1879048191 root (scripts/install-deps does)",
+            ),
+        },
+    );
     checks.push(net);
     let ready = checks.iter().all(|c| c.ok);
     (ready, checks)

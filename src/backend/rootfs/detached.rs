@@ -27,6 +27,8 @@ pub struct MountError {
     pub source: std::io::Error,
 }
 
+impl crate::backend::OwnError for MountError {}
+
 fn failed(what: impl std::fmt::Display) -> impl FnOnce(rustix::io::Errno) -> MountError {
     let what = what.to_string();
     move |e| MountError {
@@ -169,6 +171,71 @@ fn messages(fs: &OwnedFd) -> String {
     out.join("; ")
 }
 
+/// Attach the detached mount `tree` onto the directory `onto` (in the
+/// caller's mount namespace).
+pub fn attach(tree: &OwnedFd, onto: &OwnedFd) -> std::io::Result<()> {
+    move_mount(
+        tree,
+        c"",
+        onto,
+        c"",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(Into::into)
+}
+
+/// A user namespace with `ids`'s map, to id-map mounts with: made by a
+/// short-lived helper process, which is gone when this returns (the
+/// namespace lives on through the descriptor).
+pub fn userns_with(ids: &crate::backend::rootfs::ids::IdMap) -> Result<OwnedFd, MountError> {
+    use std::os::unix::process::CommandExt;
+    let failed = |what: &str| {
+        let what = what.to_owned();
+        move |source: std::io::Error| MountError {
+            what,
+            detail: String::new(),
+            source,
+        }
+    };
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("10")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    // SAFETY: unshare is a plain system call, safe between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(failed("cannot start a user namespace's helper"))?;
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", child.id()));
+    let made = (|| {
+        // The helper may not have unshared yet: wait for its own namespace.
+        let own = std::fs::read_link("/proc/self/ns/user")?;
+        let mut waited = 0;
+        while std::fs::read_link(proc_dir.join("ns/user"))? == own {
+            if waited > 2000 {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            waited += 1;
+        }
+        crate::backend::rootfs::ids::write_map(&proc_dir.join("uid_map"), &ids.uid_line())?;
+        crate::backend::rootfs::ids::write_map(&proc_dir.join("gid_map"), &ids.gid_line())?;
+        nix::fcntl::open(
+            &proc_dir.join("ns/user"),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    made.map_err(failed("cannot make a user namespace for the machine's ids"))
+}
+
 /// Attach the detached mount `tree` onto the working directory.
 pub fn attach_here(tree: &OwnedFd) -> std::io::Result<()> {
     move_mount(
@@ -177,18 +244,6 @@ pub fn attach_here(tree: &OwnedFd) -> std::io::Result<()> {
         rustix::fs::CWD,
         c".",
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .map_err(Into::into)
-}
-
-/// Attach the detached mount `tree` onto the directory `onto`.
-pub fn attach(tree: &OwnedFd, onto: &OwnedFd) -> std::io::Result<()> {
-    move_mount(
-        tree,
-        c"",
-        onto,
-        c"",
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )
     .map_err(Into::into)
 }

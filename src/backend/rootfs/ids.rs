@@ -3,8 +3,8 @@
 //! uid and no two machines share ids.
 //!
 //! Blocks come from the range `/etc/subuid` and `/etc/subgid` give the user
-//! running envup, or else from the range systemd sets aside for container
-//! ids (524288–1879048191). A machine claims block N with a file
+//! running envup, or else from the top of the range systemd sets aside for
+//! container ids ([`DEFAULT_POOL`]). A machine claims block N with a file
 //! `N` in a host-wide directory naming the machine's directory; a claim
 //! whose machine is gone (its directory no longer records that block) is
 //! taken again. The machine records its block in `ids.json` beside its
@@ -19,11 +19,14 @@ use serde::{Deserialize, Serialize};
 
 /// Ids per machine: uid 0–65535 in the machine.
 pub const BLOCK: u32 = 65536;
-/// systemd's range for container ids, used without a subuid entry.
-const DEFAULT_POOL: Pool = Pool {
-    uid: 524_288,
-    gid: 524_288,
-    count: 1_879_048_192 - 524_288,
+/// Without a subuid entry: the top of systemd's range for container ids
+/// (524288–1879048191), above the ranges shadow's `useradd` hands to users
+/// (100000–600100000 by default), so no user's rootless containers share
+/// ids with a machine. `scripts/install-deps` reserves it for root.
+pub const DEFAULT_POOL: Pool = Pool {
+    uid: 1_073_741_824,
+    gid: 1_073_741_824,
+    count: 1_879_048_192 - 1_073_741_824,
 };
 
 /// Where claims are kept when envup runs as root.
@@ -91,8 +94,14 @@ pub struct Pool {
 impl Pool {
     /// The range for the user running envup: `/etc/subuid` and
     /// `/etc/subgid` (their first entry for the user's name or uid), else
-    /// systemd's container range.
+    /// [`DEFAULT_POOL`].
     pub fn of_host() -> Pool {
+        Pool::reserved().unwrap_or(DEFAULT_POOL)
+    }
+
+    /// The range `/etc/subuid` and `/etc/subgid` reserve for the user
+    /// running envup, if they reserve one of at least a block.
+    pub fn reserved() -> Option<Pool> {
         let uid = nix::unistd::geteuid();
         let name = nix::unistd::User::from_uid(uid)
             .ok()
@@ -104,12 +113,12 @@ impl Pool {
             sub_range(&read("/etc/subuid"), &name, uid.as_raw()),
             sub_range(&read("/etc/subgid"), &name, uid.as_raw()),
         ) {
-            (Some((u, uc)), Some((g, gc))) if uc.min(gc) >= BLOCK => Pool {
+            (Some((u, uc)), Some((g, gc))) if uc.min(gc) >= BLOCK => Some(Pool {
                 uid: u,
                 gid: g,
                 count: uc.min(gc),
-            },
-            _ => DEFAULT_POOL,
+            }),
+            _ => None,
         }
     }
 
@@ -259,6 +268,20 @@ impl Claims {
         privileged: bool,
     ) -> Result<Option<IdMap>, IdError> {
         let file = machine.join("ids.json");
+        // A shifted layer is owned by ids of the block the file names: a
+        // file edited to name another (free) block is refused before it is
+        // claimed.
+        if let Some(ids) = read_ids(&file).filter(|i| i.shifted) {
+            let md = std::fs::symlink_metadata(upper).map_err(io("read", upper))?;
+            let inside = |id: u32, base: u32| id.wrapping_sub(base) < BLOCK;
+            if !inside(md.uid(), ids.uid) || !inside(md.gid(), ids.gid) {
+                return Err(IdError::NotOurs {
+                    path: file,
+                    uid: ids.uid,
+                    gid: ids.gid,
+                });
+            }
+        }
         if privileged {
             if read_ids(&file).is_some() {
                 let ids = self.ids_of(machine)?;
