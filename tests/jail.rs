@@ -550,6 +550,13 @@ fn private_network() -> Result<(), Failed> {
     let local = serve(TcpListener::bind("127.0.0.1:0").unwrap(), "loopback\n");
     let p = project(TINY);
     envup(&p, &["up"]).status(0);
+    // Another tool naming a namespace afterwards (ip netns, as Podman
+    // does) must not hide the jail's name from its destroy.
+    let probe = format!("envup-probe-{}", std::process::id());
+    let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status();
+    if ip(&["netns", "add", &probe]).is_ok_and(|s| s.success()) {
+        let _ = ip(&["netns", "del", &probe]);
+    }
     let addr = host_address();
     let got = exec(&p, "web", &format!("nc -w 5 {addr} {open} </dev/null"));
     check(

@@ -337,6 +337,12 @@ pub fn nothing_left(p: &Project, ids: &[String]) -> Result<(), libtest_mimic::Fa
             !Path::new("/run/netns").join(id).exists(),
             format!("netns {id} left"),
         )?;
+        // Also a name hidden under a later mount of /run/netns.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        check(
+            !mounts.contains(&format!("/run/netns/{id} ")),
+            format!("netns {id} left mounted"),
+        )?;
         check(
             std::fs::symlink_metadata(Path::new("/run/envup/lxc").join(id)).is_err(),
             format!("LXC's link /run/envup/lxc/{id} left"),

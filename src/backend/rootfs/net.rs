@@ -316,6 +316,7 @@ pub fn dial_in(name: &str) -> Option<crate::backend::Dial> {
 /// it and envup can reach the machine's SSH server inside it.
 pub(crate) fn name_netns(pid: i32, name: &str) -> Result<std::path::PathBuf, NetError> {
     std::fs::create_dir_all("/run/netns").map_err(io("make", Path::new("/run/netns")))?;
+    own_netns_dir(pid)?;
     let ns = netns_path(name);
     std::fs::write(&ns, b"").map_err(io("create", &ns))?;
     nix::mount::mount(
@@ -331,6 +332,45 @@ pub(crate) fn name_netns(pid: i32, name: &str) -> Result<std::path::PathBuf, Net
         source,
     })?;
     Ok(ns)
+}
+
+/// Make `/run/netns` a shared mount of its own, as `ip netns` does, unless
+/// it is one already. Otherwise the first tool that does it later (ip,
+/// Podman) mounts it over itself and hides the names made before, which
+/// then can be neither seen nor taken away.
+fn own_netns_dir(pid: i32) -> Result<(), NetError> {
+    let dir = Path::new("/run/netns");
+    // One envup at a time looks and mounts: two at once would both mount,
+    // and the second would hide the names made under the first.
+    let lock = std::fs::File::open(dir).map_err(io("open", dir))?;
+    lock.lock().map_err(io("lock", dir))?;
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some("/run/netns"));
+    let fail = |source| NetError::Name {
+        pid,
+        path: dir.to_owned(),
+        source,
+    };
+    if !mounted {
+        nix::mount::mount(
+            Some(dir),
+            dir,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(fail)?;
+    }
+    nix::mount::mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        nix::mount::MsFlags::MS_SHARED | nix::mount::MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(fail)
 }
 
 /// Take a network namespace's name away again.
