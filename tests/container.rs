@@ -112,6 +112,13 @@ fn lifecycle(engine: &'static str, boxname: &'static str) -> Result<(), Failed> 
             std::process::id(),
         )?;
         if boxname != "tiny" {
+            // systemd's services stay in the container's cgroup (LXC's
+            // payload cgroup, delegated to it) and under its pids limit.
+            let cg = std::path::Path::new("/sys/fs/cgroup/pids")
+                .join(format!("lxc.payload.{}", names[0]));
+            common::storm_held(&|script| exec(&p, "web", script), &cg)?;
+        }
+        if boxname != "tiny" {
             common::keyctl_refused(&|script| exec(&p, "web", script))?;
         }
     }

@@ -259,40 +259,13 @@ fn systemd_stays_inside(p: &Project) -> Result<(), Failed> {
             format!("{}/system.slice was made on the host", h.display()),
         )?;
     }
-    // The unit has no limit of its own (TasksMax): only the jail's holds.
-    // bash retries a fork that fails, so the storm stays at the limit.
-    exec(
-        p,
-        "web",
-        "systemd-run --unit=storm -p TasksMax=infinity bash -c \
-         'for i in $(seq 1 1500); do sleep 60 & done; wait' >/dev/null 2>&1",
-    );
-    std::thread::sleep(Duration::from_secs(5));
     let cg = Path::new("/sys/fs/cgroup/pids/envup").join(&id);
     let cg = if cg.exists() {
         cg
     } else {
         Path::new("/sys/fs/cgroup/envup").join(&id)
     };
-    let current: u64 = std::fs::read_to_string(cg.join("pids.current"))
-        .unwrap_or_default()
-        .trim()
-        .parse()
-        .unwrap_or(0);
-    // The jail is full: its storm is ended from the host.
-    let unit = cg.join("system.slice/storm.service/cgroup.procs");
-    for pid in std::fs::read_to_string(&unit).unwrap_or_default().lines() {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", pid])
-            .status();
-    }
-    check(
-        current > envup::backend::jail::PIDS_MAX - 30 && current <= envup::backend::jail::PIDS_MAX,
-        format!(
-            "the jail runs {current} processes (pids.max {})",
-            envup::backend::jail::PIDS_MAX
-        ),
-    )
+    common::storm_held(&|script| exec(p, "web", script), &cg)
 }
 
 fn http_get(port: u16) -> String {

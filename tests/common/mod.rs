@@ -390,6 +390,40 @@ pub fn nothing_left(p: &Project, ids: &[String]) -> Result<(), libtest_mimic::Fa
     Ok(())
 }
 
+/// A fork storm started as a systemd service with no limit of its own
+/// (TasksMax=infinity), in a machine whose pids cgroup on the host is `cg`:
+/// it stays inside the machine's cgroup and stops at 1024 processes (bash
+/// retries a fork that fails, so it stays at the limit until it is ended
+/// from the host).
+pub fn storm_held(exec: &dyn Fn(&str) -> String, cg: &Path) -> Result<(), libtest_mimic::Failed> {
+    exec(
+        "systemd-run --unit=storm -p TasksMax=infinity bash -c \
+         'for i in $(seq 1 1500); do sleep 60 & done; wait' >/dev/null 2>&1",
+    );
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let current: u64 = std::fs::read_to_string(cg.join("pids.current"))
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let unit = cg.join("system.slice/storm.service/cgroup.procs");
+    for pid in std::fs::read_to_string(&unit).unwrap_or_default().lines() {
+        if let Ok(pid) = pid.trim().parse() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    check(
+        current > 1024 - 30 && current <= 1024,
+        format!(
+            "{} counts {current} processes (pids.max 1024)",
+            cg.display()
+        ),
+    )
+}
+
 /// From inside a machine as root: what a user namespace, a cgroup
 /// namespace and the filters keep it from. `other` names another machine's
 /// cgroup (it must not show), `other_pid` is a host process outside the
