@@ -527,9 +527,9 @@ fn private_network() -> Result<(), Failed> {
     // does) must not hide the jail's name from its destroy.
     let probe = format!("envup-probe-{}", std::process::id());
     let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status();
-    if ip(&["netns", "add", &probe]).is_ok_and(|s| s.success()) {
-        let _ = ip(&["netns", "del", &probe]);
-    }
+    let added = ip(&["netns", "add", &probe]).is_ok_and(|s| s.success());
+    let _ = ip(&["netns", "del", &probe]);
+    check(added, format!("ip netns add {probe} failed"))?;
     let addr = host_address();
     let got = exec(&p, "web", &format!("nc -w 5 {addr} {open} </dev/null"));
     check(

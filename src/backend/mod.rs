@@ -328,8 +328,14 @@ pub trait Backend: Send + Sync {
     fn snapshot_save(&self, _state: &MachineState, _name: &str) -> Result<(), BackendError> {
         Err(BackendError::NoSnapshots(self.name()))
     }
-    /// Bring the machine back to snapshot `name`.
-    fn snapshot_restore(&self, _state: &mut MachineState, _name: &str) -> Result<(), BackendError> {
+    /// Bring the machine back to snapshot `name`; one that ran is started
+    /// again as the Envfile's `m` says (not as its state files say).
+    fn snapshot_restore(
+        &self,
+        _m: &Machine,
+        _state: &mut MachineState,
+        _name: &str,
+    ) -> Result<(), BackendError> {
         Err(BackendError::NoSnapshots(self.name()))
     }
     /// The machine's snapshots, by name.

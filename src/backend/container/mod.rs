@@ -555,7 +555,12 @@ impl Backend for ContainerBackend {
         e.run(&["commit", &c.name, &image]).map(|_| ())
     }
 
-    fn snapshot_restore(&self, state: &mut MachineState, name: &str) -> Result<(), BackendError> {
+    fn snapshot_restore(
+        &self,
+        _m: &Machine,
+        state: &mut MachineState,
+        name: &str,
+    ) -> Result<(), BackendError> {
         let (e, mut c) = load(state)?;
         let image = format!("{}:{name}", snapshot_repo(&c.name));
         if !e.has_image(&image) {

@@ -282,7 +282,12 @@ impl Backend for JailBackend {
     }
 
     /// The jail is stopped, its layer replaced, and started again if it ran.
-    fn snapshot_restore(&self, state: &mut MachineState, name: &str) -> Result<(), BackendError> {
+    fn snapshot_restore(
+        &self,
+        m: &Machine,
+        state: &mut MachineState,
+        name: &str,
+    ) -> Result<(), BackendError> {
         let dir = jail_dir(&super::machine_dir(state)?);
         if !snapshots::exists(&dir, name) {
             return Err(BackendError::NoSnapshot(name.to_owned()));
@@ -292,7 +297,7 @@ impl Backend for JailBackend {
         snapshots::restore(&dir, name)?;
         ids::layer_replaced(&dir)?;
         if running {
-            launch(state)?;
+            self.start(m, state)?;
         }
         Ok(())
     }

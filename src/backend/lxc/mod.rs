@@ -187,41 +187,25 @@ pub fn config(
 
 /// Write the container's config and the seccomp profile it names.
 /// With the container's own layer owned by its block of ids (or by the
-/// host's, privileged), and what its next boot mounts recorded.
-fn write_config(m: &Machine, state: &MachineState, name: &str) -> Result<(), BackendError> {
+/// host's, privileged), which are returned.
+fn write_config(
+    m: &Machine,
+    state: &MachineState,
+    name: &str,
+) -> Result<Option<IdMap>, BackendError> {
     let real = lxc_dir(state)?;
-    let own = lxc_path(name)?.join(name);
+    let dir = lxc_path(name)?;
+    let own = dir.join(name);
     crate::state::write_atomic(
         &own.join(SECCOMP),
         crate::backend::rootfs::seccomp::lxc_profile().as_bytes(),
     )?;
     let opts: Options = crate::backend::options(m, "lxc")?;
     let ids = Claims::host().settle(&real, &real.join("upper"), opts.privileged)?;
-    let text = config(
-        m,
-        name,
-        &lxc_path(name)?,
-        crate::host::cgroup_v1(),
-        ids.as_ref(),
-    );
-    crate::state::write_json(
-        &real.join(ROOT_PLAN),
-        &RootPlan {
-            privileged: opts.privileged,
-            shares: m.shares.clone(),
-        },
-    )?;
-    Ok(crate::state::write_atomic(&own.join("config"), &text)?)
+    let text = config(m, name, &dir, crate::host::cgroup_v1(), ids.as_ref());
+    crate::state::write_atomic(&own.join("config"), &text)?;
+    Ok(ids)
 }
-
-/// What the container's root is made of at its next boot: written from the
-/// Envfile by every start (a snapshot's restore boots with the last).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct RootPlan {
-    privileged: bool,
-    shares: Vec<Share>,
-}
-const ROOT_PLAN: &str = "root.json";
 
 /// Where a container's root is mounted (in [`lxc_path`]) while
 /// `lxc-start` takes it.
@@ -252,7 +236,7 @@ fn checked_lower(dir: &Path) -> Result<PathBuf, BackendError> {
 fn mount_root(
     dir: &Path,
     name: &str,
-    plan: &RootPlan,
+    shares: &[Share],
     ids: Option<&IdMap>,
 ) -> Result<(), BackendError> {
     let lower = checked_lower(dir)?;
@@ -276,7 +260,7 @@ fn mount_root(
         .map_err(io_err("mount the container's root on", &at))?;
         let inside = Root::from_fd(root);
         let owner = ids.map_or((0, 0), |i| (i.uid, i.gid));
-        for s in &plan.shares {
+        for s in shares {
             let share = detached::tree(&s.host, true, s.read_only, userns.as_ref())?;
             let target = inside
                 .mkdir_all(Path::new(&s.guest), 0o755, Some(owner))
@@ -354,7 +338,11 @@ fn init_pid(dir: &Path, name: &str) -> Option<i32> {
 /// link), and only if it is a box rootfs in a store. Share targets are made
 /// again in the machine's layer, where a symlink root in the container
 /// planted cannot redirect them.
-fn refresh_config(m: &Machine, state: &MachineState, name: &str) -> Result<(), BackendError> {
+fn refresh_config(
+    m: &Machine,
+    state: &MachineState,
+    name: &str,
+) -> Result<Option<IdMap>, BackendError> {
     checked_lower(&lxc_dir(state)?)?;
     write_config(m, state, name)
 }
@@ -364,25 +352,25 @@ fn start(m: &Machine, state: &mut MachineState, name: &str) -> Result<(), Backen
     if lxc_state(&dir, name).as_deref() == Some("RUNNING") {
         return Ok(());
     }
-    refresh_config(m, state, name)?;
+    let ids = refresh_config(m, state, name)?;
     // The forwards too are the Envfile's, not the state's.
     state.forwards = m.forwards.clone();
-    boot(state, name)
+    boot(state, name, &m.shares, ids.as_ref())
 }
 
-/// Start the container with the config it has (written from the Envfile
-/// by the last `start`).
-fn boot(state: &MachineState, name: &str) -> Result<(), BackendError> {
+/// Start the container with the config `start` just wrote from the
+/// Envfile, its shares and the ids its layer is owned by.
+fn boot(
+    state: &MachineState,
+    name: &str,
+    shares: &[Share],
+    ids: Option<&IdMap>,
+) -> Result<(), BackendError> {
     let dir = lxc_path(name)?;
     let real = lxc_dir(state)?;
     // A container that powered itself off left its helper holding ports.
     end_net(&real, name);
-    let plan_file = real.join(ROOT_PLAN);
-    let plan: RootPlan = crate::state::read_json(&plan_file)?
-        .ok_or_else(|| BackendError::Missing(plan_file.clone()))?;
-    // (Again: a restored snapshot's layer is shifted here.)
-    let ids = Claims::host().settle(&real, &real.join("upper"), plan.privileged)?;
-    mount_root(&real, name, &plan, ids.as_ref())?;
+    mount_root(&real, name, shares, ids)?;
     let log = dir.join("lxc.log");
     let started = lxc(
         "lxc-start",
@@ -524,7 +512,12 @@ fn snapshot_save(state: &MachineState, host: &str, snap: &str) -> Result<(), Bac
     })
 }
 
-fn snapshot_restore(state: &MachineState, host: &str, snap: &str) -> Result<(), BackendError> {
+fn snapshot_restore(
+    m: &Machine,
+    state: &mut MachineState,
+    host: &str,
+    snap: &str,
+) -> Result<(), BackendError> {
     let dir = lxc_path(host)?;
     let real = lxc_dir(state)?;
     if !snapshots::exists(&real, snap) {
@@ -535,7 +528,7 @@ fn snapshot_restore(state: &MachineState, host: &str, snap: &str) -> Result<(), 
     snapshots::restore(&real, snap)?;
     ids::layer_replaced(&real)?;
     if running {
-        boot(state, host)?;
+        start(m, state, host)?;
     }
     Ok(())
 }
@@ -625,9 +618,14 @@ impl Backend for LxcBackend {
         snapshot_save(state, &host_name(state)?, name)
     }
 
-    fn snapshot_restore(&self, state: &mut MachineState, name: &str) -> Result<(), BackendError> {
+    fn snapshot_restore(
+        &self,
+        m: &Machine,
+        state: &mut MachineState,
+        name: &str,
+    ) -> Result<(), BackendError> {
         let host = host_name(state)?;
-        snapshot_restore(state, &host, name)
+        snapshot_restore(m, state, &host, name)
     }
 
     fn snapshot_list(&self, state: &MachineState) -> Result<Vec<String>, BackendError> {

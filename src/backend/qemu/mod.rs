@@ -714,7 +714,12 @@ impl Backend for QemuBackend {
         }
     }
 
-    fn snapshot_restore(&self, state: &mut MachineState, name: &str) -> Result<(), BackendError> {
+    fn snapshot_restore(
+        &self,
+        _m: &Machine,
+        state: &mut MachineState,
+        name: &str,
+    ) -> Result<(), BackendError> {
         let o = Paths::of(state)?.overlay();
         let Some((_, with_vm)) = snapshots(&o)?.into_iter().find(|(n, _)| n == name) else {
             return Err(BackendError::NoSnapshot(name.to_owned()));

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{BackendError, io_err};
+
 /// Ids per machine: uid 0–65535 in the machine.
 pub const BLOCK: u32 = 65536;
 /// Without a subuid entry: the top of systemd's range for container ids
@@ -35,15 +37,6 @@ pub const CLAIMS_DIR: &str = "/var/lib/envup/ids";
 /// What can go wrong with a machine's ids.
 #[derive(Debug, thiserror::Error)]
 pub enum IdError {
-    #[error("cannot {what} {}", .path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    State(#[from] crate::state::StateError),
     #[error("every block of {BLOCK} ids in {0} is claimed by a machine")]
     Exhausted(String),
     #[error(
@@ -55,11 +48,6 @@ pub enum IdError {
 }
 
 impl crate::backend::OwnError for IdError {}
-
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IdError {
-    let path = path.to_owned();
-    move |source| IdError::Io { what, path, source }
-}
 
 /// The ids a machine's root and users are on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,14 +173,14 @@ impl Claims {
 
     /// The ids `machine` has, claiming a free block if it has none; `Ok`
     /// only for a block of the pool that is claimed for `machine`.
-    pub fn ids_of(&self, machine: &Path) -> Result<IdMap, IdError> {
+    pub fn ids_of(&self, machine: &Path) -> Result<IdMap, BackendError> {
         let file = machine.join("ids.json");
-        std::fs::create_dir_all(&self.dir).map_err(io("make", &self.dir))?;
+        std::fs::create_dir_all(&self.dir).map_err(io_err("make", &self.dir))?;
         let lock_path = self.dir.join(".lock");
-        let lock = std::fs::File::create(&lock_path).map_err(io("open", &lock_path))?;
-        lock.lock().map_err(io("lock", &lock_path))?;
+        let lock = std::fs::File::create(&lock_path).map_err(io_err("open", &lock_path))?;
+        lock.lock().map_err(io_err("lock", &lock_path))?;
         if let Some(ids) = read_ids(&file) {
-            let n = self.pool.index_of(&ids).ok_or(IdError::NotOurs {
+            let n = self.pool.index_of(&ids).ok_or_else(|| IdError::NotOurs {
                 path: file.clone(),
                 uid: ids.uid,
                 gid: ids.gid,
@@ -209,7 +197,8 @@ impl Claims {
                         path: file,
                         uid: ids.uid,
                         gid: ids.gid,
-                    });
+                    }
+                    .into());
                 }
             }
         }
@@ -223,7 +212,7 @@ impl Claims {
                 return Ok(ids);
             }
         }
-        Err(IdError::Exhausted(self.pool.describe()))
+        Err(IdError::Exhausted(self.pool.describe()).into())
     }
 
     /// Give up `machine`'s block (at destroy, or when it becomes privileged).
@@ -247,7 +236,7 @@ impl Claims {
         (self.pool.index_of(&ids) == Some(n)).then_some(machine)
     }
 
-    fn claim(&self, n: u32, machine: &Path) -> Result<(), IdError> {
+    fn claim(&self, n: u32, machine: &Path) -> Result<(), BackendError> {
         crate::state::write_atomic(
             &self.dir.join(n.to_string()),
             machine.as_os_str().as_bytes(),
@@ -266,20 +255,21 @@ impl Claims {
         machine: &Path,
         upper: &Path,
         privileged: bool,
-    ) -> Result<Option<IdMap>, IdError> {
+    ) -> Result<Option<IdMap>, BackendError> {
         let file = machine.join("ids.json");
         // A shifted layer is owned by ids of the block the file names: a
         // file edited to name another (free) block is refused before it is
         // claimed.
         if let Some(ids) = read_ids(&file).filter(|i| i.shifted) {
-            let md = std::fs::symlink_metadata(upper).map_err(io("read", upper))?;
+            let md = std::fs::symlink_metadata(upper).map_err(io_err("read", upper))?;
             let inside = |id: u32, base: u32| id.wrapping_sub(base) < BLOCK;
             if !inside(md.uid(), ids.uid) || !inside(md.gid(), ids.gid) {
                 return Err(IdError::NotOurs {
                     path: file,
                     uid: ids.uid,
                     gid: ids.gid,
-                });
+                }
+                .into());
             }
         }
         if privileged {
@@ -287,7 +277,7 @@ impl Claims {
                 let ids = self.ids_of(machine)?;
                 shift_tree(upper, (ids.uid, ids.gid), (0, 0))?;
                 self.release(machine);
-                std::fs::remove_file(&file).map_err(io("remove", &file))?;
+                std::fs::remove_file(&file).map_err(io_err("remove", &file))?;
             }
             return Ok(None);
         }
@@ -303,7 +293,7 @@ impl Claims {
 
 /// After a machine's layer was replaced (a snapshot restored): shift it
 /// again at the next start (a shift of what is already shifted leaves it).
-pub fn layer_replaced(machine: &Path) -> Result<(), IdError> {
+pub fn layer_replaced(machine: &Path) -> Result<(), BackendError> {
     let file = machine.join("ids.json");
     match read_ids(&file) {
         Some(ids) if ids.shifted => write_ids(
@@ -322,7 +312,7 @@ pub fn read_ids(file: &Path) -> Option<IdMap> {
     serde_json::from_slice(&std::fs::read(file).ok()?).ok()
 }
 
-pub fn write_ids(file: &Path, ids: &IdMap) -> Result<(), IdError> {
+pub fn write_ids(file: &Path, ids: &IdMap) -> Result<(), BackendError> {
     let mut text = serde_json::to_vec(ids).expect("ids serialize");
     text.push(b'\n');
     crate::state::write_atomic(file, &text)?;
@@ -334,17 +324,18 @@ pub fn write_ids(file: &Path, ids: &IdMap) -> Result<(), IdError> {
 /// `from`'s block is moved, any other is left, so running it again after
 /// an interruption finishes the job. Setuid and setgid bits, which a
 /// change of owner clears, are put back.
-pub fn shift_tree(top: &Path, from: (u32, u32), to: (u32, u32)) -> Result<(), IdError> {
+pub fn shift_tree(top: &Path, from: (u32, u32), to: (u32, u32)) -> Result<(), BackendError> {
     let shift =
         |id: u32, from: u32, to: u32| (id >= from && id - from < BLOCK).then(|| id - from + to);
     // A file with several links is met more than once: the second time its
     // owner is outside `from` and it is left.
     let mut stack = vec![top.to_owned()];
     while let Some(path) = stack.pop() {
-        let md = std::fs::symlink_metadata(&path).map_err(io("read", &path))?;
+        let md = std::fs::symlink_metadata(&path).map_err(io_err("read", &path))?;
         let (uid, gid) = (shift(md.uid(), from.0, to.0), shift(md.gid(), from.1, to.1));
         if uid.is_some() || gid.is_some() {
-            std::os::unix::fs::lchown(&path, uid, gid).map_err(io("change the owner of", &path))?;
+            std::os::unix::fs::lchown(&path, uid, gid)
+                .map_err(io_err("change the owner of", &path))?;
             let special = md.mode() & 0o6000;
             if special != 0 && md.is_file() {
                 use std::os::unix::fs::PermissionsExt;
@@ -352,12 +343,12 @@ pub fn shift_tree(top: &Path, from: (u32, u32), to: (u32, u32)) -> Result<(), Id
                     &path,
                     std::fs::Permissions::from_mode(md.mode() & 0o7777),
                 )
-                .map_err(io("restore the mode of", &path))?;
+                .map_err(io_err("restore the mode of", &path))?;
             }
         }
         if md.is_dir() {
-            for entry in std::fs::read_dir(&path).map_err(io("read", &path))? {
-                stack.push(entry.map_err(io("read", &path))?.path());
+            for entry in std::fs::read_dir(&path).map_err(io_err("read", &path))? {
+                stack.push(entry.map_err(io_err("read", &path))?.path());
             }
         }
     }
@@ -418,7 +409,8 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(matches!(claims.ids_of(&b), Err(IdError::NotOurs { .. })));
+        let e = claims.ids_of(&b).unwrap_err().to_string();
+        assert!(e.contains("not this machine's block"), "{e}");
         // A released block is free again; a machine gone frees its block.
         claims.release(&a);
         std::fs::remove_dir_all(&b).unwrap();

@@ -54,7 +54,7 @@ pub fn run(app: &App, cmd: &SnapshotCommand) -> Result<ExitCode, CliError> {
         }
         SnapshotCommand::Restore { name, .. } => {
             check_name(name)?;
-            backend.snapshot_restore(&mut state, name)?;
+            backend.snapshot_restore(&config.machines[machine.as_str()], &mut state, name)?;
             project.save(&state)?;
             // A running machine is back when it answers SSH again.
             if backend.status(&state)? == crate::state::Status::Running
