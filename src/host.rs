@@ -16,6 +16,34 @@ pub fn which(program: &str) -> Option<PathBuf> {
         })
 }
 
+/// Where envup keeps what lasts no longer than the host's uptime (its
+/// helpers' sockets): `/run/envup` as root; otherwise `envup` in
+/// `$XDG_RUNTIME_DIR`, or `/tmp/envup-UID`. Made private to the user; one
+/// that another user owns is refused.
+pub fn runtime_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = nix::unistd::geteuid();
+    let dir = if uid.is_root() {
+        PathBuf::from("/run/envup")
+    } else {
+        match std::env::var_os("XDG_RUNTIME_DIR") {
+            Some(d) if std::fs::metadata(&d).is_ok_and(|m| m.uid() == uid.as_raw()) => {
+                PathBuf::from(d).join("envup")
+            }
+            _ => PathBuf::from(format!("/tmp/envup-{uid}")),
+        }
+    };
+    crate::state::ensure_private_dir(&dir)?;
+    let md = std::fs::symlink_metadata(&dir)?;
+    if !md.is_dir() || md.uid() != uid.as_raw() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory of this user's",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
 /// Bytes free to an unprivileged writer on the filesystem that holds
 /// `path` (or its nearest existing parent).
 pub fn free_bytes(path: &Path) -> Option<u64> {

@@ -15,3 +15,4 @@ pub mod provision;
 pub mod ssh;
 pub mod state;
 pub mod ui;
+pub mod userns;

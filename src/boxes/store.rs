@@ -261,6 +261,9 @@ impl Store {
         let tmp = self.tmp()?;
         let grave = tmp.path().join("removed");
         std::fs::rename(&b.dir, &grave).map_err(io_err("remove", &b.dir))?;
+        // A rootless user's unpacked rootfs holds files of the user's
+        // reserved ids, which only the user namespace's root removes.
+        crate::userns::remove_all(&grave).map_err(io_err("remove", &grave))?;
         drop(tmp);
         Ok(())
     }
@@ -302,7 +305,7 @@ impl Store {
                 if old {
                     let p = e.path();
                     let res = if p.is_dir() {
-                        std::fs::remove_dir_all(&p)
+                        crate::userns::remove_all(&p)
                     } else {
                         std::fs::remove_file(&p)
                     };

@@ -295,6 +295,10 @@ pub struct CompletionsArgs {
 /// Parse the command line, run the command, print any error once, and
 /// return the exit code.
 pub fn main() -> std::process::ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == crate::userns::HELPER) {
+        return std::process::ExitCode::from(crate::userns::helper_main(&args[2..]));
+    }
     let cli = Cli::parse();
     let choice = match cli.color {
         ColorChoice::Always => anstream::ColorChoice::Always,

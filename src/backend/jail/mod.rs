@@ -75,10 +75,17 @@ pub enum JailError {
     #[error("{} is missing: it is installed beside envup (cargo install installs both)", .0.display())]
     NoSupervisor(PathBuf),
     #[error(
-        "a jail needs root (its namespaces, mounts and cgroups); rootless jails are not built yet: \
-         run envup as root, or use the container backend with rootless Podman"
+        "a privileged jail needs root (root in it is the host's root): run envup as root, \
+         or drop `privileged = true`"
     )]
-    NeedsRoot,
+    PrivilegedNeedsRoot,
+    #[error(
+        "a rootless jail cannot be frozen (it has no cgroup of its own): `envup halt` it, \
+         then take the snapshot"
+    )]
+    RootlessRunning,
+    #[error("a rootless jail needs {0}")]
+    RootlessNeeds(String),
     #[error("cannot start the jail supervisor")]
     Spawn(#[source] std::io::Error),
     #[error("the jail supervisor stopped ({status}): {last}")]
@@ -169,16 +176,45 @@ impl Backend for JailBackend {
         Options::deserialize(table).map(|_| ())
     }
 
-    /// Root reaches a private jail's SSH server from inside its network
-    /// namespace, skipping slirp4netns's port forward.
-    /// Jails need root: rootless jails are not built.
-    fn check(&self, _m: &Machine) -> Result<(), BackendError> {
-        if !nix::unistd::geteuid().is_root() {
-            return Err(JailError::NeedsRoot.into());
+    /// Run by a user other than root, a jail is rootless: it needs the
+    /// user's reserved ids and the tools that map them; a privileged one
+    /// needs root.
+    fn check(&self, m: &Machine) -> Result<(), BackendError> {
+        if !crate::userns::rootless() {
+            return Ok(());
+        }
+        let opts: Options = super::options(m, "jail")?;
+        if opts.privileged {
+            return Err(JailError::PrivilegedNeedsRoot.into());
+        }
+        ids::SubIds::of_user()?;
+        for (tool, why) in [
+            (
+                "newuidmap",
+                "newuidmap and newgidmap (apt-get install uidmap)",
+            ),
+            (
+                "newgidmap",
+                "newuidmap and newgidmap (apt-get install uidmap)",
+            ),
+        ] {
+            if crate::host::which(tool).is_none() {
+                return Err(JailError::RootlessNeeds(why.into()).into());
+            }
+        }
+        if opts.network == JailNetwork::Private
+            && crate::host::which(super::rootfs::net::PROGRAM).is_none()
+        {
+            return Err(JailError::RootlessNeeds(
+                "slirp4netns (apt-get install slirp4netns)".into(),
+            )
+            .into());
         }
         Ok(())
     }
 
+    /// Root reaches a private jail's SSH server from inside its network
+    /// namespace, skipping slirp4netns's port forward.
     fn dial(&self, state: &MachineState) -> Option<super::Dial> {
         let cfg = read_config(state).ok()?;
         (cfg.network == JailNetwork::Private)
@@ -201,10 +237,7 @@ impl Backend for JailBackend {
             std::fs::create_dir_all(d).map_err(io_err("make", d))?;
         }
         let port = super::ssh_port()?;
-        let layer = Layer {
-            lower: &lower,
-            upper: &upper,
-        };
+        let layer = Layer::new(&lower, &upper)?;
         let opts: Options = super::options(m, "jail")?;
         first_boot_files(&layer, keys, &login, &m.hostname, opts.network, port)?;
         let id = super::host_name(&dir);
@@ -253,8 +286,10 @@ impl Backend for JailBackend {
             supervisor::clean_up(cfg);
         }
         let dir = jail_dir(&super::machine_dir(state)?);
-        Claims::host().release(&dir);
-        match std::fs::remove_dir_all(&dir) {
+        if !crate::userns::rootless() {
+            Claims::host().release(&dir);
+        }
+        match crate::userns::remove_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", &dir)(e)),
             // What the jail's files named but envup did not make is told.
             _ => match cfg {
@@ -276,7 +311,11 @@ impl Backend for JailBackend {
     fn snapshot_save(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
         let dir = jail_dir(&super::machine_dir(state)?);
         let id = read_config(state)?.id;
-        snapshots::save(&dir, name, live_supervisor(state).is_some(), |frozen| {
+        let running = live_supervisor(state).is_some();
+        if running && crate::userns::rootless() {
+            return Err(JailError::RootlessRunning.into());
+        }
+        snapshots::save(&dir, name, running, |frozen| {
             cgroup::Cgroup::freeze(&id, frozen).map_err(|e| JailError::Cgroup(e).into())
         })
     }
@@ -295,7 +334,9 @@ impl Backend for JailBackend {
         let running = live_supervisor(state).is_some();
         halt(state, true)?;
         snapshots::restore(&dir, name)?;
-        ids::layer_replaced(&dir)?;
+        if !crate::userns::rootless() {
+            ids::layer_replaced(&dir)?;
+        }
         if running {
             self.start(m, state)?;
         }
@@ -351,7 +392,10 @@ fn launch(state: &mut MachineState) -> Result<(), BackendError> {
     }
     let dir = jail_dir(&super::machine_dir(state)?);
     let cfg = JailConfig::load(&dir)?;
-    Claims::host().settle(&dir, &cfg.upper, cfg.privileged)?;
+    // Rootless, the layer is the user's and its ids the user's map.
+    if !crate::userns::rootless() {
+        Claims::host().settle(&dir, &cfg.upper, cfg.privileged)?;
+    }
     let log = dir.join("supervisor.log");
     let pidfile = dir.join("supervisor.pid");
     let _ = std::fs::remove_file(&pidfile);

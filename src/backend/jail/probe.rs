@@ -74,21 +74,29 @@ pub fn probe() -> (bool, Vec<Check>) {
     let mut checks = Vec::new();
     let root = nix::unistd::geteuid().is_root();
     checks.push(if root {
-        Check::ok("root", "running as root")
-    } else {
-        Check::missing(
+        Check::ok(
             "root",
-            "jails need root (namespaces, mounts, cgroups)",
-            "run envup as root, e.g. with sudo",
+            "running as root: each jail gets a block of host ids of its own",
         )
+    } else {
+        rootless_check()
     });
 
+    // Rootless, namespaces come with a user namespace of their own.
+    let user: &[&str] = if root {
+        &[]
+    } else {
+        &["--user", "--map-root-user"]
+    };
+    let args: Vec<&str> = user
+        .iter()
+        .copied()
+        .chain([
+            "--mount", "--pid", "--uts", "--ipc", "--net", "--fork", "true",
+        ])
+        .collect();
     checks.push(match which("unshare") {
-        Some(unshare) => match run_with_timeout(
-            &unshare,
-            &["--mount", "--pid", "--uts", "--ipc", "--net", "--fork", "true"],
-            Duration::from_secs(5),
-        ) {
+        Some(unshare) => match run_with_timeout(&unshare, &args, Duration::from_secs(5)) {
             Ok(o) if o.status.success() => Check::ok("namespaces", "mount, pid, uts, ipc and net namespaces can be created"),
             Ok(o) => Check::missing(
                 "namespaces",
@@ -128,7 +136,12 @@ pub fn probe() -> (bool, Vec<Check>) {
         .into_iter()
         .filter(|c| !layout.has(c, &v2_controllers))
         .collect();
-    checks.push(if missing.is_empty() {
+    checks.push(if !root {
+        Check::ok(
+            "cgroups",
+            "rootless: a jail has no cgroup of its own, so its cpus, memory and pids limits are not applied",
+        )
+    } else if missing.is_empty() {
         Check::ok("cgroups", format!("{}; cpu, memory and pids controllers present", layout.describe()))
     } else {
         Check::missing(
@@ -140,8 +153,19 @@ pub fn probe() -> (bool, Vec<Check>) {
 
     if root {
         checks.push(idmap_check());
+        checks.push(Check::ok(
+            "rootless",
+            format!(
+                "run by a user with a range in /etc/subuid and /etc/subgid, envup brings jails up \
+                 without root; this host {} unprivileged user namespaces",
+                if userns_allowed() {
+                    "allows"
+                } else {
+                    "forbids"
+                }
+            ),
+        ));
     }
-    checks.push(rootless_check());
     checks.push(crate::backend::rootfs::net::check());
     let ready = checks.iter().all(|c| c.ok);
     (ready, checks)
@@ -171,19 +195,67 @@ fn idmap_check() -> Check {
     }
 }
 
-/// Rootless jails are not built; say so, and whether this host would
-/// allow the unprivileged user namespaces they need.
-fn rootless_check() -> Check {
+fn userns_allowed() -> bool {
     let read = |p: &str| std::fs::read_to_string(p).ok().map(|t| t.trim().to_owned());
-    let allowed = read("/proc/sys/kernel/unprivileged_userns_clone").is_none_or(|v| v == "1")
-        && read("/proc/sys/user/max_user_namespaces").is_none_or(|v| v != "0");
-    Check::ok(
-        "rootless",
-        format!(
-            "not built yet: jails need root; this host {} unprivileged user namespaces",
-            if allowed { "allows" } else { "forbids" }
+    read("/proc/sys/kernel/unprivileged_userns_clone").is_none_or(|v| v == "1")
+        && read("/proc/sys/user/max_user_namespaces").is_none_or(|v| v != "0")
+}
+
+/// Run by a user other than root: whether a rootless jail can come up,
+/// tried as its start does it (a user namespace mapped by newuidmap).
+fn rootless_check() -> Check {
+    let name = "rootless";
+    if !userns_allowed() {
+        return Check::missing(
+            name,
+            "this host forbids unprivileged user namespaces",
+            "sysctl kernel.unprivileged_userns_clone=1 (and user.max_user_namespaces > 0), or run envup as root",
+        );
+    }
+    let ids = match crate::backend::rootfs::ids::SubIds::of_user() {
+        Ok(ids) => ids,
+        Err(e) => {
+            return Check::missing(
+                name,
+                e.to_string(),
+                "usermod --add-subuids N-M --add-subgids N-M USER (as root)",
+            );
+        }
+    };
+    if which("newuidmap").is_none() || which("newgidmap").is_none() {
+        return Check::missing(
+            name,
+            "newuidmap and newgidmap are missing",
+            "apt-get install uidmap",
+        );
+    }
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun");
+    if let Err(e) = tun {
+        return Check::missing(
+            name,
+            format!("/dev/net/tun cannot be opened ({e}), which a private network needs"),
+            "chmod 0666 /dev/net/tun (as root), or network = \"host\"",
+        );
+    }
+    match crate::userns::run("nothing", &[]) {
+        Ok(()) => Check::ok(
+            name,
+            format!(
+                "jails run rootless: their root is uid {}, their uids 1-65535 are {}-{}",
+                ids.uid,
+                ids.sub_uid,
+                ids.sub_uid + 65534
+            ),
         ),
-    )
+        Err(e) => Check::missing(
+            name,
+            e.to_string(),
+            "check /etc/subuid, /etc/subgid and the uidmap package",
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use super::cgroup::{Cgroup, Limits};
 use super::{HALT_DEADLINE, JailConfig};
 use crate::backend::rootfs::Network as JailNetwork;
 use crate::backend::rootfs::detached;
-use crate::backend::rootfs::ids::Claims;
+use crate::backend::rootfs::ids::{Claims, SubIds};
 use crate::backend::rootfs::net::{self, forget_netns, name_netns};
 use crate::contained::{Root, fd_path};
 
@@ -92,9 +92,9 @@ struct Handed {
     shares: Vec<OwnedFd>,
 }
 
-/// Receive the jail's mounts; an empty message (or none: the supervisor
-/// died) means do not start.
-fn receive(sock: &OwnedFd, host_sys: bool) -> Option<Handed> {
+/// Receive the jail's mounts (none when the jail makes its own); no message
+/// (the supervisor died) means do not start.
+fn receive(sock: &OwnedFd) -> Option<Vec<OwnedFd>> {
     let mut byte = [0u8; 1];
     let mut iov = [std::io::IoSliceMut::new(&mut byte)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; MAX_SHARES + 3]);
@@ -116,33 +116,70 @@ fn receive(sock: &OwnedFd, host_sys: bool) -> Option<Handed> {
             );
         }
     }
-    let mut fds = fds.into_iter();
-    Some(Handed {
-        root: fds.next()?,
-        sys: if host_sys { Some(fds.next()?) } else { None },
-        shares: fds.collect(),
-    })
+    Some(fds)
+}
+
+impl Handed {
+    fn from_fds(fds: Vec<OwnedFd>, host_sys: bool) -> Option<Handed> {
+        let mut fds = fds.into_iter();
+        Some(Handed {
+            root: fds.next()?,
+            sys: if host_sys { Some(fds.next()?) } else { None },
+            shares: fds.collect(),
+        })
+    }
+}
+
+/// The jail's user namespace.
+#[derive(Clone, Copy)]
+enum Userns {
+    /// None: the privileged jail's ids are the host's.
+    None,
+    /// The machine's own block of host ids, claimed by envup as root.
+    Claimed(crate::backend::rootfs::ids::IdMap),
+    /// Rootless: the user's map, written by newuidmap.
+    Rootless(SubIds),
 }
 
 /// Inside the new namespaces: the root filesystem, then init.
-fn enter(cfg: &JailConfig, sock: OwnedFd, filter: &seccompiler::BpfProgram, userns: bool) -> isize {
+fn enter(
+    cfg: &JailConfig,
+    sock: OwnedFd,
+    filter: &seccompiler::BpfProgram,
+    userns: Userns,
+) -> isize {
     // If the supervisor dies, so does the jail: no orphaned jails.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // Wait until the supervisor has mapped our ids and put us in the
     // cgroup and the network, and has our mounts ready.
-    let Some(handed) = receive(&sock, cfg.network == JailNetwork::Host) else {
+    let Some(fds) = receive(&sock) else {
         return 125;
     };
     drop(sock);
-    let set_up = become_root(userns)
+    let rootless = matches!(userns, Userns::Rootless(_));
+    let set_up = become_root(!matches!(userns, Userns::None))
         .and_then(|()| {
-            // A cgroup namespace rooted at the jail's own cgroup.
-            nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|source| SetupError::Sys {
-                step: "making the cgroup namespace",
-                source,
-            })
+            // Rootless, only root of the jail's user namespace can make
+            // its mounts: it makes them itself.
+            if rootless {
+                prepare_mounts(cfg, None, true)
+            } else {
+                Handed::from_fds(fds, cfg.network == JailNetwork::Host).ok_or(SetupError::Io {
+                    what: "the jail's mounts did not arrive".into(),
+                    source: std::io::ErrorKind::InvalidData.into(),
+                })
+            }
         })
-        .and_then(|()| setup_root(cfg, handed))
+        .and_then(|handed| {
+            // A cgroup namespace rooted at the jail's own cgroup.
+            nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+                .map(|()| handed)
+                .map_err(|source| SetupError::Sys {
+                    step: "making the cgroup namespace",
+                    source,
+                })
+        })
+        .and_then(|handed| setup_root(cfg, handed))
         .and_then(|()| drop_capabilities(cfg.network))
         .and_then(|()| {
             if cfg.privileged {
@@ -448,10 +485,19 @@ fn connect_network(
     cfg: &JailConfig,
     child: Pid,
     dir: &Path,
+    rootless: bool,
 ) -> Result<Child, crate::backend::rootfs::net::NetError> {
-    let ns = name_netns(child.as_raw(), &cfg.id)?;
+    // Rootless, no name can be given (/run/netns is root's): the helper
+    // joins the namespaces through the jail's init.
+    let proc_dir = Path::new("/proc").join(child.as_raw().to_string());
+    let (ns, userns) = if rootless {
+        (proc_dir.join("ns/net"), Some(proc_dir.join("ns/user")))
+    } else {
+        (name_netns(child.as_raw(), &cfg.id)?, None)
+    };
     net::connect(
         &ns,
+        userns.as_deref(),
         &cfg.id,
         &dir.join("net.log"),
         &net::host_fwds(cfg.ssh_port, &cfg.forwards),
@@ -464,7 +510,13 @@ fn connect_network(
 /// the jail's init), the box's rootfs and the shares are id-mapped into
 /// it: a file owned by host uid N is seen as the jail's uid N, and what the
 /// jail's root writes is owned by host root, as without the namespace.
-fn prepare_mounts(cfg: &JailConfig, userns_of: Option<&Path>) -> Result<Handed, SetupError> {
+/// `rootless`: made by the jail's root in its own user namespace, where
+/// nothing is id-mapped (the files already have the user's ids).
+fn prepare_mounts(
+    cfg: &JailConfig,
+    userns_of: Option<&Path>,
+    rootless: bool,
+) -> Result<Handed, SetupError> {
     let userns = match userns_of {
         Some(p) => Some(
             nix::fcntl::open(
@@ -480,9 +532,10 @@ fn prepare_mounts(cfg: &JailConfig, userns_of: Option<&Path>) -> Result<Handed, 
         None => None,
     };
     let lower = detached::tree(&cfg.lower, false, true, userns.as_ref())?;
-    let root = detached::overlay(&lower, &cfg.upper, &cfg.work)?;
+    let root = detached::overlay(&lower, &cfg.upper, &cfg.work, rootless)?;
     let sys = if cfg.network == JailNetwork::Host {
-        Some(detached::tree(Path::new("/sys"), false, true, None)?)
+        // A user namespace may copy /sys only with the mounts below it.
+        Some(detached::tree(Path::new("/sys"), rootless, true, None)?)
     } else {
         None
     };
@@ -494,18 +547,20 @@ fn prepare_mounts(cfg: &JailConfig, userns_of: Option<&Path>) -> Result<Handed, 
     Ok(Handed { root, sys, shares })
 }
 
-/// Send the jail its mounts, which also lets it start.
-fn hand_over(sock: &OwnedFd, h: &Handed) -> nix::Result<()> {
-    let fds: Vec<std::os::fd::RawFd> = std::iter::once(&h.root)
-        .chain(&h.sys)
-        .chain(&h.shares)
+/// Send the jail its mounts (if it does not make its own), which also lets
+/// it start.
+fn hand_over(sock: &OwnedFd, h: Option<&Handed>) -> nix::Result<()> {
+    let fds: Vec<std::os::fd::RawFd> = h
+        .into_iter()
+        .flat_map(|h| std::iter::once(&h.root).chain(&h.sys).chain(&h.shares))
         .map(AsRawFd::as_raw_fd)
         .collect();
-    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let rights = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let cmsg: &[nix::sys::socket::ControlMessage] = if fds.is_empty() { &[] } else { &rights };
     nix::sys::socket::sendmsg::<()>(
         sock.as_raw_fd(),
         &[std::io::IoSlice::new(b"x")],
-        &cmsg,
+        cmsg,
         nix::sys::socket::MsgFlags::empty(),
         None,
     )
@@ -536,13 +591,25 @@ pub fn supervise(dir: &Path) -> i32 {
         // signal runs nothing.
         let _ = unsafe { sigaction(signal, action) };
     }
-    let ids = if cfg.privileged {
-        None
+    let ids = if crate::userns::rootless() {
+        match SubIds::of_user() {
+            Ok(ids) if !cfg.privileged => Userns::Rootless(ids),
+            Ok(_) => {
+                eprintln!("a privileged jail needs root");
+                return 1;
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return 1;
+            }
+        }
+    } else if cfg.privileged {
+        Userns::None
     } else {
         // Checked against the host's claims: a damaged ids.json maps
         // nothing that is not this jail's block.
         match Claims::host().ids_of(dir) {
-            Ok(ids) if ids.shifted => Some(ids),
+            Ok(ids) if ids.shifted => Userns::Claimed(ids),
             Ok(_) => {
                 eprintln!("the jail's layer is not yet owned by its ids; `envup up` shifts it");
                 return 1;
@@ -561,12 +628,25 @@ pub fn supervise(dir: &Path) -> i32 {
         memory: cfg.memory,
         pids: cfg.pids,
     };
-    let cg = match Cgroup::create(&cfg.id, limits, ids.map(|i| (i.uid, i.gid))) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{}", crate::cli::error::chain(&e));
-            clean_up(&cfg);
-            return 1;
+    let owner = match ids {
+        Userns::Claimed(i) => Some((i.uid, i.gid)),
+        _ => None,
+    };
+    let cg = if matches!(ids, Userns::Rootless(_)) {
+        // The cgroup tree is root's: a rootless jail runs in the user's.
+        println!(
+            "rootless: the jail has no cgroup of its own; its cpus, memory and pids limits \
+             are not applied"
+        );
+        None
+    } else {
+        match Cgroup::create(&cfg.id, limits, owner) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("{}", crate::cli::error::chain(&e));
+                clean_up(&cfg);
+                return 1;
+            }
         }
     };
     let (sock, child_sock) = match socketpair(
@@ -588,7 +668,7 @@ pub fn supervise(dir: &Path) -> i32 {
     if cfg.network == JailNetwork::Private {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    if ids.is_some() {
+    if !matches!(ids, Userns::None) {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
     let filter = match crate::backend::rootfs::seccomp::program() {
@@ -601,7 +681,7 @@ pub fn supervise(dir: &Path) -> i32 {
     let mut stack = vec![0u8; 1 << 20];
     let mut child_sock = Some(child_sock);
     let child_cfg = cfg.clone();
-    let userns = ids.is_some();
+    let userns = ids;
     if let Err(e) = nix::unistd::chdir(&cfg.merged) {
         eprintln!("cannot enter {}: {e}", cfg.merged.display());
         return 1;
@@ -641,34 +721,55 @@ pub fn supervise(dir: &Path) -> i32 {
         1
     };
     let proc_dir = Path::new("/proc").join(child.as_raw().to_string());
-    if let Some(ids) = ids {
-        for (file, line) in [("uid_map", ids.uid_line()), ("gid_map", ids.gid_line())] {
-            if let Err(e) = crate::backend::rootfs::ids::write_map(&proc_dir.join(file), &line) {
+    match ids {
+        Userns::Claimed(ids) => {
+            for (file, line) in [("uid_map", ids.uid_line()), ("gid_map", ids.gid_line())] {
+                if let Err(e) = crate::backend::rootfs::ids::write_map(&proc_dir.join(file), &line)
+                {
+                    return fail(SetupError::Io {
+                        what: format!("cannot write the jail's {file}"),
+                        source: e,
+                    });
+                }
+            }
+        }
+        Userns::Rootless(ids) => {
+            if let Err(e) = ids.map(child.as_raw()) {
                 return fail(SetupError::Io {
-                    what: format!("cannot write the jail's {file}"),
+                    what: "cannot map the jail's ids".into(),
                     source: e,
                 });
             }
         }
+        Userns::None => {}
     }
-    if let Err(e) = cg.add(child.as_raw()) {
+    if let Some(cg) = &cg
+        && let Err(e) = cg.add(child.as_raw())
+    {
         return fail(e.into());
     }
+    let rootless = matches!(ids, Userns::Rootless(_));
     let mut helper = None;
     if cfg.network == JailNetwork::Private {
-        match connect_network(&cfg, child, dir) {
+        match connect_network(&cfg, child, dir, rootless) {
             Ok(p) => helper = Some(p),
             Err(e) => return fail(e.into()),
         }
     }
-    let handed = match prepare_mounts(&cfg, ids.is_some().then_some(&proc_dir)) {
-        Ok(h) => h,
-        Err(e) => return fail(e),
+    // Rootless, the jail makes its own mounts: the message only lets it go.
+    let handed = if rootless {
+        Ok(None)
+    } else {
+        let mapped = matches!(ids, Userns::Claimed(_)).then_some(proc_dir.as_path());
+        prepare_mounts(&cfg, mapped, false).map(Some)
     };
-    if let Err(e) = hand_over(&sock, &handed) {
-        return fail(SetupError::Release(e));
+    let sent = match &handed {
+        Ok(h) => hand_over(&sock, h.as_ref()).map_err(SetupError::Release),
+        Err(_) => Ok(()),
+    };
+    if let Err(e) = handed.and(sent) {
+        return fail(e);
     }
-    drop(handed);
     let me = std::process::id() as i32;
     let started = crate::backend::start_time(me).unwrap_or(0);
     let pidfile = dir.join("supervisor.pid");

@@ -244,7 +244,7 @@ fn mount_root(
     let tree = detached::tree(&lower, false, true, userns.as_ref())?;
     let work = dir.join("work");
     std::fs::create_dir_all(&work).map_err(io_err("make", &work))?;
-    let root = detached::overlay(&tree, &dir.join("upper"), &work)?;
+    let root = detached::overlay(&tree, &dir.join("upper"), &work, false)?;
     unmount_root(name);
     let at = lxc_path(name)?.join(ROOTFS);
     std::fs::create_dir_all(&at).map_err(io_err("make", &at))?;
@@ -301,10 +301,7 @@ fn create(
     std::os::unix::fs::symlink(&lower, dir.join("lower"))
         .map_err(io_err("make the link", dir.join("lower")))?;
     let port = crate::backend::ssh_port()?;
-    let layer = Layer {
-        lower: &lower,
-        upper: &upper,
-    };
+    let layer = Layer::new(&lower, &upper)?;
     first_boot_files(&layer, keys, &login, &m.hostname, Network::Private, port)?;
     write_config(m, state, name)?;
     state.id = Some(format!("lxc:{name}"));
@@ -387,6 +384,7 @@ fn boot(
     // that halt ends this process and no other.
     let helper = net::connect(
         &ns,
+        None,
         name,
         &real.join("net.log"),
         &net::host_fwds(ep.port, &state.forwards),

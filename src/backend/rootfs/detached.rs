@@ -127,8 +127,15 @@ pub fn tree(
 
 /// An overlay of `upper` (and its `work` directory) over `lower`, detached.
 /// The three are reached through descriptors, so no character in their
-/// paths needs escaping.
-pub fn overlay(lower: &OwnedFd, upper: &Path, work: &Path) -> Result<OwnedFd, MountError> {
+/// paths needs escaping. In a user namespace (`userxattr`) the overlay
+/// keeps its own attributes as `user.` extended attributes, the only ones
+/// it may write there.
+pub fn overlay(
+    lower: &OwnedFd,
+    upper: &Path,
+    work: &Path,
+    userxattr: bool,
+) -> Result<OwnedFd, MountError> {
     let open = |p: &Path| {
         nix::fcntl::open(
             p,
@@ -153,6 +160,9 @@ pub fn overlay(lower: &OwnedFd, upper: &Path, work: &Path) -> Result<OwnedFd, Mo
     };
     for (key, fd) in [("lowerdir", lower), ("upperdir", &up), ("workdir", &wk)] {
         fsconfig_set_string(&fs, key, fd_path(fd).as_path()).map_err(said)?;
+    }
+    if userxattr {
+        rustix::mount::fsconfig_set_flag(&fs, "userxattr").map_err(said)?;
     }
     fsconfig_create(&fs).map_err(said)?;
     fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty()).map_err(said)

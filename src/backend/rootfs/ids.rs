@@ -45,6 +45,11 @@ pub enum IdError {
         .path.display()
     )]
     NotOurs { path: PathBuf, uid: u32, gid: u32 },
+    #[error(
+        "/etc/subuid and /etc/subgid reserve no range of {BLOCK} ids for this user, which a \
+         rootless machine's users need (as root: usermod --add-subuids N-M --add-subgids N-M USER)"
+    )]
+    NoSubIds,
 }
 
 impl crate::backend::OwnError for IdError {}
@@ -133,6 +138,77 @@ impl Pool {
         format!(
             "uids {}+{} and gids {}+{}",
             self.uid, self.count, self.gid, self.count
+        )
+    }
+}
+
+/// The ids of a rootless machine (envup run by a user other than root):
+/// the machine's uid and gid 0 are the user's own, its ids 1–65535 the
+/// start of the range `/etc/subuid` and `/etc/subgid` reserve for the
+/// user. Every rootless machine of the user shares this map, as rootless
+/// Podman's containers do; the kernel lets only the setuid `newuidmap` and
+/// `newgidmap` (Debian's `uidmap`) write it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubIds {
+    pub uid: u32,
+    pub gid: u32,
+    pub sub_uid: u32,
+    pub sub_gid: u32,
+}
+
+/// The ids of a rootless machine other than 0.
+const SUB_COUNT: u32 = BLOCK - 1;
+
+impl SubIds {
+    /// The running user's map, or why there is none.
+    pub fn of_user() -> Result<SubIds, IdError> {
+        let pool = Pool::reserved().ok_or(IdError::NoSubIds)?;
+        Ok(SubIds {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            sub_uid: pool.uid,
+            sub_gid: pool.gid,
+        })
+    }
+
+    /// Write the map of the user namespace process `pid` is in.
+    pub fn map(&self, pid: i32) -> std::io::Result<()> {
+        for (prog, own, sub) in [
+            ("newuidmap", self.uid, self.sub_uid),
+            ("newgidmap", self.gid, self.sub_gid),
+        ] {
+            let out = std::process::Command::new(prog)
+                .arg(pid.to_string())
+                .args(["0", &own.to_string(), "1"])
+                .args(["1", &sub.to_string(), &SUB_COUNT.to_string()])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run {prog}: {e}")))?;
+            if !out.status.success() {
+                return Err(std::io::Error::other(format!(
+                    "{prog} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The machine's ids of a file the host sees owned by `uid` and `gid`
+    /// (65534, nobody, for an id outside the map).
+    pub fn inside(&self, uid: u32, gid: u32) -> (u32, u32) {
+        let one = |id: u32, own: u32, sub: u32| {
+            if id == own {
+                0
+            } else if id.wrapping_sub(sub) < SUB_COUNT {
+                id - sub + 1
+            } else {
+                65534
+            }
+        };
+        (
+            one(uid, self.uid, self.sub_uid),
+            one(gid, self.gid, self.sub_gid),
         )
     }
 }
@@ -419,6 +495,21 @@ mod tests {
         std::fs::create_dir_all(&c).unwrap();
         assert_eq!(claims.ids_of(&c).unwrap().uid, ia.uid);
         assert_eq!(claims.ids_of(&b).unwrap().uid, ib.uid);
+    }
+
+    #[test]
+    fn rootless_ids_inside() {
+        let ids = SubIds {
+            uid: 1000,
+            gid: 1001,
+            sub_uid: 100_000,
+            sub_gid: 200_000,
+        };
+        assert_eq!(ids.inside(1000, 1001), (0, 0));
+        assert_eq!(ids.inside(100_000, 200_000), (1, 1));
+        assert_eq!(ids.inside(100_000 + 65534, 200_999), (65535, 1000));
+        assert_eq!(ids.inside(100_000 + 65535, 0), (65534, 65534));
+        assert_eq!(ids.inside(0, 99_999), (65534, 65534));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod net;
 pub mod seccomp;
 pub(crate) mod snapshots;
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::backend::{BackendError, OwnError, io_err};
 use crate::boxes::StoredBox;
 use crate::contained::Root;
 use crate::ssh::MachineKeys;
+use ids::SubIds;
 
 /// What can go wrong with a box's rootfs and a machine's own layer.
 #[derive(Debug, thiserror::Error)]
@@ -102,10 +104,21 @@ pub(crate) fn lower_dir(stored: &StoredBox) -> Result<PathBuf, BackendError> {
         .prefix(".rootfs-")
         .tempdir_in(&stored.dir)
         .map_err(io_err("make a directory in", &stored.dir))?;
-    unpack_rootfs(&tar_path, tmp.path()).map_err(|source| RootfsError::Unpack {
-        name: stored.meta.name.clone(),
-        source,
-    })?;
+    // Rootless, the files get their owners from the helper: root's are the
+    // user's, the rest the user's reserved ids.
+    let unpacked = if crate::userns::rootless() {
+        crate::userns::run("unpack", &[tar_path.as_os_str(), tmp.path().as_os_str()])
+    } else {
+        unpack_rootfs(&tar_path, tmp.path())
+    };
+    if let Err(source) = unpacked {
+        let _ = crate::userns::remove_all(tmp.path());
+        return Err(RootfsError::Unpack {
+            name: stored.meta.name.clone(),
+            source,
+        }
+        .into());
+    }
     let kept = tmp.keep();
     std::fs::rename(&kept, &dir).map_err(io_err("rename to its place", kept))?;
     drop(lock);
@@ -117,7 +130,7 @@ pub(crate) fn lower_dir(stored: &StoredBox) -> Result<PathBuf, BackendError> {
 /// disk must hold the tar's size, and no entry may make the tree larger
 /// than the tar itself (sparse entries, which could, are refused). The
 /// tar crate keeps every path and link inside `dest`.
-fn unpack_rootfs(tar_path: &Path, dest: &Path) -> std::io::Result<()> {
+pub(crate) fn unpack_rootfs(tar_path: &Path, dest: &Path) -> std::io::Result<()> {
     if let Some(store) = dest.parent().and_then(Path::parent) {
         crate::state::ensure_private_dir(store)?;
     }
@@ -215,9 +228,53 @@ impl Login {
 pub(crate) struct Layer<'a> {
     pub lower: &'a Path,
     pub upper: &'a Path,
+    /// Rootless: the map through which the layers' owners are seen, and
+    /// the owners the user cannot give files itself (given by
+    /// [`Layer::finish`]).
+    rootless: Option<(SubIds, RefCell<Vec<Owner>>)>,
 }
 
-impl Layer<'_> {
+/// A file (relative to the layer) and the uid and gid it is to have.
+type Owner = (PathBuf, u32, u32);
+
+impl<'a> Layer<'a> {
+    pub fn new(lower: &'a Path, upper: &'a Path) -> Result<Layer<'a>, BackendError> {
+        let rootless = if crate::userns::rootless() {
+            Some((SubIds::of_user()?, RefCell::default()))
+        } else {
+            None
+        };
+        Ok(Layer {
+            lower,
+            upper,
+            rootless,
+        })
+    }
+
+    /// The owner to make a file with now: `owner` as root, the user (the
+    /// machine's root) rootless, with `owner` noted for [`Layer::finish`].
+    fn own(&self, rel: &Path, owner: (u32, u32)) -> (u32, u32) {
+        match &self.rootless {
+            None => owner,
+            Some((ids, later)) => {
+                if owner != (0, 0) {
+                    later.borrow_mut().push((rel.to_owned(), owner.0, owner.1));
+                }
+                (ids.uid, ids.gid)
+            }
+        }
+    }
+
+    /// Give the files written rootless the owners they were written for.
+    pub fn finish(&self) -> Result<(), BackendError> {
+        if let Some((_, later)) = &self.rootless {
+            crate::userns::chown(self.upper, &later.borrow())
+                .map_err(|e| RootfsError::Layer(e).into())
+        } else {
+            Ok(())
+        }
+    }
+
     /// Both layers as roots that paths are resolved inside.
     pub fn roots(&self) -> Result<(Root, Root), BackendError> {
         let open = |p: &Path| {
@@ -250,7 +307,13 @@ impl Layer<'_> {
                 Err(_) => {}
             }
             let (mode, uid, gid) = match lower.symlink_metadata(&done) {
-                Ok(m) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid()),
+                Ok(m) if m.is_dir() => {
+                    let (uid, gid) = match &self.rootless {
+                        Some((ids, _)) => ids.inside(m.uid(), m.gid()),
+                        None => (m.uid(), m.gid()),
+                    };
+                    (m.mode() & 0o7777, uid, gid)
+                }
                 Ok(_) => {
                     return Err(RootfsError::NotADirectory {
                         path: done,
@@ -260,8 +323,9 @@ impl Layer<'_> {
                 }
                 Err(_) => (mode, owner.0, owner.1),
             };
+            let owner = self.own(&done, (uid, gid));
             upper
-                .mkdir_all(&done, mode, Some((uid, gid)))
+                .mkdir_all(&done, mode, Some(owner))
                 .map_err(RootfsError::Layer)?;
         }
         Ok(())
@@ -280,6 +344,7 @@ impl Layer<'_> {
             self.mkdir(dir, 0o755, (0, 0))?;
         }
         let (_, upper) = self.roots()?;
+        let owner = self.own(&rel, owner);
         upper
             .write_file(&rel, text.as_bytes(), mode, owner)
             .map_err(|e| RootfsError::Layer(e).into())
@@ -327,7 +392,7 @@ pub(crate) fn first_boot_files(
     if network == Network::Host {
         layer.write(LISTEN_CONF, &listen_conf(ssh_port), 0o644, root)?;
     }
-    Ok(())
+    layer.finish()
 }
 
 /// An sshd_config drop-in (OpenSSH reads it; `tiny`'s dropbear start-up

@@ -105,8 +105,8 @@ pub fn host_fwds(ssh_port: u16, forwards: &[Forward]) -> Vec<Forward> {
 /// filter on the helper itself, and readiness reported on `ready_fd`.
 /// slirp4netns's `--enable-sandbox` is not used: run as root, the mount
 /// changes it makes to sandbox itself reach the host's /run/netns.
-pub fn args(netns: &Path, api: &Path, ready_fd: i32) -> Vec<String> {
-    vec![
+pub fn args(netns: &Path, userns: Option<&Path>, api: &Path, ready_fd: i32) -> Vec<String> {
+    let mut a: Vec<String> = vec![
         "--configure".into(),
         "--mtu=65520".into(),
         "--disable-host-loopback".into(),
@@ -114,15 +114,22 @@ pub fn args(netns: &Path, api: &Path, ready_fd: i32) -> Vec<String> {
         format!("--ready-fd={ready_fd}"),
         format!("--api-socket={}", api.display()),
         "--netns-type=path".into(),
-        netns.display().to_string(),
-        "tap0".into(),
-    ]
+    ];
+    // Rootless: the namespace belongs to the machine's user namespace,
+    // which the helper joins first.
+    if let Some(u) = userns {
+        a.push(format!("--userns-path={}", u.display()));
+    }
+    a.extend([netns.display().to_string(), "tap0".into()]);
+    a
 }
 
 /// The helper's API socket while ports are being added (a short path: a
 /// socket's path may not exceed 107 bytes).
-fn api_path(id: &str) -> PathBuf {
-    Path::new("/run/envup").join(format!("{id}.api"))
+fn api_path(id: &str) -> Result<PathBuf, NetError> {
+    let dir =
+        crate::host::runtime_dir().map_err(io("make", Path::new("envup's runtime directory")))?;
+    Ok(dir.join(format!("{id}.api")))
 }
 
 /// The request that adds one forwarded port.
@@ -138,26 +145,25 @@ pub fn add_hostfwd_request(f: &Forward) -> serde_json::Value {
     })
 }
 
-/// Connect the network namespace at `netns` (named `id` on the host) and
-/// open its forwarded ports. Returns once every port listens; the helper's
-/// messages go to `log`.
+/// Connect the network namespace at `netns` (named `id` on the host; in
+/// user namespace `userns` when rootless) and open its forwarded ports.
+/// Returns once every port listens; the helper's messages go to `log`.
 pub fn connect(
     netns: &Path,
+    userns: Option<&Path>,
     id: &str,
     log: &Path,
     fwds: &[Forward],
     lifetime: Lifetime,
 ) -> Result<Child, NetError> {
-    let api = api_path(id);
-    let run = api.parent().expect("has a parent");
-    std::fs::create_dir_all(run).map_err(io("make", run))?;
+    let api = api_path(id)?;
     let _ = std::fs::remove_file(&api);
     let (ready_r, ready_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(NetError::Pipe)?;
     let logf = std::fs::File::create(log).map_err(io("create", log))?;
     let w = ready_w.as_raw_fd();
     let mut cmd = Command::new(PROGRAM);
-    cmd.args(args(netns, &api, w))
+    cmd.args(args(netns, userns, &api, w))
         .stdin(Stdio::null())
         .stdout(logf.try_clone().map_err(io("open again", log))?)
         .stderr(logf);
@@ -449,6 +455,7 @@ mod tests {
     fn arguments_name_the_namespace_last() {
         let a = args(
             Path::new("/run/netns/envup-x"),
+            None,
             Path::new("/run/envup/x.api"),
             7,
         );
@@ -456,5 +463,15 @@ mod tests {
         assert!(a.contains(&"--disable-host-loopback".to_string()));
         assert!(!a.iter().any(|x| x.contains("sandbox")));
         assert_eq!(a[a.len() - 2..], ["/run/netns/envup-x", "tap0"]);
+        let b = args(
+            Path::new("/proc/9/ns/net"),
+            Some(Path::new("/proc/9/ns/user")),
+            Path::new("/tmp/envup-1000/x.api"),
+            7,
+        );
+        assert_eq!(
+            b[b.len() - 3..],
+            ["--userns-path=/proc/9/ns/user", "/proc/9/ns/net", "tap0"]
+        );
     }
 }

@@ -20,16 +20,27 @@ fn partial(dir: &Path, name: &str) -> PathBuf {
     dir.join("snapshots").join(format!(".{name}.part"))
 }
 
-/// `cp -a`: copies with owners, modes, links, devices and xattrs as they are.
+/// `cp -a`: copies with owners, modes, links, devices and xattrs as they
+/// are (rootless, in the user namespace that can give those owners).
 fn copy_tree(from: &Path, to: &Path) -> Result<(), BackendError> {
-    let copied = run_tool(
-        Command::new("cp").arg("-a").arg(from).arg(to),
-        "apt-get install coreutils",
-    );
+    let copied = if crate::userns::rootless() {
+        crate::userns::run("copy", &[from.as_os_str(), to.as_os_str()])
+            .map_err(io_err("copy", from))
+    } else {
+        run_tool(
+            Command::new("cp").arg("-a").arg(from).arg(to),
+            "apt-get install coreutils",
+        )
+        .map(drop)
+    };
     if copied.is_err() {
-        let _ = std::fs::remove_dir_all(to);
+        let _ = remove_all(to);
     }
-    copied.map(drop)
+    copied
+}
+
+fn remove_all(p: &Path) -> std::io::Result<()> {
+    crate::userns::remove_all(p)
 }
 
 /// Copy the machine's layer to snapshot `name`; `freeze(true)` before and
@@ -44,7 +55,7 @@ pub(crate) fn save(
     let snapshots = dir.join("snapshots");
     std::fs::create_dir_all(&snapshots).map_err(io_err("make", snapshots))?;
     let tmp = partial(dir, name);
-    let _ = std::fs::remove_dir_all(&tmp);
+    let _ = remove_all(&tmp);
     if running {
         freeze(true)?;
     }
@@ -66,12 +77,12 @@ pub(crate) fn restore(dir: &Path, name: &str) -> Result<(), BackendError> {
     let upper = dir.join("upper");
     let old = dir.join("upper.old");
     let fresh = dir.join("upper.restoring");
-    let _ = std::fs::remove_dir_all(&old);
-    let _ = std::fs::remove_dir_all(&fresh);
+    let _ = remove_all(&old);
+    let _ = remove_all(&fresh);
     copy_tree(&snap, &fresh)?;
     std::fs::rename(&upper, &old).map_err(io_err("move aside", &upper))?;
     std::fs::rename(&fresh, &upper).map_err(io_err("rename to its place", &fresh))?;
-    let _ = std::fs::remove_dir_all(&old);
+    let _ = remove_all(&old);
     Ok(())
 }
 
@@ -99,7 +110,7 @@ pub(crate) fn delete(dir: &Path, name: &str) -> Result<(), BackendError> {
     if !snap.is_dir() {
         return Err(BackendError::NoSnapshot(name.to_owned()));
     }
-    std::fs::remove_dir_all(&snap).map_err(io_err("remove", snap))
+    remove_all(&snap).map_err(io_err("remove", snap))
 }
 
 #[cfg(test)]
