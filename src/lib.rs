@@ -6,6 +6,7 @@ pub mod boxes;
 pub mod cli;
 pub mod contained;
 pub mod envfile;
+pub mod fault;
 pub mod host;
 pub mod ident;
 pub mod ops;

@@ -170,13 +170,16 @@ impl Ops<'_> {
                     self.reporter.step(name, "creating");
                     self.apply(&mut state, Event::BeginCreate)?;
                     self.index.record(self.entry(m))?;
+                    crate::fault::point("up:recorded");
                     let keys = MachineKeys::ensure(&self.project.machine_dir(name), name)?;
                     let created = backend
                         .create(m, &stored, &keys, &mut state)
                         .and_then(|()| {
+                            crate::fault::point("up:created");
                             self.reporter.step(name, "starting");
                             backend.start(m, &mut state)
                         });
+                    crate::fault::point("up:started");
                     if let Err(e) = created {
                         if !keep_on_error {
                             let _ = self.destroy_with(backend, &mut state);
@@ -187,13 +190,32 @@ impl Ops<'_> {
                     state.first_login = stored.manifest.first_login;
                     self.apply(&mut state, Event::Created)?;
                     self.apply(&mut state, Event::Started)?;
+                    crate::fault::point("up:running");
                     done.push("created");
                 }
                 Action::Start if state.status == Status::Running => {}
                 Action::Start => {
                     self.reporter.step(name, "starting");
                     backend.start(m, &mut state)?;
-                    state.settings = plan::settings(m);
+                    let wanted = plan::settings(m);
+                    let applies = backend.restart_applies();
+                    state.settings = plan::after_restart(&state.settings, &wanted, applies);
+                    let kept: Vec<String> = plan::changed_settings(&state.settings, &wanted)
+                        .into_iter()
+                        .filter_map(|c| Some(c.split_once(':')?.0.to_owned()))
+                        .collect();
+                    if !kept.is_empty() {
+                        self.reporter.line(
+                            name,
+                            crate::ui::Stream::Stderr,
+                            &format!(
+                                "note: the {} backend cannot change {} of a made machine; \
+                                 `envup destroy {name}` then `envup up {name}` applies it",
+                                backend.name(),
+                                kept.join(", ")
+                            ),
+                        );
+                    }
                     self.apply(&mut state, Event::Started)?;
                     done.push("started");
                 }
@@ -203,7 +225,21 @@ impl Ops<'_> {
         // `up` ends when the machine answers SSH, provisioners or not.
         let booted = !done.is_empty() || state.first_login.is_some();
         let ssh = if booted {
-            let ssh = self.wait_ssh(m, &mut state)?;
+            let ssh = match self.wait_ssh(m, &mut state) {
+                Ok(ssh) => ssh,
+                // A machine made by this `up` that never answered goes,
+                // as one that failed to be created or started does.
+                Err(e) if done.contains(&"created") && !keep_on_error => {
+                    self.reporter.line(
+                        name,
+                        crate::ui::Stream::Stderr,
+                        "note: the new machine is destroyed (--no-destroy-on-error keeps it)",
+                    );
+                    let _ = self.destroy_with(backend, &mut state);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
             for note in backend.after_boot(m, &ssh)? {
                 self.reporter
                     .line(name, crate::ui::Stream::Stderr, &format!("note: {note}"));
@@ -417,6 +453,7 @@ impl Ops<'_> {
             runner.run(p)?;
             state.provisioned.insert(n.clone(), hash);
             self.save(state)?;
+            crate::fault::point("up:provisioned");
         }
         Ok(names.len())
     }

@@ -71,6 +71,20 @@ pub fn settings(m: &Machine) -> Value {
     })
 }
 
+/// The settings a machine has after a start that applied `applies` (keys
+/// of [`settings`]) from `current`: the others stay as `recorded`.
+pub fn after_restart(recorded: &Value, current: &Value, applies: &[&str]) -> Value {
+    let mut out = recorded.clone();
+    if let (Some(out), Some(new)) = (out.as_object_mut(), current.as_object()) {
+        for k in applies {
+            if let Some(v) = new.get(*k) {
+                out.insert((*k).to_owned(), v.clone());
+            }
+        }
+    }
+    out
+}
+
 /// `key: old → new` for every setting that differs.
 pub fn changed_settings(recorded: &Value, current: &Value) -> Vec<String> {
     let (Some(old), Some(new)) = (recorded.as_object(), current.as_object()) else {
@@ -199,7 +213,7 @@ pub fn plan_up(m: &Machine, state: Option<&MachineState>, choice: &ProvisionChoi
             let changed = changed_settings(&s.settings, &settings(m));
             if !changed.is_empty() {
                 notes.push(format!(
-                    "settings changed since it was created ({}); `envup reload {}` applies them",
+                    "settings changed since it was made ({}); `envup reload {}` applies what its backend can change",
                     changed.join(", "),
                     m.name
                 ));
@@ -277,6 +291,19 @@ mod tests {
             only: vec![],
         };
         assert!(plan_up(&m, Some(&s), &none).is_noop());
+    }
+
+    #[test]
+    fn a_restart_records_only_what_it_applied() {
+        let old = settings(&machine(WEB));
+        let new = settings(&machine(
+            &WEB.replace("box = \"b\"", "box = \"b\"\nmemory = \"2GiB\"\ncpus = 3"),
+        ));
+        let after = after_restart(&old, &new, &["memory"]);
+        let left = changed_settings(&after, &new);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].starts_with("cpus:"), "{left:?}");
+        assert!(changed_settings(&after_restart(&old, &new, &["memory", "cpus"]), &new).is_empty());
     }
 
     #[test]

@@ -13,22 +13,6 @@ use std::sync::OnceLock;
 use common::{Project, check};
 use libtest_mimic::{Arguments, Failed, Trial};
 
-fn unavailable(engine: &str) -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("box builds need root".into());
-    }
-    if engine == "lxc" {
-        return common::host_lacks("lxc-start")
-            .then(|| "lxc is not installed (apt-get install lxc)".into());
-    }
-    envup::backend::container::engine::EngineCli::find(match engine {
-        "docker" => envup::backend::container::engine::Kind::Docker,
-        _ => envup::backend::container::engine::Kind::Podman,
-    })
-    .err()
-    .map(|e| envup::cli::error::chain(&e))
-}
-
 /// One ENVUP_HOME with `tiny` and `debian/bookworm`, shared by the tests.
 fn home() -> &'static tempfile::TempDir {
     static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
@@ -43,23 +27,6 @@ fn envup(p: &Project, args: &[&str]) -> common::Done {
 
 fn exec(p: &Project, machine: &str, script: &str) -> String {
     common::exec_in(home().path(), p, machine, script)
-}
-
-/// The engine's names of the project's containers: Docker's and Podman's
-/// from the machine's `container.json`, LXC's from the container
-/// directories under its `lxc/` (those with a `config`).
-fn containers(p: &Project) -> Vec<String> {
-    let dir = p.path().join(".envup/machines");
-    let names = |machine: std::path::PathBuf| -> Vec<String> {
-        if let Ok(b) = std::fs::read(machine.join("container.json")) {
-            let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
-            return v["name"].as_str().map(str::to_owned).into_iter().collect();
-        }
-        common::lxc_names(&machine)
-    };
-    std::fs::read_dir(&dir)
-        .map(|d| d.flatten().flat_map(|e| names(e.path())).collect())
-        .unwrap_or_default()
 }
 
 fn engine_knows(engine: &str, what: &[&str]) -> String {
@@ -96,7 +63,7 @@ fn lifecycle(engine: &'static str, boxname: &'static str) -> Result<(), Failed> 
         exec(&p, "web", "cat /srv/data/hello") == "shared\n",
         "the share is not mounted",
     )?;
-    let names = containers(&p);
+    let names = common::containers(&p);
     check(names.len() == 1, format!("containers: {names:?}"))?;
     check(
         exec(&p, "web", "cat /root/p") == "provisioned\n",
@@ -277,7 +244,7 @@ fn main() {
     let args = Arguments::from_args();
     let mut trials = Vec::new();
     for engine in ["docker", "podman", "lxc"] {
-        let skip = unavailable(engine);
+        let skip = common::engine_unavailable(engine);
         if let Some(why) = &skip {
             eprintln!("skipping the {engine} tests: {why}");
         }

@@ -231,6 +231,26 @@ fn start_fails() -> Result<(), Failed> {
     check(lab.indexed() == 0, || "an index entry was left".into())
 }
 
+/// A new machine that never answers SSH is destroyed, as one whose create
+/// or start failed is.
+fn never_answers_is_destroyed() -> Result<(), Failed> {
+    let lab = Lab::new(
+        "[machines.web]\nboot_timeout = \"2s\"\n",
+        false,
+        Duration::ZERO,
+    );
+    let err = lab.up("web").expect_err("up must fail");
+    check(err.contains("no SSH login"), || format!("error: {err}"))?;
+    let calls = lab.calls();
+    check(calls == ["create web", "start web", "destroy web"], || {
+        format!("calls: {calls:?}")
+    })?;
+    check(lab.world.lock().unwrap().made.is_empty(), || {
+        "the machine that never answered was left".into()
+    })?;
+    check(lab.status("web").is_none(), || "state left".into())
+}
+
 /// With --no-destroy-on-error the failed machine stays, recorded as
 /// `creating`, and the next `up` cleans it up before making it again.
 fn kept_on_error_then_cleaned() -> Result<(), Failed> {
@@ -439,10 +459,11 @@ fn main() {
         ("interrupted_cleaned", interrupted_cleaned),
         ("died_outside", died_outside),
     ];
-    let plain: [(&str, Case); 6] = [
+    let plain: [(&str, Case); 7] = [
         ("handed_over_then_damaged", handed_over_then_damaged),
         ("create_fails", create_fails),
         ("start_fails", start_fails),
+        ("never_answers_is_destroyed", never_answers_is_destroyed),
         ("died_outside_halt", died_outside_halt),
         ("failed_dependency_skips", failed_dependency_skips),
         ("jobs_respected", jobs_respected),

@@ -301,7 +301,15 @@ pub trait Backend: Send + Sync {
         keys: &MachineKeys,
         state: &mut MachineState,
     ) -> Result<(), BackendError>;
+    /// Start the machine, applying (when it was stopped) the settings
+    /// [`Backend::restart_applies`] names from `m`.
     fn start(&self, m: &Machine, state: &mut MachineState) -> Result<(), BackendError>;
+    /// The settings (keys of `plan::settings`) that a start of a stopped
+    /// machine takes from the Envfile; the others stay as created, and
+    /// need `destroy` + `up` to change.
+    fn restart_applies(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Stop gracefully, or at once when `force`.
     fn stop(&self, state: &MachineState, force: bool) -> Result<(), BackendError>;
     /// Remove every trace of the machine outside its state directory.

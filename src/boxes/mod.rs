@@ -9,6 +9,7 @@ pub mod download;
 pub mod lock;
 pub mod manifest;
 pub mod resolve;
+pub mod staging;
 pub mod store;
 pub mod vagrant;
 pub mod vagrantfile;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::archive::{self, ArchiveError};
 use super::manifest::Manifest;
+use super::staging::Staging;
 use super::vagrant;
 use super::{BoxError, io_err};
 
@@ -120,14 +121,16 @@ impl Store {
         self.root.join("downloads")
     }
 
-    fn tmp(&self) -> Result<tempfile::TempDir, BoxError> {
-        let dir = self.root.join("tmp");
-        crate::state::ensure_private_dir(&self.root).map_err(io_err("create", &self.root))?;
-        crate::state::create_private_dir(&dir).map_err(io_err("create", &dir))?;
-        tempfile::Builder::new()
-            .prefix("unpack-")
-            .tempdir_in(&dir)
-            .map_err(io_err("create a directory in", &dir))
+    fn tmp(&self) -> Result<Staging, BoxError> {
+        Staging::new(&self.root).map_err(io_err(
+            "make a staging directory in",
+            &self.root.join("tmp"),
+        ))
+    }
+
+    /// What killed envups left half made in the store.
+    pub fn leftovers(&self) -> Vec<PathBuf> {
+        super::staging::leftovers(&self.root)
     }
 
     fn load(&self, dir: &Path) -> Option<StoredBox> {
@@ -234,21 +237,19 @@ impl Store {
         )
         .map_err(io_err("write", &meta_path))?;
         let dest = self.root.join(&unpacked.digest);
-        let staged = tmp.keep();
-        match std::fs::rename(&staged, &dest) {
+        crate::fault::point("box:staged");
+        let mut tmp = tmp;
+        match tmp.rename_to(&dest) {
             Ok(()) => {}
             // The same bytes are stored already (by an earlier add, or
             // by someone meanwhile): those will do, under their name.
             Err(_) if dest.join("box.toml").exists() => {
-                let _ = std::fs::remove_dir_all(&staged);
+                drop(tmp);
                 if let Some(b) = self.get(&unpacked.digest) {
                     return already_stored(b, naming);
                 }
             }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&staged);
-                return Err(io_err("move into place", &dest)(e));
-            }
+            Err(e) => return Err(io_err("move into place", &dest)(e)),
         }
         self.get(&unpacked.digest).ok_or_else(|| {
             io_err("read back", &dest)(std::io::Error::other("stored box is unreadable"))
@@ -286,12 +287,15 @@ impl Store {
         Ok(bad)
     }
 
-    /// Remove what interrupted adds and downloads left behind more than an
-    /// hour ago (younger ones may belong to an envup still at work).
+    /// Remove what interrupted adds and unpacks left (whose maker is gone)
+    /// and downloads left more than an hour ago (younger ones may belong
+    /// to an envup still at work, and are resumed).
     pub fn clean_leftovers(&self) -> Result<usize, BoxError> {
         let hour = std::time::Duration::from_secs(3600);
-        let mut n = 0;
-        for dir in [self.root.join("tmp"), self.downloads()] {
+        let tmp = self.root.join("tmp");
+        let mut n = super::staging::remove_leftovers(&self.root)
+            .map_err(io_err("remove leftovers in", &tmp))?;
+        for dir in [self.downloads()] {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };

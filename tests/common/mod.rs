@@ -213,6 +213,40 @@ pub fn lxc_names(machine: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Why `engine` (docker, podman, lxc) cannot run machines here, if it cannot.
+pub fn engine_unavailable(engine: &str) -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("box builds need root".into());
+    }
+    if engine == "lxc" {
+        return host_lacks("lxc-start")
+            .then(|| "lxc is not installed (apt-get install lxc)".into());
+    }
+    envup::backend::container::engine::EngineCli::find(match engine {
+        "docker" => envup::backend::container::engine::Kind::Docker,
+        _ => envup::backend::container::engine::Kind::Podman,
+    })
+    .err()
+    .map(|e| envup::cli::error::chain(&e))
+}
+
+/// The engine's names of the project's containers: Docker's and Podman's
+/// from the machine's `container.json`, LXC's from the container
+/// directories under its `lxc/` (those with a `config`).
+pub fn containers(p: &Project) -> Vec<String> {
+    let dir = p.path().join(".envup/machines");
+    let names = |machine: std::path::PathBuf| -> Vec<String> {
+        if let Ok(b) = std::fs::read(machine.join("container.json")) {
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+            return v["name"].as_str().map(str::to_owned).into_iter().collect();
+        }
+        lxc_names(&machine)
+    };
+    std::fs::read_dir(&dir)
+        .map(|d| d.flatten().flat_map(|e| names(e.path())).collect())
+        .unwrap_or_default()
+}
+
 /// The host names (cgroup, netns) of the project's jails and LXC
 /// containers.
 pub fn jail_ids(p: &Project) -> Vec<String> {

@@ -474,11 +474,12 @@ impl Backend for ContainerBackend {
         Ok(())
     }
 
-    fn start(&self, _m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
+    fn start(&self, m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
         let (e, c) = load(state)?;
         // Starting a running container does nothing, in both engines.
+        let was_running = engine_status(&e, &c.name).as_deref() == Some("running");
         if let Some(ep) = &state.ssh
-            && engine_status(&e, &c.name).as_deref() != Some("running")
+            && !was_running
         {
             wait_port_free(ep.port);
         }
@@ -493,7 +494,38 @@ impl Backend for ContainerBackend {
             } else {
                 err
             }
-        })
+        })?;
+        if was_running {
+            return Ok(());
+        }
+        // The Envfile's limits, applied to the running container when they
+        // differ from what it has (Podman does not keep an `update` across
+        // a restart, so this is asked at every start).
+        let has = e.run(&[
+            "inspect",
+            "--format",
+            "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}",
+            &c.name,
+        ])?;
+        let (memory, nanos) = (m.memory.bytes(), u64::from(m.cpus) * 1_000_000_000);
+        if has.split_whitespace().collect::<Vec<_>>() != [memory.to_string(), nanos.to_string()] {
+            e.run(&[
+                "update",
+                "--memory",
+                &format!("{memory}b"),
+                // Twice the memory, as both engines give at create.
+                "--memory-swap",
+                &format!("{}b", memory * 2),
+                "--cpus",
+                &m.cpus.to_string(),
+                &c.name,
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn restart_applies(&self) -> &'static [&'static str] {
+        &["cpus", "memory"]
     }
 
     fn stop(&self, state: &MachineState, force: bool) -> Result<(), BackendError> {

@@ -92,6 +92,8 @@ pub enum JailError {
     SupervisorStopped { status: String, last: String },
     #[error("the jail supervisor did not start in 20 s; see {}", .0.display())]
     SupervisorSlow(PathBuf),
+    #[error("an earlier supervisor of this jail did not end in 10 s; see {}", .0.display())]
+    SupervisorLingers(PathBuf),
     #[error(
         "the jail was made with a {made} network and the Envfile now asks for {asked}: \
          `envup destroy` it and `up` again to change that"
@@ -138,17 +140,35 @@ fn supervisor_exe() -> Result<PathBuf, BackendError> {
 
 /// The jail's supervisor, if it is still running and still ours: the
 /// process the state records or, when the state lost it (a damaged file, a
-/// kill before it was recorded), the one in the supervisor's own pid file;
-/// either only with the same start time and this jail's directory on its
-/// command line.
+/// kill before it was recorded), the one the supervisor wrote into its lock
+/// file at its first instant; either only with the same start time and
+/// this jail's directory on its command line.
 fn live_supervisor(state: &MachineState) -> Option<i32> {
     let dir = jail_dir(&super::machine_dir(state).ok()?);
     let recorded = state.id.clone().or_else(|| {
-        let text = std::fs::read_to_string(dir.join("supervisor.pid")).ok()?;
+        let text = std::fs::read_to_string(dir.join(supervisor::LOCK)).ok()?;
         let (pid, start) = text.trim().split_once(' ')?;
         Some(format!("{pid}:{start}"))
     });
     super::live_process(recorded.as_deref(), dir.as_os_str().as_encoded_bytes())
+}
+
+/// Wait (up to `limit`) until no supervisor holds the jail's lock: the last
+/// one has cleaned up after its jail. True if it is free.
+fn wait_unlocked(dir: &Path, limit: Duration) -> bool {
+    let Ok(f) = std::fs::File::open(dir.join(supervisor::LOCK)) else {
+        return true;
+    };
+    let until = Instant::now() + limit;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return true,
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 impl Backend for JailBackend {
@@ -274,6 +294,13 @@ impl Backend for JailBackend {
         launch(state)
     }
 
+    /// See [`refresh_config`].
+    fn restart_applies(&self) -> &'static [&'static str] {
+        &[
+            "cpus", "memory", "forwards", "shares", "hostname", "options",
+        ]
+    }
+
     fn stop(&self, state: &MachineState, force: bool) -> Result<(), BackendError> {
         halt(state, force)
     }
@@ -300,6 +327,9 @@ impl Backend for JailBackend {
     }
 
     fn status(&self, state: &MachineState) -> Result<Status, BackendError> {
+        if state.status == Status::Running {
+            thaw_if_left_frozen(state)?;
+        }
         Ok(match state.status {
             Status::Running if live_supervisor(state).is_none() => Status::Stopped,
             other => other,
@@ -398,6 +428,11 @@ fn launch(state: &mut MachineState) -> Result<(), BackendError> {
     }
     let log = dir.join("supervisor.log");
     let pidfile = dir.join("supervisor.pid");
+    // A supervisor of this jail that is still on its way out finishes
+    // first (its clean-up would take the new jail's cgroup).
+    if !wait_unlocked(&dir, HALT_DEADLINE) {
+        return Err(JailError::SupervisorLingers(log).into());
+    }
     let _ = std::fs::remove_file(&pidfile);
     let exe = supervisor_exe()?;
     let logf = std::fs::OpenOptions::new()
@@ -407,6 +442,8 @@ fn launch(state: &mut MachineState) -> Result<(), BackendError> {
         .map_err(io_err("open", &log))?;
     let mut cmd = Command::new(exe);
     cmd.arg(&dir)
+        // A fault the tests inject is envup's, not the supervisor's.
+        .env_remove(crate::fault::VAR)
         .stdin(Stdio::null())
         .stdout(logf.try_clone().map_err(io_err("open again", &log))?)
         .stderr(logf);
@@ -420,6 +457,7 @@ fn launch(state: &mut MachineState) -> Result<(), BackendError> {
         });
     }
     let mut child = cmd.spawn().map_err(JailError::Spawn)?;
+    crate::fault::point("jail:spawned");
     let started = Instant::now();
     loop {
         if let Ok(text) = std::fs::read_to_string(&pidfile)
@@ -453,6 +491,8 @@ fn halt(state: &MachineState, force: bool) -> Result<(), BackendError> {
     let Some(pid) = live_supervisor(state) else {
         return Ok(());
     };
+    // A frozen jail could neither power off nor die.
+    thaw_if_left_frozen(state)?;
     let sig = if force {
         nix::sys::signal::Signal::SIGINT
     } else {
@@ -475,7 +515,20 @@ fn halt(state: &MachineState, force: bool) -> Result<(), BackendError> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Gone from /proc is not yet done: its clean-up ends with its lock.
+    if let Ok(dir) = super::machine_dir(state) {
+        wait_unlocked(&jail_dir(&dir), Duration::from_secs(5));
+    }
     Ok(())
+}
+
+/// A jail that a killed `snapshot save` left frozen is thawed.
+fn thaw_if_left_frozen(state: &MachineState) -> Result<(), BackendError> {
+    let dir = jail_dir(&super::machine_dir(state)?);
+    snapshots::recover(&dir, || {
+        let id = read_config(state)?.id;
+        cgroup::Cgroup::freeze(&id, false).map_err(|e| JailError::Cgroup(e).into())
+    })
 }
 
 fn read_config(state: &MachineState) -> Result<JailConfig, BackendError> {

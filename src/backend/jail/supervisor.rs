@@ -567,8 +567,46 @@ fn hand_over(sock: &OwnedFd, h: Option<&Handed>) -> nix::Result<()> {
     .map(drop)
 }
 
+/// The file a jail's supervisor holds locked from its first instant to its
+/// last, with its pid and start time in it: while it is locked, a
+/// supervisor of the jail runs (or still cleans up), and no other starts.
+pub const LOCK: &str = "supervisor.lock";
+
+/// Lock the jail's [`LOCK`] and write who holds it; `None` if another
+/// supervisor holds it.
+fn hold_lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => return Err(e),
+    }
+    let me = std::process::id() as i32;
+    let started = crate::backend::start_time(me).unwrap_or(0);
+    f.set_len(0)?;
+    f.write_all(format!("{me} {started}\n").as_bytes())?;
+    Ok(Some(f))
+}
+
 /// Run one jail until it ends. Returns the process exit code.
 pub fn supervise(dir: &Path) -> i32 {
+    // First of all: from here on the next envup finds this supervisor.
+    let _lock = match hold_lock(dir) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            eprintln!("another supervisor runs this jail");
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("cannot lock {}: {e}", dir.join(LOCK).display());
+            return 1;
+        }
+    };
     let cfg = match JailConfig::load(dir) {
         Ok(c) => c,
         Err(e) => {

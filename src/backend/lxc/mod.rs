@@ -366,7 +366,7 @@ fn boot(
     let dir = lxc_path(name)?;
     let real = lxc_dir(state)?;
     // A container that powered itself off left its helper holding ports.
-    end_net(&real, name);
+    end_net(name);
     mount_root(&real, name, shares, ids)?;
     let log = dir.join("lxc.log");
     let started = lxc(
@@ -380,8 +380,8 @@ fn boot(
     let pid = init_pid(&dir, name).ok_or_else(|| LxcError::StoppedAtOnce(dir.join("lxc.log")))?;
     let ns = name_netns(pid, name)?;
     let ep = state.ssh.as_ref().ok_or(LxcError::NoSshPort)?;
-    // The helper outlives this command; its pid and start time are kept so
-    // that halt ends this process and no other.
+    // The helper outlives this command; halt finds it by the namespace it
+    // serves (net::helpers_of), which is this container's alone.
     let helper = net::connect(
         &ns,
         None,
@@ -390,54 +390,51 @@ fn boot(
         &net::host_fwds(ep.port, &state.forwards),
         net::Lifetime::Detached,
     );
-    let recorded = helper
-        .map_err(|e| BackendError::from(LxcError::Network(e)))
-        .and_then(|child| {
-            let pid = child.id() as i32;
-            let started = crate::backend::start_time(pid).unwrap_or(0);
-            let id = format!("{pid}:{started}");
-            Ok(crate::state::write_atomic(
-                &real.join(NET_PID),
-                id.as_bytes(),
-            )?)
-        });
-    if let Err(e) = recorded {
+    if let Err(e) = helper {
         let _ = stop(state, name, true);
-        return Err(e);
+        return Err(LxcError::Network(e).into());
     }
     Ok(())
 }
 
-/// Where the network helper's `pid:start-time` is kept.
-const NET_PID: &str = "net.pid";
-
-/// End the container's network helper, if it still runs, and take its
-/// namespace's name away.
-fn end_net(dir: &Path, name: &str) {
-    let id = std::fs::read_to_string(dir.join(NET_PID)).ok();
-    if let Some(pid) =
-        crate::backend::live_process(id.as_deref().map(str::trim), net::PROGRAM.as_bytes())
-    {
-        // Gone before returning: a new helper will want the same ports.
-        let p = nix::unistd::Pid::from_raw(pid);
-        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while crate::backend::live_process(id.as_deref().map(str::trim), net::PROGRAM.as_bytes())
-            .is_some()
-        {
-            if Instant::now() > deadline {
-                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+/// End the container's network helpers (found by the namespace they
+/// serve, so also one whose envup was killed as it started it), then take
+/// the namespace's name away.
+fn end_net(name: &str) {
+    let ns = net::netns_path(name);
+    for pid in net::helpers_of(&ns) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
-    let _ = std::fs::remove_file(dir.join(NET_PID));
+    // Gone before returning: a new helper will want the same ports.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !net::helpers_of(&ns).is_empty() {
+        if Instant::now() > deadline {
+            for pid in net::helpers_of(&ns) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     forget_netns(name);
+}
+
+/// A container that a killed `snapshot save` left frozen is thawed.
+fn thaw_if_left_frozen(state: &MachineState, name: &str) -> Result<(), BackendError> {
+    snapshots::recover(&lxc_dir(state)?, || {
+        lxc("lxc-unfreeze", &lxc_path(name)?, name, &[]).map(drop)
+    })
 }
 
 fn stop(state: &MachineState, name: &str, force: bool) -> Result<(), BackendError> {
     let dir = lxc_path(name)?;
+    thaw_if_left_frozen(state, name)?;
     if lxc_state(&dir, name).as_deref() == Some("RUNNING") {
         let mut stopped = false;
         if !force && let Some(pid) = init_pid(&dir, name) {
@@ -461,7 +458,7 @@ fn stop(state: &MachineState, name: &str, force: bool) -> Result<(), BackendErro
             lxc("lxc-stop", &dir, name, &["-k"])?;
         }
     }
-    end_net(&lxc_dir(state)?, name);
+    end_net(name);
     Ok(())
 }
 
@@ -597,6 +594,13 @@ impl Backend for LxcBackend {
         start(m, state, &name)
     }
 
+    /// Every start writes the container's config from the Envfile.
+    fn restart_applies(&self) -> &'static [&'static str] {
+        &[
+            "cpus", "memory", "forwards", "shares", "hostname", "options",
+        ]
+    }
+
     fn stop(&self, state: &MachineState, force: bool) -> Result<(), BackendError> {
         stop(state, &host_name(state)?, force)
     }
@@ -609,7 +613,9 @@ impl Backend for LxcBackend {
         if !matches!(state.status, Status::Running | Status::Stopped) {
             return Ok(state.status);
         }
-        status(&host_name(state)?)
+        let name = host_name(state)?;
+        thaw_if_left_frozen(state, &name)?;
+        status(&name)
     }
 
     fn snapshot_save(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {

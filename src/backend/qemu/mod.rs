@@ -292,6 +292,15 @@ impl Args {
     }
 }
 
+/// Set the value after `flag` in a command line that has it.
+fn set_flag(args: &mut [OsString], flag: &str, value: &str) {
+    if let Some(i) = args.iter().position(|a| a == flag)
+        && let Some(v) = args.get_mut(i + 1)
+    {
+        *v = value.into();
+    }
+}
+
 /// qemu's arguments for a machine.
 #[allow(clippy::too_many_arguments)]
 pub fn qemu_args(
@@ -372,8 +381,6 @@ pub fn qemu_args(
     a.0
 }
 
-/// The qemu recorded in the state, if it still runs and is still ours
-/// (its command line names this machine's QMP socket).
 /// The machine's qemu, if it runs: the process the state records, or (when
 /// the state lost it: a kill before it was recorded, a damaged file) the one
 /// in qemu's own pid file; either only if its command line names this
@@ -468,6 +475,7 @@ fn launch(state: &mut MachineState) -> Result<(), BackendError> {
         Command::new("qemu-system-x86_64").args(&cfg.args),
         "apt-get install qemu-system-x86",
     )?;
+    crate::fault::point("qemu:spawned");
     let pid: i32 = std::fs::read_to_string(p.pidfile())
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -598,8 +606,23 @@ impl Backend for QemuBackend {
         Ok(())
     }
 
-    fn start(&self, _m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
+    /// A stopped VM starts with the Envfile's cpus and memory (the
+    /// recorded command line's `-smp` and `-m`, rewritten).
+    fn start(&self, m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
+        if live_qemu(state).is_none() {
+            let mut cfg = read_config(state)?;
+            let before = cfg.args.clone();
+            set_flag(&mut cfg.args, "-smp", &m.cpus.to_string());
+            set_flag(&mut cfg.args, "-m", &format!("{}M", m.memory.bytes() >> 20));
+            if cfg.args != before {
+                crate::state::write_json(&Paths::of(state)?.config(), &cfg)?;
+            }
+        }
         launch(state)
+    }
+
+    fn restart_applies(&self) -> &'static [&'static str] {
+        &["cpus", "memory"]
     }
 
     fn stop(&self, state: &MachineState, force: bool) -> Result<(), BackendError> {

@@ -100,40 +100,37 @@ pub(crate) fn lower_dir(stored: &StoredBox) -> Result<PathBuf, BackendError> {
     if dir.is_dir() {
         return Ok(dir);
     }
-    let tmp = tempfile::Builder::new()
-        .prefix(".rootfs-")
-        .tempdir_in(&stored.dir)
-        .map_err(io_err("make a directory in", &stored.dir))?;
+    // Put together in the store's staging area, which tells a partial
+    // unpack (its envup killed) from one at work.
+    let store = stored.dir.parent().unwrap_or(&stored.dir);
+    let tmp = crate::boxes::staging::Staging::new(store)
+        .map_err(io_err("make a staging directory in", store.join("tmp")))?;
+    let unpacking = tmp.path().join("rootfs");
     // Rootless, the files get their owners from the helper: root's are the
     // user's, the rest the user's reserved ids.
     let unpacked = if crate::userns::rootless() {
-        crate::userns::run("unpack", &[tar_path.as_os_str(), tmp.path().as_os_str()])
+        crate::userns::run("unpack", &[tar_path.as_os_str(), unpacking.as_os_str()])
     } else {
-        unpack_rootfs(&tar_path, tmp.path())
+        unpack_rootfs(&tar_path, &unpacking)
     };
-    if let Err(source) = unpacked {
-        let _ = crate::userns::remove_all(tmp.path());
-        return Err(RootfsError::Unpack {
-            name: stored.meta.name.clone(),
-            source,
-        }
-        .into());
-    }
-    let kept = tmp.keep();
-    std::fs::rename(&kept, &dir).map_err(io_err("rename to its place", kept))?;
+    unpacked.map_err(|source| RootfsError::Unpack {
+        name: stored.meta.name.clone(),
+        source,
+    })?;
+    crate::fault::point("rootfs:unpacked");
+    std::fs::rename(&unpacking, &dir).map_err(io_err("rename to its place", &unpacking))?;
+    drop(tmp);
     drop(lock);
     Ok(dir)
 }
 
-/// Unpack a box's rootfs tar into `dest`, bounded: the store is private
-/// to its owner (no other host user reaches a setuid file in it), the
+/// Unpack a box's rootfs tar into `dest` (made here, in the store's staging
+/// area), bounded: the store is private to its owner (no other host user reaches a setuid file in it), the
 /// disk must hold the tar's size, and no entry may make the tree larger
 /// than the tar itself (sparse entries, which could, are refused). The
 /// tar crate keeps every path and link inside `dest`.
 pub(crate) fn unpack_rootfs(tar_path: &Path, dest: &Path) -> std::io::Result<()> {
-    if let Some(store) = dest.parent().and_then(Path::parent) {
-        crate::state::ensure_private_dir(store)?;
-    }
+    std::fs::create_dir(dest)?;
     let f = std::fs::File::open(tar_path)?;
     let budget = f.metadata()?.len();
     crate::host::check_space(dest, budget).map_err(std::io::Error::other)?;

@@ -189,6 +189,7 @@ pub fn connect(
         cmd.pre_exec(before_exec);
     }
     let mut child = cmd.spawn().map_err(NetError::Spawn)?;
+    crate::fault::point("net:spawned");
     drop(ready_w);
     let result = wait_ready(&ready_r, log).and_then(|()| {
         fwds.iter().try_for_each(|f| {
@@ -377,6 +378,28 @@ fn own_netns_dir(pid: i32) -> Result<(), NetError> {
         None::<&str>,
     )
     .map_err(fail)
+}
+
+/// The network helpers serving the namespace at `netns`: slirp4netns
+/// processes with that path on their command line. A helper is found this
+/// way even when its envup was killed before it recorded its pid.
+pub(crate) fn helpers_of(netns: &Path) -> Vec<i32> {
+    let want = netns.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let mut args = cmdline.split(|&b| b == 0);
+            let prog = args.next()?;
+            let ours = prog.rsplit(|&b| b == b'/').next() == Some(PROGRAM.as_bytes())
+                && args.any(|a| a == want);
+            ours.then_some(pid)
+        })
+        .collect()
 }
 
 /// Take a network namespace's name away again.

@@ -43,6 +43,28 @@ fn remove_all(p: &Path) -> std::io::Result<()> {
     crate::userns::remove_all(p)
 }
 
+/// The file in the machine's directory that says `save` froze the machine:
+/// made and locked before the freeze, removed after the thaw. Found
+/// unlocked, it is what a killed `save` left, and [`recover`] thaws.
+const FROZEN: &str = ".frozen";
+
+/// Thaw a machine that a `save` cut short left frozen (`thaw` does it),
+/// if one did; a `save` at work is left alone.
+pub(crate) fn recover(
+    dir: &Path,
+    thaw: impl FnOnce() -> Result<(), BackendError>,
+) -> Result<(), BackendError> {
+    let marker = dir.join(FROZEN);
+    let Ok(f) = std::fs::File::open(&marker) else {
+        return Ok(());
+    };
+    if f.try_lock().is_err() {
+        return Ok(());
+    }
+    thaw()?;
+    std::fs::remove_file(&marker).map_err(io_err("remove", &marker))
+}
+
 /// Copy the machine's layer to snapshot `name`; `freeze(true)` before and
 /// `freeze(false)` after when the machine is running.
 pub(crate) fn save(
@@ -56,12 +78,19 @@ pub(crate) fn save(
     std::fs::create_dir_all(&snapshots).map_err(io_err("make", snapshots))?;
     let tmp = partial(dir, name);
     let _ = remove_all(&tmp);
+    let mut marker = None;
     if running {
+        let path = dir.join(FROZEN);
+        let f = std::fs::File::create(&path).map_err(io_err("create", &path))?;
+        f.lock().map_err(io_err("lock", &path))?;
+        marker = Some((f, path));
         freeze(true)?;
+        crate::fault::point("snapshot:frozen");
     }
     let copied = copy_tree(&dir.join("upper"), &tmp);
-    if running {
+    if let Some((_lock, path)) = marker {
         freeze(false)?;
+        std::fs::remove_file(&path).map_err(io_err("remove", &path))?;
     }
     copied?;
     std::fs::rename(&tmp, &target).map_err(io_err("rename to its place", tmp))

@@ -275,6 +275,15 @@ fn verify(app: &App, name: &Option<String>) -> Result<ExitCode, CliError> {
             }
         }
     }
+    // Not boxes, and no box is wrong for them; but they hold disk.
+    let warn = style::WARN;
+    for p in store.leftovers() {
+        anstream::println!(
+            "{warn}partial{warn:#}  {}: left by an add or unpack that was cut short; \
+             `envup box prune` removes it",
+            p.display()
+        );
+    }
     if bad > 0 {
         return Err(CliError::Failed(format!(
             "{bad} stored box{} damaged; `envup box remove` it and add it again",

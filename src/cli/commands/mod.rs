@@ -139,10 +139,12 @@ pub(crate) fn running_machine(
     super::context::check_machine(config, name)?;
     let project = app.project(config);
     let state = created_machine(&project, name)?;
-    if !state.status.can_provision() {
+    // As the backend sees it: a machine whose processes died is not
+    // running, whatever the state recorded.
+    let status = crate::backend::Registry::builtin().observed_status(&state);
+    if !status.can_provision() {
         return Err(CliError::Failed(format!(
-            "machine `{name}` is {}; `envup up {name}` starts it",
-            state.status
+            "machine `{name}` is not running ({status}); `envup up {name}` starts it"
         )));
     }
     let keys = crate::ssh::MachineKeys::ensure(&project.machine_dir(name), name)

@@ -1,0 +1,410 @@
+//! Faults injected for real: `envup up` (and `snapshot save`, `box add`)
+//! killed with SIGKILL at each step boundary (`ENVUP_FAULT=POINT` makes
+//! envup send itself the signal there), and helpers killed under running
+//! machines, on each backend this host runs. After each: the next `up`
+//! converges on a working machine, and `destroy -f` leaves no process,
+//! mount, network namespace, cgroup, container or store debris.
+//! A backend the host lacks is reported as ignored, with the reason.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use common::{Project, check};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// One ENVUP_HOME with `tiny`, shared by the tests.
+fn home() -> &'static tempfile::TempDir {
+    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
+    HOME.get_or_init(|| common::boxes::home_with(&["tiny"]))
+}
+
+fn envup_in(home: &Path, p: &Project, args: &[&str]) -> common::Done {
+    p.cmd(args).env("ENVUP_HOME", home.to_str().unwrap()).out()
+}
+
+/// `envup ARGS` with `ENVUP_FAULT=point`: it must die of SIGKILL there.
+fn killed_at(home: &Path, p: &Project, args: &[&str], point: &str) -> Result<(), Failed> {
+    let o = p
+        .cmd(args)
+        .env("ENVUP_HOME", home.to_str().unwrap())
+        .env("ENVUP_FAULT", point)
+        .out();
+    check(
+        o.0.status.signal() == Some(9),
+        format!(
+            "envup {} did not die at {point}: {} {}",
+            args.join(" "),
+            o.0.status,
+            o.stderr()
+        ),
+    )
+}
+
+fn envfile(backend: &str) -> String {
+    let table = match backend {
+        "docker" | "podman" => format!("\n[machines.web.container]\nengine = \"{backend}\"\n"),
+        _ => String::new(),
+    };
+    let backend = match backend {
+        "docker" | "podman" => "container",
+        b => b,
+    };
+    format!(
+        "[machines.web]\nbox = \"tiny\"\nbackend = \"{backend}\"\nmemory = \"256MiB\"\n\
+         provision = [{{ name = \"mark\", shell = \"echo x >> /root/runs\" }}]\n{table}"
+    )
+}
+
+/// What the project's machines hold on the host, by name.
+fn host_names(p: &Project) -> Vec<String> {
+    let mut names = common::jail_ids(p);
+    names.extend(common::containers(p));
+    names
+}
+
+/// After a fault: `up` brings the machine up and provisioned, then
+/// `destroy -f` leaves nothing of it.
+fn converges(home: &Path, p: &Project, engine: Option<&str>) -> Result<(), Failed> {
+    let up = envup_in(home, p, &["up"]);
+    check(
+        up.code() == 0,
+        format!("up after the fault: {}", up.stderr()),
+    )?;
+    let ran = common::exec_in(home, p, "web", "cat /root/runs");
+    check(
+        ran == "x\n",
+        format!("the provisioner ran {ran:?} times, not once"),
+    )?;
+    let names = host_names(p);
+    let destroyed = envup_in(home, p, &["destroy", "-f"]);
+    check(
+        destroyed.code() == 0,
+        format!("destroy: {}", destroyed.stderr()),
+    )?;
+    common::nothing_left(p, &names)?;
+    if let Some(engine) = engine {
+        for n in &names {
+            let o = std::process::Command::new(engine)
+                .args(["ps", "-a", "-q", "--filter", &format!("name=^{n}$")])
+                .output()
+                .unwrap();
+            check(o.stdout.is_empty(), format!("{engine} container {n} left"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `up` killed at `point`, then `up` and `destroy -f`.
+fn kill_up(backend: &'static str, point: &'static str) -> Result<(), Failed> {
+    let p = Project::with_envfile(&envfile(backend));
+    killed_at(home().path(), &p, &["up"], point)?;
+    let engine = matches!(backend, "docker" | "podman").then_some(backend);
+    converges(home().path(), &p, engine)
+}
+
+/// The first unpack of a box's rootfs killed before it was complete: the
+/// partial tree is named as such by `box verify`, the next `up` unpacks
+/// afresh, and `box prune` leaves no partial tree behind.
+fn killed_unpack() -> Result<(), Failed> {
+    let home = common::boxes::home_with(&["tiny"]);
+    let p = Project::with_envfile(&envfile("jail"));
+    killed_at(home.path(), &p, &["up"], "rootfs:unpacked")?;
+    let stored = common::boxes::stored_dir(home.path(), "tiny");
+    let tmp = home.path().join("boxes-v1/tmp");
+    let partial = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+            .unwrap_or(0)
+    };
+    check(partial(&tmp) == 1, "no partial unpack to find")?;
+    check(
+        !stored.join("rootfs").exists(),
+        "a partial rootfs is in place",
+    )?;
+    let verify = envup_in(home.path(), &p, &["box", "verify"]);
+    check(
+        verify.stdout().contains("partial"),
+        format!("box verify: {} {}", verify.stdout(), verify.stderr()),
+    )?;
+    converges(home.path(), &p, None)?;
+    check(
+        partial(&tmp) == 0,
+        "the partial unpack is still in the store",
+    )
+}
+
+/// `box add` killed with the box staged: no half-stored box; the next add
+/// stores it and removes what the first left.
+fn killed_add() -> Result<(), Failed> {
+    let home = tempfile::tempdir().unwrap();
+    let p = Project::new();
+    let b = common::boxes::built_box("tiny");
+    let add = ["box", "add", b.to_str().unwrap()];
+    killed_at(home.path(), &p, &add, "box:staged")?;
+    let list = envup_in(home.path(), &p, &["box", "list"]);
+    check(
+        !list.stdout().contains("tiny"),
+        format!("a box is listed after a killed add: {}", list.stdout()),
+    )?;
+    envup_in(home.path(), &p, &add).status(0);
+    let tmp = home.path().join("boxes-v1/tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    check(
+        left.is_empty(),
+        format!("left in the store's tmp: {left:?}"),
+    )?;
+    envup_in(home.path(), &p, &["box", "verify"]).status(0);
+    Ok(())
+}
+
+/// A jail's supervisor killed under it: `status` says stopped, `exec`
+/// says it is not running, `up` starts it again.
+fn supervisor_killed() -> Result<(), Failed> {
+    let p = Project::with_envfile(&envfile("jail"));
+    envup_in(home().path(), &p, &["up"]).status(0);
+    let pidfile = p.path().join(".envup/machines/web/jail/supervisor.pid");
+    let text = std::fs::read_to_string(&pidfile).unwrap();
+    let pid: i32 = text.split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let exec = envup_in(home().path(), &p, &["exec", "web", "--", "true"]);
+    check(
+        exec.code() != 0 && exec.stderr().contains("not running"),
+        format!("exec on a dead jail: {}", exec.stderr()),
+    )?;
+    let status = envup_in(home().path(), &p, &["status"]);
+    check(
+        status.stdout().contains("stopped"),
+        format!("status: {}", status.stdout()),
+    )?;
+    converges(home().path(), &p, None)
+}
+
+/// `snapshot save` killed with the machine frozen: the next command finds
+/// it frozen and thaws it.
+fn snapshot_killed(backend: &'static str) -> Result<(), Failed> {
+    let p = Project::with_envfile(&envfile(backend));
+    envup_in(home().path(), &p, &["up"]).status(0);
+    killed_at(
+        home().path(),
+        &p,
+        &["snapshot", "save", "web", "s1"],
+        "snapshot:frozen",
+    )?;
+    let status = envup_in(home().path(), &p, &["status"]);
+    check(
+        status.stdout().contains("running"),
+        format!("status: {}", status.stdout()),
+    )?;
+    let ran = common::exec_in(home().path(), &p, "web", "echo alive");
+    check(ran == "alive\n", format!("exec after the kill: {ran:?}"))?;
+    envup_in(home().path(), &p, &["snapshot", "save", "web", "s1"]).status(0);
+    converges(home().path(), &p, None)
+}
+
+/// The memory limit of the cgroup process `pid` is in, as the host sees it.
+fn memory_limit_of(pid: &str) -> Option<u64> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let read = |p: String| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok();
+    for line in cgroups.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        if controllers.split(',').any(|c| c == "memory") {
+            return read(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"));
+        }
+        if controllers.is_empty() {
+            for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+                if let Some(v) = read(format!("{root}{path}/memory.max")) {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The memory the machine `web` has now, as its backend gave it.
+fn memory_now(backend: &str, p: &Project) -> Option<u64> {
+    match backend {
+        "jail" => {
+            let id = common::jail_ids(p).pop()?;
+            let procs =
+                std::fs::read_to_string(format!("/sys/fs/cgroup/pids/envup/{id}/cgroup.procs"))
+                    .or_else(|_| {
+                        std::fs::read_to_string(format!("/sys/fs/cgroup/envup/{id}/cgroup.procs"))
+                    })
+                    .ok()?;
+            memory_limit_of(procs.lines().next()?.trim())
+        }
+        "docker" | "podman" => {
+            let name = common::containers(p).pop()?;
+            let o = std::process::Command::new(backend)
+                .args(["inspect", "--format", "{{.State.Pid}}", &name])
+                .output()
+                .ok()?;
+            memory_limit_of(String::from_utf8_lossy(&o.stdout).trim())
+        }
+        _ => {
+            // qemu's -m, in MiB, on its command line.
+            let procs = common::processes_naming(p.path().as_os_str().as_encoded_bytes());
+            let line = procs.iter().find(|l| l.contains("qemu-system"))?;
+            let mut words = line.split(' ');
+            words.find(|w| *w == "-m")?;
+            let mib: u64 = words.next()?.trim_end_matches('M').parse().ok()?;
+            Some(mib << 20)
+        }
+    }
+}
+
+/// `reload` after `memory` changed in the Envfile: the machine then has
+/// the new memory (in its cgroup, in the engine, on qemu's command line),
+/// and `plan` no longer shows the change.
+fn reload_applies(backend: &'static str) -> Result<(), Failed> {
+    let p = Project::with_envfile(&envfile(backend));
+    envup_in(home().path(), &p, &["up"]).status(0);
+    let before = memory_now(backend, &p);
+    check(
+        before == Some(256 << 20),
+        format!("memory before: {before:?}"),
+    )?;
+    p.write("Envfile", &envfile(backend).replace("256MiB", "384MiB"));
+    let plan = envup_in(home().path(), &p, &["plan"]);
+    check(
+        plan.stderr().contains("memory") || plan.stdout().contains("memory"),
+        format!(
+            "plan does not show the change: {}{}",
+            plan.stdout(),
+            plan.stderr()
+        ),
+    )?;
+    envup_in(home().path(), &p, &["reload"]).status(0);
+    let after = memory_now(backend, &p);
+    check(
+        after == Some(384 << 20),
+        format!("memory after reload: {after:?}"),
+    )?;
+    let plan = envup_in(home().path(), &p, &["plan"]);
+    check(
+        !(plan.stderr() + &plan.stdout()).contains("memory:"),
+        format!(
+            "plan still shows a change: {}{}",
+            plan.stdout(),
+            plan.stderr()
+        ),
+    )?;
+    converges_after_reload(&p, backend)
+}
+
+/// The machine keeps working after the reload, and goes cleanly.
+fn converges_after_reload(p: &Project, backend: &str) -> Result<(), Failed> {
+    let names = host_names(p);
+    envup_in(home().path(), p, &["destroy", "-f"]).status(0);
+    common::nothing_left(p, &names)?;
+    if matches!(backend, "docker" | "podman") {
+        check(common::containers(p).is_empty(), "a container is left")?;
+    }
+    Ok(())
+}
+
+type TestFn = Box<dyn FnOnce() -> Result<(), Failed> + Send>;
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut trials: Vec<Trial> = Vec::new();
+    let mut add = |name: String, skip: &Option<String>, f: TestFn| {
+        trials.push(Trial::test(name, f).with_ignored_flag(skip.is_some()));
+    };
+    let up_points = [
+        "up:recorded",
+        "up:created",
+        "up:started",
+        "up:running",
+        "up:provisioned",
+    ];
+    let jails = common::jails_unavailable();
+    if let Some(why) = &jails {
+        eprintln!("skipping the jail cases: {why}");
+    }
+    for point in up_points.into_iter().chain(["jail:spawned"]) {
+        add(
+            format!("jail_{point}"),
+            &jails,
+            Box::new(move || kill_up("jail", point)),
+        );
+    }
+    add("jail_rootfs_unpack".into(), &jails, Box::new(killed_unpack));
+    add(
+        "jail_supervisor_killed".into(),
+        &jails,
+        Box::new(supervisor_killed),
+    );
+    add(
+        "jail_snapshot_frozen".into(),
+        &jails,
+        Box::new(|| snapshot_killed("jail")),
+    );
+    add("store_add_killed".into(), &jails, Box::new(killed_add));
+    add(
+        "jail_reload_applies".into(),
+        &jails,
+        Box::new(|| reload_applies("jail")),
+    );
+    for engine in ["lxc", "docker", "podman"] {
+        let skip = common::engine_unavailable(engine);
+        if let Some(why) = &skip {
+            eprintln!("skipping the {engine} cases: {why}");
+        }
+        let extra: &[&'static str] = if engine == "lxc" {
+            &["net:spawned"]
+        } else {
+            &[]
+        };
+        for &point in up_points.iter().chain(extra) {
+            add(
+                format!("{engine}_{point}"),
+                &skip,
+                Box::new(move || kill_up(engine, point)),
+            );
+        }
+        if engine != "lxc" {
+            add(
+                format!("{engine}_reload_applies"),
+                &skip,
+                Box::new(move || reload_applies(engine)),
+            );
+        }
+        if engine == "lxc" {
+            add(
+                "lxc_snapshot_frozen".into(),
+                &skip,
+                Box::new(|| snapshot_killed("lxc")),
+            );
+        }
+    }
+    let qemu = common::qemu::unavailable();
+    if let Some(why) = &qemu {
+        eprintln!("skipping the qemu cases: {why}");
+    }
+    for point in ["qemu:spawned", "up:running"] {
+        add(
+            format!("qemu_{point}"),
+            &qemu,
+            Box::new(move || kill_up("qemu", point)),
+        );
+    }
+    add(
+        "qemu_reload_applies".into(),
+        &qemu,
+        Box::new(|| reload_applies("qemu")),
+    );
+    libtest_mimic::run(&args, trials).exit();
+}
