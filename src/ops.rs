@@ -169,27 +169,28 @@ impl Ops<'_> {
                         .push((name.to_owned(), entry));
                     self.reporter.step(name, "creating");
                     self.apply(&mut state, Event::BeginCreate)?;
-                    self.index.record(self.entry(m))?;
-                    crate::fault::point("up:recorded");
-                    let keys = MachineKeys::ensure(&self.project.machine_dir(name), name)?;
-                    let created = backend
-                        .create(m, &stored, &keys, &mut state)
-                        .and_then(|()| {
-                            crate::fault::point("up:created");
-                            self.reporter.step(name, "starting");
-                            backend.start(m, &mut state)
-                        });
-                    crate::fault::point("up:started");
-                    if let Err(e) = created {
+                    // Whatever fails from here (the backend, or recording
+                    // what it made on a full disk), the machine goes.
+                    let made = (|| -> Result<(), OpError> {
+                        self.index.record(self.entry(m))?;
+                        crate::fault::point("up:recorded");
+                        let keys = MachineKeys::ensure(&self.project.machine_dir(name), name)?;
+                        backend.create(m, &stored, &keys, &mut state)?;
+                        crate::fault::point("up:created");
+                        self.reporter.step(name, "starting");
+                        backend.start(m, &mut state)?;
+                        crate::fault::point("up:started");
+                        state.settings = plan::settings(m);
+                        state.first_login = stored.manifest.first_login;
+                        self.apply(&mut state, Event::Created)?;
+                        self.apply(&mut state, Event::Started)
+                    })();
+                    if let Err(e) = made {
                         if !keep_on_error {
                             let _ = self.destroy_with(backend, &mut state);
                         }
-                        return Err(e.into());
+                        return Err(e);
                     }
-                    state.settings = plan::settings(m);
-                    state.first_login = stored.manifest.first_login;
-                    self.apply(&mut state, Event::Created)?;
-                    self.apply(&mut state, Event::Started)?;
                     crate::fault::point("up:running");
                     done.push("created");
                 }
@@ -313,7 +314,11 @@ impl Ops<'_> {
 
     fn destroy_with(&self, backend: &dyn Backend, state: &mut MachineState) -> Result<(), OpError> {
         if state.status.can_destroy() {
-            self.apply(state, Event::BeginDestroy)?;
+            // Recorded first, so that a kill midway leaves `destroying`
+            // for the next command; on a full disk it cannot be, and the
+            // machine goes all the same (its directory, removed below,
+            // frees the space).
+            let _ = self.apply(state, Event::BeginDestroy);
             match backend.destroy(state) {
                 // envup's own files go; what they named and is not the
                 // machine's stays, and the user is told.

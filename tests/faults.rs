@@ -315,6 +315,199 @@ fn converges_after_reload(p: &Project, backend: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// A small tmpfs, unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn new(size: &str) -> Tmpfs {
+        let d = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(d.path())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "cannot mount a tmpfs");
+        Tmpfs(d)
+    }
+
+    /// Fill it, but for about `free` KiB.
+    fn fill_but(&self, free: u64) {
+        use std::io::Write;
+        let reserve = self.0.path().join("reserve");
+        std::fs::write(&reserve, vec![0u8; (free * 1024) as usize]).unwrap();
+        let mut f = std::fs::File::create(self.0.path().join("filler")).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        drop(f);
+        std::fs::remove_file(reserve).unwrap();
+    }
+
+    fn empty(&self) {
+        let _ = std::fs::remove_file(self.0.path().join("filler"));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// A project on a disk that fills up at one step or another of `up`
+/// (the space left is tried from 16 KiB up): `up` either works or fails
+/// with an error that says so, never a panic or a hang; a new machine that
+/// failed is gone, nothing of it left running; with space again, `up`
+/// works and `destroy` leaves nothing.
+fn disk_full() -> Result<(), Failed> {
+    let disk = Tmpfs::new("4m");
+    let mut failed_while_creating = 0;
+    for free in (16..=112).step_by(16) {
+        let p = Project {
+            dir: tempfile::tempdir_in(disk.0.path()).unwrap(),
+            home: tempfile::tempdir().unwrap(),
+        };
+        p.write("Envfile", &envfile("jail"));
+        disk.fill_but(free);
+        let up = envup_in(home().path(), &p, &["up"]);
+        let said = up.stdout() + &up.stderr();
+        if up.code() != 0 {
+            check(
+                up.code() == 1 && said.contains("No space left"),
+                format!("with {free} KiB free, up said (exit {}): {said}", up.code()),
+            )?;
+            if said.contains("creating") {
+                failed_while_creating += 1;
+            }
+            // No machine half made: none, or one that runs (when only the
+            // lock file could not be written).
+            let state = std::fs::read_to_string(p.path().join(".envup/machines/web/state.json"))
+                .unwrap_or_default();
+            check(
+                !state.contains("\"creating\""),
+                format!("with {free} KiB free, a machine is left creating: {said}"),
+            )?;
+        }
+        disk.empty();
+        converges(home().path(), &p, None)?;
+    }
+    check(
+        failed_while_creating > 0,
+        "the disk never filled up while a machine was being made",
+    )
+}
+
+/// A jail's network helper killed under it: the supervisor starts another,
+/// and SSH answers on the forwarded port again.
+fn helper_killed() -> Result<(), Failed> {
+    let p = Project::with_envfile(&envfile("jail"));
+    envup_in(home().path(), &p, &["up"]).status(0);
+    let id = common::jail_ids(&p).pop().unwrap();
+    let helpers = |id: &str| -> Vec<i32> {
+        let o = std::process::Command::new("pgrep")
+            .args(["-f", &format!("slirp4netns.*{id}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    };
+    let old = helpers(&id);
+    check(old.len() == 1, format!("helpers: {old:?}"))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(p.path().join(".envup/machines/web/state.json")).unwrap(),
+    )
+    .unwrap();
+    let port = state["ssh"]["port"].as_u64().unwrap() as u16;
+    let banner = || -> Option<String> {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .ok()?;
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).ok()?;
+        Some(String::from_utf8_lossy(&b).into_owned())
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while banner().as_deref() != Some("SSH-") {
+        check(
+            std::time::Instant::now() < until,
+            "the forwarded SSH port did not answer again in 10 s",
+        )?;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let new = helpers(&id);
+    check(
+        new.len() == 1 && new != old,
+        format!("helpers before {old:?}, after {new:?}"),
+    )?;
+    converges(home().path(), &p, None)
+}
+
+/// `box remove --force` of a box a container uses: the engine keeps its
+/// image (any home's container may use it), envup says so, the machine
+/// goes on working; once no container uses it, removing the box removes
+/// the image. (A box of its own, so that no other test's image is touched.)
+fn image_kept_in_use(engine: &'static str) -> Result<(), Failed> {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = common::boxes::rootfs_with_user(
+        &common::boxes::stored_dir(self::home().path(), "tiny").join("rootfs.tar"),
+        &format!("img{engine}"),
+    );
+    let b = common::boxes::make_box_as(
+        dir.path(),
+        "tiny-img",
+        "1.0.0",
+        "root",
+        &[("rootfs", "rootfs.tar", &rootfs)],
+    );
+    let p = Project::with_envfile(&envfile(engine).replace("\"tiny\"", "\"tiny-img\""));
+    let add = ["-q", "box", "add", b.to_str().unwrap()];
+    envup_in(home.path(), &p, &add).status(0);
+    envup_in(home.path(), &p, &["up"]).status(0);
+    let digest = common::boxes::stored_digest(home.path(), "tiny-img");
+    let image = format!("localhost/envup-box:{digest}");
+    let has = |image: &str| {
+        std::process::Command::new(engine)
+            .args(["image", "inspect", image])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    check(has(&image), "no image was made")?;
+    let removed = envup_in(home.path(), &p, &["box", "remove", "tiny-img", "--force"]);
+    check(
+        removed.code() == 0
+            && removed
+                .stderr()
+                .contains(&format!("kept {engine} image {image}")),
+        format!("box remove said: {}{}", removed.stdout(), removed.stderr()),
+    )?;
+    check(has(&image), "the image in use was removed")?;
+    let ran = common::exec_in(home.path(), &p, "web", "echo alive");
+    check(ran == "alive\n", format!("exec: {ran:?}"))?;
+    envup_in(home.path(), &p, &["destroy", "-f"]).status(0);
+    envup_in(home.path(), &p, &add).status(0);
+    let removed = envup_in(home.path(), &p, &["box", "remove", "tiny-img"]);
+    check(
+        removed
+            .stdout()
+            .contains(&format!("removed {engine} image {image}")),
+        format!("box remove said: {}{}", removed.stdout(), removed.stderr()),
+    )?;
+    check(!has(&image), "the image is left")
+}
+
 type TestFn = Box<dyn FnOnce() -> Result<(), Failed> + Send>;
 
 fn main() {
@@ -353,6 +546,8 @@ fn main() {
         Box::new(|| snapshot_killed("jail")),
     );
     add("store_add_killed".into(), &jails, Box::new(killed_add));
+    add("jail_disk_full".into(), &jails, Box::new(disk_full));
+    add("jail_helper_killed".into(), &jails, Box::new(helper_killed));
     add(
         "jail_reload_applies".into(),
         &jails,
@@ -380,6 +575,11 @@ fn main() {
                 format!("{engine}_reload_applies"),
                 &skip,
                 Box::new(move || reload_applies(engine)),
+            );
+            add(
+                format!("{engine}_image_kept_in_use"),
+                &skip,
+                Box::new(move || image_kept_in_use(engine)),
             );
         }
         if engine == "lxc" {

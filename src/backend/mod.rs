@@ -158,6 +158,16 @@ pub enum BackendError {
     Own(Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Which boxes left the store, for [`Backend::boxes_removed`].
+#[derive(Debug, Clone, Copy)]
+pub enum Gone<'a> {
+    /// These (`box remove`).
+    These(&'a [crate::ident::Digest]),
+    /// Every box but these, the ones the store holds (`box prune`: what an
+    /// earlier removal had to keep is tried again).
+    AllBut(&'a [crate::ident::Digest]),
+}
+
 /// A backend's own error type: it converts into [`BackendError::Own`], so
 /// `?` works on it in any backend method.
 pub trait OwnError: std::error::Error + Send + Sync + 'static {}
@@ -277,9 +287,10 @@ pub trait Backend: Send + Sync {
     fn adopted_by(&self, _state: &MachineState) -> Option<&'static str> {
         None
     }
-    /// A box left the store: remove what the backend made of it (engine
-    /// images); returns what it removed, for the user.
-    fn box_removed(&self, _digest: &crate::ident::Digest) -> Vec<String> {
+    /// Boxes left the store: remove what the backend made of them (engine
+    /// images, which are host-wide caches) where nothing uses it; returns
+    /// what it removed or had to keep, for the user.
+    fn boxes_removed(&self, _gone: Gone<'_>) -> Vec<String> {
         Vec::new()
     }
     /// How SSH reaches the machine, when not at the address in its state.
@@ -647,9 +658,10 @@ impl Registry {
         self.for_state(state).ok()?.dial(state)
     }
 
-    /// Tell every backend that a box left the store; what they removed.
-    pub fn box_removed(&self, digest: &crate::ident::Digest) -> Vec<String> {
-        self.all().flat_map(|b| b.box_removed(digest)).collect()
+    /// Tell every backend which boxes left the store; what they removed or
+    /// kept.
+    pub fn boxes_removed(&self, gone: Gone<'_>) -> Vec<String> {
+        self.all().flat_map(|b| b.boxes_removed(gone)).collect()
     }
 
     /// The backend that takes boxes of Vagrant provider `provider`, and how

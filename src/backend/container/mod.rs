@@ -401,8 +401,8 @@ impl Backend for ContainerBackend {
         (record["engine"] == "lxc").then_some("lxc")
     }
 
-    fn box_removed(&self, digest: &crate::ident::Digest) -> Vec<String> {
-        remove_box_images(digest.as_str())
+    fn boxes_removed(&self, gone: super::Gone<'_>) -> Vec<String> {
+        remove_box_images(gone)
     }
 
     fn check(&self, m: &Machine) -> Result<(), BackendError> {
@@ -653,18 +653,44 @@ impl Backend for ContainerBackend {
 
 /// Remove the images every installed engine holds for the box `digest`
 /// (`box remove`, `box prune`). An engine that is not there is skipped.
-fn remove_box_images(digest: &str) -> Vec<String> {
-    let mut removed = Vec::new();
+/// Remove each engine's images of the boxes that are `gone`. An image is a
+/// host-wide cache of a stored box: any home that stores the box imports
+/// it again when it needs it. One a container uses (of any home) the
+/// engine refuses to remove; it is kept, and said so, and `box prune`
+/// tries again.
+fn remove_box_images(gone: super::Gone<'_>) -> Vec<String> {
+    let mut said = Vec::new();
     for kind in [Kind::Docker, Kind::Podman] {
         let Ok(e) = EngineCli::find(kind) else {
             continue;
         };
-        let image = box_image(digest);
-        if e.has_image(&image) && e.run(&["rmi", &image]).is_ok() {
-            removed.push(format!("{} image {image}", kind.name()));
+        let repo = box_image("");
+        let repo = repo.trim_end_matches(':');
+        let Ok(tags) = e.run(&["images", "--format", "{{.Tag}}", repo]) else {
+            continue;
+        };
+        for tag in tags.lines().map(str::trim) {
+            // Only tags envup writes (a digest); anything else is not ours.
+            let is_gone = match gone {
+                super::Gone::These(d) => d.iter().any(|d| d.as_str() == tag),
+                super::Gone::AllBut(d) => !d.iter().any(|d| d.as_str() == tag),
+            };
+            if !crate::ident::is_hex_digest(tag) || !is_gone {
+                continue;
+            }
+            let image = box_image(tag);
+            said.push(match e.run(&["rmi", &image]) {
+                Ok(_) => format!("removed {} image {image}", kind.name()),
+                Err(err) => format!(
+                    "kept {} image {image}: {} (a container still uses it; \
+                     `envup box prune` removes it once none does)",
+                    kind.name(),
+                    crate::cli::error::chain(&err)
+                ),
+            });
         }
     }
-    removed
+    said
 }
 
 #[cfg(test)]

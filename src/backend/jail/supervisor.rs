@@ -27,6 +27,16 @@ use crate::backend::rootfs::ids::{Claims, SubIds};
 use crate::backend::rootfs::net::{self, forget_netns, name_netns};
 use crate::contained::{Root, fd_path};
 
+/// Write a line to the supervisor's log (its stderr, and the jail's before
+/// init starts). A log that cannot be written (a full disk) loses the
+/// line; the jail does not go down with it, as it would with `eprintln!`.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 /// What can stop a jail from starting, as its supervisor logs it.
 #[derive(Debug, thiserror::Error)]
 enum SetupError {
@@ -200,11 +210,11 @@ fn enter(
             ];
             let path = std::ffi::CString::new(init).expect("no NUL");
             let err = nix::unistd::execve(&path, &[&path], &env);
-            eprintln!("cannot start {init} in the jail: {err:?}");
+            say!("cannot start {init} in the jail: {err:?}");
             127
         }
         Err(e) => {
-            eprintln!(
+            say!(
                 "cannot set up the jail's root: {}",
                 crate::cli::error::chain(&e)
             );
@@ -481,22 +491,34 @@ fn setup_root(cfg: &JailConfig, handed: Handed) -> Result<(), SetupError> {
 
 /// Give the jail's network namespace a name and connect it: slirp4netns,
 /// with SSH and the forwards listening once this returns.
-fn connect_network(
+/// The jail's network namespace as its helper joins it (and the user
+/// namespace it belongs to, rootless): by its name, given here, as root;
+/// rootless, no name can be given (/run/netns is root's), so through the
+/// jail's init.
+type Netns = (std::path::PathBuf, Option<std::path::PathBuf>);
+
+fn netns_of(
     cfg: &JailConfig,
     child: Pid,
-    dir: &Path,
     rootless: bool,
-) -> Result<Child, crate::backend::rootfs::net::NetError> {
-    // Rootless, no name can be given (/run/netns is root's): the helper
-    // joins the namespaces through the jail's init.
+) -> Result<Netns, crate::backend::rootfs::net::NetError> {
     let proc_dir = Path::new("/proc").join(child.as_raw().to_string());
-    let (ns, userns) = if rootless {
+    Ok(if rootless {
         (proc_dir.join("ns/net"), Some(proc_dir.join("ns/user")))
     } else {
         (name_netns(child.as_raw(), &cfg.id)?, None)
-    };
+    })
+}
+
+/// Connect the jail's network: slirp4netns, with SSH and the forwards
+/// listening once this returns.
+fn connect_network(
+    cfg: &JailConfig,
+    (ns, userns): &Netns,
+    dir: &Path,
+) -> Result<Child, crate::backend::rootfs::net::NetError> {
     net::connect(
-        &ns,
+        ns,
         userns.as_deref(),
         &cfg.id,
         &dir.join("net.log"),
@@ -599,18 +621,18 @@ pub fn supervise(dir: &Path) -> i32 {
     let _lock = match hold_lock(dir) {
         Ok(Some(f)) => f,
         Ok(None) => {
-            eprintln!("another supervisor runs this jail");
+            say!("another supervisor runs this jail");
             return 1;
         }
         Err(e) => {
-            eprintln!("cannot lock {}: {e}", dir.join(LOCK).display());
+            say!("cannot lock {}: {e}", dir.join(LOCK).display());
             return 1;
         }
     };
     let cfg = match JailConfig::load(dir) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            say!("{e}");
             return 1;
         }
     };
@@ -633,11 +655,11 @@ pub fn supervise(dir: &Path) -> i32 {
         match SubIds::of_user() {
             Ok(ids) if !cfg.privileged => Userns::Rootless(ids),
             Ok(_) => {
-                eprintln!("a privileged jail needs root");
+                say!("a privileged jail needs root");
                 return 1;
             }
             Err(e) => {
-                eprintln!("{e}");
+                say!("{e}");
                 return 1;
             }
         }
@@ -649,11 +671,11 @@ pub fn supervise(dir: &Path) -> i32 {
         match Claims::host().ids_of(dir) {
             Ok(ids) if ids.shifted => Userns::Claimed(ids),
             Ok(_) => {
-                eprintln!("the jail's layer is not yet owned by its ids; `envup up` shifts it");
+                say!("the jail's layer is not yet owned by its ids; `envup up` shifts it");
                 return 1;
             }
             Err(e) => {
-                eprintln!("{}", crate::cli::error::chain(&e));
+                say!("{}", crate::cli::error::chain(&e));
                 return 1;
             }
         }
@@ -672,7 +694,7 @@ pub fn supervise(dir: &Path) -> i32 {
     };
     let cg = if matches!(ids, Userns::Rootless(_)) {
         // The cgroup tree is root's: a rootless jail runs in the user's.
-        println!(
+        say!(
             "rootless: the jail has no cgroup of its own; its cpus, memory and pids limits \
              are not applied"
         );
@@ -681,7 +703,7 @@ pub fn supervise(dir: &Path) -> i32 {
         match Cgroup::create(&cfg.id, limits, owner) {
             Ok(c) => Some(c),
             Err(e) => {
-                eprintln!("{}", crate::cli::error::chain(&e));
+                say!("{}", crate::cli::error::chain(&e));
                 clean_up(&cfg);
                 return 1;
             }
@@ -695,7 +717,7 @@ pub fn supervise(dir: &Path) -> i32 {
     ) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("socketpair: {e}");
+            say!("socketpair: {e}");
             return 1;
         }
     };
@@ -712,7 +734,7 @@ pub fn supervise(dir: &Path) -> i32 {
     let filter = match crate::backend::rootfs::seccomp::program() {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("{e}");
+            say!("{e}");
             return 1;
         }
     };
@@ -721,7 +743,7 @@ pub fn supervise(dir: &Path) -> i32 {
     let child_cfg = cfg.clone();
     let userns = ids;
     if let Err(e) = nix::unistd::chdir(&cfg.merged) {
-        eprintln!("cannot enter {}: {e}", cfg.merged.display());
+        say!("cannot enter {}: {e}", cfg.merged.display());
         return 1;
     }
     // SAFETY: the supervisor has no other threads, and without CLONE_VM the
@@ -746,13 +768,13 @@ pub fn supervise(dir: &Path) -> i32 {
     let child = match child {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("cannot create the jail's namespaces: {e}");
+            say!("cannot create the jail's namespaces: {e}");
             clean_up(&cfg);
             return 1;
         }
     };
     let fail = |e: SetupError| {
-        eprintln!("{}", crate::cli::error::chain(&e));
+        say!("{}", crate::cli::error::chain(&e));
         let _ = kill(child, Signal::SIGKILL);
         let _ = waitpid(child, None);
         clean_up(&cfg);
@@ -789,8 +811,11 @@ pub fn supervise(dir: &Path) -> i32 {
     let rootless = matches!(ids, Userns::Rootless(_));
     let mut helper = None;
     if cfg.network == JailNetwork::Private {
-        match connect_network(&cfg, child, dir, rootless) {
-            Ok(p) => helper = Some(p),
+        match netns_of(&cfg, child, rootless).and_then(|ns| {
+            let p = connect_network(&cfg, &ns, dir)?;
+            Ok((ns, p))
+        }) {
+            Ok((ns, p)) => helper = Some((ns, p)),
             Err(e) => return fail(e.into()),
         }
     }
@@ -815,13 +840,29 @@ pub fn supervise(dir: &Path) -> i32 {
         return fail(e.into());
     }
 
-    // Wait for init; pass halt requests on.
+    // Wait for init; pass halt requests on; start the network helper
+    // again if it dies under the jail (its SSH and forwards with it).
     let mut asked_at: Option<Instant> = None;
+    let mut next_try = Instant::now();
     let code = loop {
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, c)) => break c,
             Ok(WaitStatus::Signaled(..)) => break 0,
             _ => {}
+        }
+        if let Some((ns, p)) = helper.as_mut()
+            && REQUEST.load(Ordering::SeqCst) == 0
+            && Instant::now() >= next_try
+            && let Ok(Some(st)) = p.try_wait()
+        {
+            say!("the network helper stopped ({st}); starting it again");
+            match connect_network(&cfg, ns, dir) {
+                Ok(again) => *p = again,
+                Err(e) => {
+                    say!("{}", crate::cli::error::chain(&e));
+                    next_try = Instant::now() + Duration::from_secs(1);
+                }
+            }
         }
         match REQUEST.load(Ordering::SeqCst) {
             2 => {
@@ -844,7 +885,7 @@ pub fn supervise(dir: &Path) -> i32 {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    if let Some(mut p) = helper {
+    if let Some((_, mut p)) = helper {
         let _ = p.kill();
         let _ = p.wait();
     }

@@ -18,14 +18,26 @@ fn remove_box(
     b: &crate::boxes::StoredBox,
 ) -> Result<(), CliError> {
     store.remove(b)?;
-    let images = crate::backend::Registry::builtin().box_removed(&b.digest);
     if !app.mode.quiet {
         anstream::println!("removed {}", describe(b));
-        for i in images {
-            anstream::println!("removed {i}");
+    }
+    engine_images(
+        app,
+        crate::backend::Gone::These(std::slice::from_ref(&b.digest)),
+    );
+    Ok(())
+}
+
+/// What the backends made of boxes that are gone goes too (see
+/// `Backend::boxes_removed`); what has to stay is said.
+fn engine_images(app: &App, gone: crate::backend::Gone<'_>) {
+    for line in crate::backend::Registry::builtin().boxes_removed(gone) {
+        if line.starts_with("kept") {
+            anstream::eprintln!("note: {line}");
+        } else if !app.mode.quiet {
+            anstream::println!("{line}");
         }
     }
-    Ok(())
 }
 
 pub(crate) fn boxes_in_use() -> Result<HashMap<String, Vec<String>>, CliError> {
@@ -231,6 +243,8 @@ fn prune(app: &App) -> Result<ExitCode, CliError> {
         remove_box(app, &store, b)?;
         removed += 1;
     }
+    let stored: Vec<crate::ident::Digest> = store.list()?.into_iter().map(|b| b.digest).collect();
+    engine_images(app, crate::backend::Gone::AllBut(&stored));
     let leftovers = store.clean_leftovers()?;
     if !app.mode.quiet {
         anstream::println!(
