@@ -368,6 +368,22 @@ impl Ops<'_> {
         let console = dir.join("console.log");
         let console = console.exists().then_some(console.as_path());
         let dial = self.backends.dial(state);
+        // A machine that stops while it boots ends the wait, with what its
+        // backend kept of why (when this envup has its backend).
+        let backend = self.backends.for_state(state).ok();
+        let started = state.clone();
+        let stopped = || {
+            let backend = backend?;
+            (backend.status(&started).ok() == Some(Status::Stopped)).then(|| {
+                backend
+                    .last_words(&started)
+                    .unwrap_or_else(|| "it is not running".into())
+            })
+        };
+        let watch = crate::ssh::Watch {
+            console,
+            stopped: Some(&stopped),
+        };
         // The state file is not trusted to ask for a login without the
         // host key check: the machine's box in the store must ask for it.
         let how = state.first_login.filter(|how| {
@@ -379,13 +395,7 @@ impl Ops<'_> {
         });
         let Some(how) = how else {
             self.reporter.step(&m.name, "waiting for SSH");
-            return Ok(Ssh::wait(
-                &ep,
-                dial.as_ref(),
-                &keys,
-                m.boot_timeout,
-                console,
-            )?);
+            return Ok(Ssh::wait(&ep, dial.as_ref(), &keys, m.boot_timeout, watch)?);
         };
         self.reporter.step(
             &m.name,
@@ -398,7 +408,7 @@ impl Ops<'_> {
             &keys,
             &m.hostname,
             m.boot_timeout,
-            console,
+            watch,
         )?;
         state.first_login = None;
         self.save(state)?;

@@ -167,8 +167,14 @@ fn tiny_answers_envups_ssh() -> Result<(), Failed> {
         user: "root".into(),
     };
     let result = (|| {
-        let ssh = envup::ssh::Ssh::wait(&ep, None, &keys, Duration::from_secs(15), None)
-            .map_err(|e| Failed::from(e.to_string()))?;
+        let ssh = envup::ssh::Ssh::wait(
+            &ep,
+            None,
+            &keys,
+            Duration::from_secs(15),
+            envup::ssh::Watch::default(),
+        )
+        .map_err(|e| Failed::from(e.to_string()))?;
         let out = ssh
             .run("hostname", "cat /etc/hostname", None)
             .map_err(|e| Failed::from(e.to_string()))?;

@@ -854,6 +854,29 @@ fn a_box_file_in_a_directory_that_is_not_utf8() {
         .stdout_has("acme/odd");
 }
 
+/// A locked box gone from the store, and from where the lock says it came:
+/// the error says the pinned box is not stored and how to pin one anew.
+#[test]
+fn a_locked_box_gone_says_update() {
+    let p = Project::with_envfile("[machines.web]\nbox = \"t.box\"\nbackend = \"container\"\n");
+    let made = make_box(
+        p.path(),
+        "acme/gone",
+        "1.0.0",
+        &[("rootfs", "rootfs.tar", &rootfs_bytes("gone"))],
+    );
+    std::fs::rename(&made, p.path().join("t.box")).unwrap();
+    p.cmd(&["lock"]).out().status(0);
+    p.cmd(&["box", "remove", "acme/gone"]).out().status(0);
+    std::fs::remove_file(p.path().join("t.box")).unwrap();
+    p.cmd(&["lock"])
+        .out()
+        .status(1)
+        .stderr_has("the box Envfile.lock pins for `web`")
+        .stderr_has("is not stored")
+        .stderr_has("`envup update web`");
+}
+
 #[test]
 fn a_box_that_does_not_hash_to_the_lock_is_never_used() {
     let p = Project::new();

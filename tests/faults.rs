@@ -508,6 +508,115 @@ fn image_kept_in_use(engine: &'static str) -> Result<(), Failed> {
     check(!has(&image), "the image is left")
 }
 
+/// `up` killed while a provisioner runs (which goes on in the machine):
+/// the next `up` waits for it before running it again, never beside it.
+fn provisioner_not_twice() -> Result<(), Failed> {
+    let p = Project::with_envfile(
+        "[machines.web]\nbox = \"tiny\"\nbackend = \"jail\"\n\
+         provision = [{ name = \"slow\", shell = \"trap '' HUP PIPE; echo start >> /root/log; sleep 3; echo end >> /root/log\" }]\n",
+    );
+    let mut up = p
+        .cmd(&["up"])
+        .env("ENVUP_HOME", home().path().to_str().unwrap())
+        .0
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once the provisioner has started.
+    let log = p.path().join(".envup/machines/web/jail/upper/root/log");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let started = loop {
+        if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("start")) {
+            break true;
+        }
+        if std::time::Instant::now() > until {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    up.kill().unwrap();
+    up.wait().unwrap();
+    check(started, "the provisioner never started")?;
+    let again = envup_in(home().path(), &p, &["up"]);
+    check(
+        again.code() == 0,
+        format!("up after the kill: {}", again.stderr()),
+    )?;
+    check(
+        again.stderr().contains("waiting for a provisioner"),
+        format!("up did not wait: {}", again.stderr()),
+    )?;
+    let ran = common::exec_in(home().path(), &p, "web", "cat /root/log");
+    check(
+        ran == "start\nend\nstart\nend\n",
+        format!("the provisioner ran beside itself: {ran:?}"),
+    )?;
+    let names = host_names(&p);
+    envup_in(home().path(), &p, &["destroy", "-f"]).status(0);
+    common::nothing_left(&p, &names)
+}
+
+/// A jail whose init cannot start stops at once: `up` says why (from the
+/// supervisor's log) without waiting out the boot timeout, and the new
+/// machine goes.
+fn init_missing_fails_fast() -> Result<(), Failed> {
+    let home = common::boxes::home_with(&["tiny"]);
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = common::boxes::rewrite_rootfs(
+        &common::boxes::stored_dir(home.path(), "tiny").join("rootfs.tar"),
+        |_, _| {},
+        &[("sbin/init", tar::EntryType::Symlink, "/nowhere/init")],
+    )
+    .into_inner()
+    .unwrap();
+    let b = common::boxes::make_box_as(
+        dir.path(),
+        "tiny-noinit",
+        "1.0.0",
+        "root",
+        &[("rootfs", "rootfs.tar", &rootfs)],
+    );
+    let p = Project::with_envfile(
+        "[machines.web]\nbox = \"tiny-noinit\"\nbackend = \"jail\"\nboot_timeout = \"90s\"\n",
+    );
+    envup_in(home.path(), &p, &["-q", "box", "add", b.to_str().unwrap()]).status(0);
+    let started = std::time::Instant::now();
+    let up = envup_in(home.path(), &p, &["up"]);
+    let took = started.elapsed();
+    check(
+        up.code() == 1
+            && up.stderr().contains("stopped while envup waited")
+            && up.stderr().contains("cannot start /sbin/init"),
+        format!("up said: {}", up.stderr()),
+    )?;
+    check(
+        took < std::time::Duration::from_secs(20),
+        format!("up took {took:?}"),
+    )?;
+    common::nothing_left(&p, &[])
+}
+
+/// `box add` to a store on a disk too small: the error is about the disk,
+/// not the box, and nothing is left in the store.
+fn add_disk_full() -> Result<(), Failed> {
+    let disk = Tmpfs::new("40m");
+    let p = Project::new();
+    let b = common::boxes::built_box("tiny");
+    let add = envup_in(disk.0.path(), &p, &["box", "add", b.to_str().unwrap()]);
+    check(
+        add.code() == 1
+            && add.stderr().contains("not enough free space")
+            && !add.stderr().contains("not a usable box"),
+        format!("box add said: {}", add.stderr()),
+    )?;
+    let tmp = disk.0.path().join("boxes-v1/tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    check(left.is_empty(), format!("left in the store: {left:?}"))
+}
+
 type TestFn = Box<dyn FnOnce() -> Result<(), Failed> + Send>;
 
 fn main() {
@@ -546,7 +655,22 @@ fn main() {
         Box::new(|| snapshot_killed("jail")),
     );
     add("store_add_killed".into(), &jails, Box::new(killed_add));
+    add(
+        "store_add_disk_full".into(),
+        &jails,
+        Box::new(add_disk_full),
+    );
     add("jail_disk_full".into(), &jails, Box::new(disk_full));
+    add(
+        "jail_init_missing_fails_fast".into(),
+        &jails,
+        Box::new(init_missing_fails_fast),
+    );
+    add(
+        "jail_provisioner_not_twice".into(),
+        &jails,
+        Box::new(provisioner_not_twice),
+    );
     add("jail_helper_killed".into(), &jails, Box::new(helper_killed));
     add(
         "jail_reload_applies".into(),

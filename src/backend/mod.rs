@@ -328,6 +328,12 @@ pub trait Backend: Send + Sync {
     /// What the machine is doing now, asked of the backend itself.
     fn status(&self, state: &MachineState) -> Result<Status, BackendError>;
 
+    /// Why a machine that stopped did, as far as the backend kept it (the
+    /// last lines of a log), for the error of an `up` it stopped during.
+    fn last_words(&self, _state: &MachineState) -> Option<String> {
+        None
+    }
+
     /// Facts worth showing in `status` (the qemu backend's accelerator).
     fn details(&self, _state: &MachineState) -> Vec<(String, String)> {
         Vec::new()

@@ -92,6 +92,19 @@ pub enum BoxError {
         locked: String,
         built: String,
     },
+    #[error(
+        "the box Envfile.lock pins for `{machine}` (sha256 {sha256}) is not stored, and \
+         cannot be added again from {url}; `envup update {machine}` pins one anew"
+    )]
+    LockedNotStored {
+        machine: String,
+        sha256: String,
+        url: String,
+        #[source]
+        source: Box<BoxError>,
+    },
+    #[error(transparent)]
+    NoSpace(crate::host::NoSpace),
     #[error(transparent)]
     Lock(#[from] lock::LockError),
     #[error(transparent)]

@@ -329,7 +329,14 @@ impl Resolver<'_> {
                 } else {
                     match self.store.get(&e.sha256) {
                         Some(b) => b,
-                        None => self.add_path(&self.locked_path(url), Some(&e.sha256), &naming)?,
+                        None => self
+                            .add_path(&self.locked_path(url), Some(&e.sha256), &naming)
+                            .map_err(|source| BoxError::LockedNotStored {
+                                machine: m.name.clone(),
+                                sha256: e.sha256.to_string(),
+                                url: crate::ident::printable(url).into_owned(),
+                                source: Box::new(source),
+                            })?,
                     }
                 }
             }

@@ -212,9 +212,11 @@ impl Runner<'_> {
             }
         };
         // One round trip: the script arrives on stdin, lands in a temp file,
-        // and runs with stdin closed, so it cannot eat itself.
+        // and runs with stdin closed, so it cannot eat itself; under the
+        // machine's provisioning lock, so that one an interrupted envup
+        // left running is waited for, never run beside.
         let command = format!(
-            "f=$(mktemp) && cat > \"$f\" && {{ {run_line} < /dev/null; rc=$?; rm -f \"$f\"; exit $rc; }}"
+            "{PROVISION_LOCK}f=$(mktemp) && cat > \"$f\" && {{ {run_line} < /dev/null; rc=$?; rm -f \"$f\"; rm -rf \"$l\"; exit $rc; }}"
         );
         let machine = self.machine.name.clone();
         let reporter = self.reporter;
@@ -246,6 +248,21 @@ impl Runner<'_> {
         Ok(())
     }
 }
+
+/// The machine's provisioning lock, taken before a provisioner runs: a
+/// directory in /tmp holding the pid of the shell that runs it. One whose
+/// shell still runs (`/proc/PID`; a provisioner of another user cannot be
+/// signalled to ask) is waited for; one whose shell is gone is taken over.
+/// POSIX sh, for busybox too; leaves the lock's path in `$l`.
+const PROVISION_LOCK: &str = "l=/tmp/.envup-provisioning; n=0; said=; \
+while ! mkdir \"$l\" 2>/dev/null; do \
+p=$(cat \"$l/pid\" 2>/dev/null); \
+if [ -n \"$p\" ] && [ -d \"/proc/$p\" ]; then \
+[ -n \"$said\" ] || echo \"envup: waiting for a provisioner an interrupted envup left running (pid $p)\" >&2; \
+said=1; sleep 1; \
+elif [ -z \"$p\" ] && [ $n -lt 3 ]; then n=$((n+1)); sleep 1; \
+else rm -rf \"$l\" 2>/dev/null || { echo \"envup: cannot take the lock $l\" >&2; exit 125; }; n=0; fi; \
+done; echo $$ > \"$l/pid\"; ";
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,6 @@
 //! not known yet): the connection goes to the port the backend forwarded
 //! from 127.0.0.1 to this machine and nowhere else.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -98,7 +97,7 @@ pub fn place_keys(
     keys: &MachineKeys,
     hostname: &str,
     deadline: Duration,
-    console: Option<&Path>,
+    watch: super::Watch<'_>,
 ) -> Result<Ssh, SshError> {
     let start = std::time::Instant::now();
     let FirstLogin::VagrantInsecureKey = how;
@@ -109,7 +108,7 @@ pub fn place_keys(
     let first = Ssh::retry(
         ep,
         deadline,
-        console,
+        watch,
         |_| false,
         |t| {
             let ssh = Ssh::open(ep, dial, t, false)?;
@@ -131,7 +130,7 @@ pub fn place_keys(
     Ssh::retry(
         ep,
         left,
-        console,
+        watch,
         |_| false,
         |t| Ssh::connect(ep, dial, keys, t),
     )

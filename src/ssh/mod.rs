@@ -73,7 +73,26 @@ pub enum SshError {
         /// Where the console log is and its last lines, when there is one.
         console: String,
     },
+    #[error("the machine stopped while envup waited for SSH on {addr}: {why}{console}")]
+    Stopped {
+        addr: String,
+        why: String,
+        console: String,
+    },
 }
+
+/// What a wait for SSH watches besides the port: the machine's console log
+/// (its last lines go into the error when the wait times out), and whether
+/// the machine still runs: `stopped` answers with what the machine left to
+/// say once it has stopped, which ends the wait at once.
+#[derive(Clone, Copy, Default)]
+pub struct Watch<'a> {
+    pub console: Option<&'a Path>,
+    pub stopped: Option<&'a dyn Fn() -> Option<String>>,
+}
+
+/// How often a wait asks whether the machine still runs.
+const STOPPED_EVERY: Duration = Duration::from_millis(500);
 
 /// Where a console log is, and its last lines, for an error message.
 fn console_note(path: &Path) -> String {
@@ -257,12 +276,12 @@ impl Ssh {
         dial: Option<&Dial>,
         keys: &MachineKeys,
         deadline: Duration,
-        console: Option<&Path>,
+        watch: Watch<'_>,
     ) -> Result<Ssh, SshError> {
         Ssh::retry(
             ep,
             deadline,
-            console,
+            watch,
             |e| matches!(e, SshError::HostKey { .. }),
             |t| Ssh::connect(ep, dial, keys, t),
         )
@@ -274,11 +293,13 @@ impl Ssh {
     fn retry(
         ep: &SshEndpoint,
         deadline: Duration,
-        console: Option<&Path>,
+        watch: Watch<'_>,
         is_final: impl Fn(&SshError) -> bool,
         mut attempt: impl FnMut(Duration) -> Result<Ssh, SshError>,
     ) -> Result<Ssh, SshError> {
         let start = Instant::now();
+        let console = watch.console;
+        let mut asked = Instant::now();
         // Refused connections cost next to nothing: ask often at first.
         let mut pause = Duration::from_millis(5);
         loop {
@@ -291,6 +312,19 @@ impl Ssh {
                         addr: Ssh::addr(ep),
                         after: deadline,
                         last: e.short(),
+                        console: console.map(console_note).unwrap_or_default(),
+                    });
+                }
+                Err(_)
+                    if asked.elapsed() >= STOPPED_EVERY
+                        && let Some(why) = watch.stopped.and_then(|f| {
+                            asked = Instant::now();
+                            f()
+                        }) =>
+                {
+                    return Err(SshError::Stopped {
+                        addr: Ssh::addr(ep),
+                        why,
                         console: console.map(console_note).unwrap_or_default(),
                     });
                 }

@@ -326,6 +326,26 @@ impl Backend for JailBackend {
         }
     }
 
+    /// The supervisor's last lines: why the jail's init could not start.
+    fn last_words(&self, state: &MachineState) -> Option<String> {
+        let log = jail_dir(&super::machine_dir(state).ok()?).join("supervisor.log");
+        let text = std::fs::read(&log).ok()?;
+        let text = String::from_utf8_lossy(&text);
+        let last: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .rev()
+            .take(3)
+            .collect();
+        (!last.is_empty()).then(|| {
+            format!(
+                "{} (from {})",
+                crate::ident::printable(&last.into_iter().rev().collect::<Vec<_>>().join(" / ")),
+                log.display()
+            )
+        })
+    }
+
     fn status(&self, state: &MachineState) -> Result<Status, BackendError> {
         if state.status == Status::Running {
             thaw_if_left_frozen(state)?;

@@ -68,7 +68,7 @@ pub fn run(app: &App, cmd: &SnapshotCommand) -> Result<ExitCode, CliError> {
                     backend.dial(&state).as_ref(),
                     &keys,
                     m.boot_timeout,
-                    None,
+                    crate::ssh::Watch::default(),
                 )?;
             }
             say(format!("restored {machine} to snapshot `{name}`"));
