@@ -399,10 +399,11 @@ fn disk_full() -> Result<(), Failed> {
     )
 }
 
-/// A jail's network helper killed under it: the supervisor starts another,
-/// and SSH answers on the forwarded port again.
-fn helper_killed() -> Result<(), Failed> {
-    let p = Project::with_envfile(&envfile("jail"));
+/// A jail's or LXC container's network helper killed under it: the jail's
+/// supervisor starts another at once, LXC's next command (`status` here)
+/// does; SSH answers on the forwarded port again.
+fn helper_killed(backend: &'static str) -> Result<(), Failed> {
+    let p = Project::with_envfile(&envfile(backend));
     envup_in(home().path(), &p, &["up"]).status(0);
     let id = common::jail_ids(&p).pop().unwrap();
     let helpers = |id: &str| -> Vec<i32> {
@@ -422,6 +423,8 @@ fn helper_killed() -> Result<(), Failed> {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    envup_in(home().path(), &p, &["status"]).status(0);
     let state: serde_json::Value = serde_json::from_slice(
         &std::fs::read(p.path().join(".envup/machines/web/state.json")).unwrap(),
     )
@@ -671,7 +674,11 @@ fn main() {
         &jails,
         Box::new(provisioner_not_twice),
     );
-    add("jail_helper_killed".into(), &jails, Box::new(helper_killed));
+    add(
+        "jail_helper_killed".into(),
+        &jails,
+        Box::new(|| helper_killed("jail")),
+    );
     add(
         "jail_reload_applies".into(),
         &jails,
@@ -707,6 +714,11 @@ fn main() {
             );
         }
         if engine == "lxc" {
+            add(
+                "lxc_helper_killed".into(),
+                &skip,
+                Box::new(|| helper_killed("lxc")),
+            );
             add(
                 "lxc_snapshot_frozen".into(),
                 &skip,

@@ -365,6 +365,12 @@ fn boot(
 ) -> Result<(), BackendError> {
     let dir = lxc_path(name)?;
     let real = lxc_dir(state)?;
+    // Held until the network is connected: no other command takes the
+    // container for one whose helper died meanwhile.
+    let connecting = net_lock(&real)?;
+    connecting
+        .lock()
+        .map_err(io_err("lock", real.join(NET_LOCK)))?;
     // A container that powered itself off left its helper holding ports.
     end_net(name);
     mount_root(&real, name, shares, ids)?;
@@ -423,6 +429,39 @@ fn end_net(name: &str) {
         std::thread::sleep(Duration::from_millis(10));
     }
     forget_netns(name);
+}
+
+/// A running container whose network helper died (or was killed) gets a
+/// new one, so SSH and its forwards answer again.
+fn reconnect_if_gone(state: &MachineState, name: &str) -> Result<(), BackendError> {
+    let ns = net::netns_path(name);
+    if !ns.exists() || !net::helpers_of(&ns).is_empty() {
+        return Ok(());
+    }
+    // A start connecting it now holds the lock: nothing is missing.
+    let lock = net_lock(&lxc_dir(state)?)?;
+    if lock.try_lock().is_err() || !net::helpers_of(&ns).is_empty() {
+        return Ok(());
+    }
+    let ep = state.ssh.as_ref().ok_or(LxcError::NoSshPort)?;
+    net::connect(
+        &ns,
+        None,
+        name,
+        &lxc_dir(state)?.join("net.log"),
+        &net::host_fwds(ep.port, &state.forwards),
+        net::Lifetime::Detached,
+    )
+    .map(drop)
+    .map_err(|e| LxcError::Network(e).into())
+}
+
+/// The file a start holds locked while it connects the container's network.
+const NET_LOCK: &str = "net.lock";
+
+fn net_lock(dir: &Path) -> Result<std::fs::File, BackendError> {
+    let p = dir.join(NET_LOCK);
+    std::fs::File::create(&p).map_err(io_err("create", p))
 }
 
 /// A container that a killed `snapshot save` left frozen is thawed.
@@ -615,7 +654,11 @@ impl Backend for LxcBackend {
         }
         let name = host_name(state)?;
         thaw_if_left_frozen(state, &name)?;
-        status(&name)
+        let now = status(&name)?;
+        if now == Status::Running {
+            reconnect_if_gone(state, &name)?;
+        }
+        Ok(now)
     }
 
     fn snapshot_save(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
