@@ -111,6 +111,21 @@ pub enum BoxError {
     Build(#[from] build::BuildError),
 }
 
+impl BoxError {
+    /// What went wrong unpacking the box `source_name`: the host's disk
+    /// when it was (no space, a write that failed), else the box.
+    pub(crate) fn unpacking(source_name: &str, error: archive::ArchiveError) -> BoxError {
+        match error {
+            archive::ArchiveError::NoSpace(n) => BoxError::NoSpace(n),
+            archive::ArchiveError::Write(p, e) => io_err("write", &p)(e),
+            error => BoxError::Archive {
+                source_name: source_name.to_owned(),
+                error,
+            },
+        }
+    }
+}
+
 pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BoxError {
     let path = path.to_owned();
     move |source| BoxError::Io { what, path, source }

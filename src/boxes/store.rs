@@ -203,13 +203,7 @@ impl Store {
         } else {
             archive::unpack_file(path, tmp.path()).map_err(|e| match e {
                 ArchiveError::Read(err) => io_err("read", path)(err),
-                // The host's disk, not the box: said as such.
-                ArchiveError::Write(p, err) => io_err("write", &p)(err),
-                ArchiveError::NoSpace(n) => BoxError::NoSpace(n),
-                other => BoxError::Archive {
-                    source_name: source.to_owned(),
-                    error: other,
-                },
+                other => BoxError::unpacking(source, other),
             })?
         };
         if let Some(exp) = expected

@@ -50,10 +50,7 @@ fn copy_hashed(mut from: impl Read, to: &Path) -> Result<(String, u64), BoxError
     let mut size = 0u64;
     // A Vagrant box declares no sizes: bound what it unpacks to as it
     // grows, against the cap and the free space.
-    let arch = |error| BoxError::Archive {
-        source_name: "Vagrant box".into(),
-        error,
-    };
+    let arch = |error| BoxError::unpacking("Vagrant box", error);
     let mut next_check = 0u64;
     loop {
         let n = from.read(&mut buf).map_err(|e| arch(damaged(e)))?;
@@ -209,10 +206,7 @@ fn strip_rootfs_level(tar_path: &Path) -> Result<Option<(String, u64)>, ArchiveE
 
 /// Import the Vagrant box at `path` into `dest` as an envup box.
 pub fn import(path: &Path, dest: &Path, naming: &Naming) -> Result<Unpacked, BoxError> {
-    let arch_err = |error| BoxError::Archive {
-        source_name: path.display().to_string(),
-        error,
-    };
+    let arch_err = |error| BoxError::unpacking(&path.display().to_string(), error);
     let f = File::open(path).map_err(io_err("read", path))?;
     let (reader, hasher) = hashing_pipe(BufReader::new(f));
     let mut reader = BufReader::new(reader);

@@ -104,7 +104,11 @@ fn console_note(path: &Path) -> String {
         .filter(|l| !l.is_empty())
         .collect();
     let mut note = format!("; the machine's console log is {}", path.display());
-    if !lines.is_empty() {
+    if lines.is_empty() {
+        // Whatever SSH said last, the machine never got far enough to
+        // print anything: no kernel started.
+        note.push_str(", and it stayed empty: nothing booted (check the box's kernel and the machine's accelerator)");
+    } else {
         note.push_str("\nits last lines:");
         for l in &lines[lines.len().saturating_sub(12)..] {
             note.push_str(&format!("\n  | {l}"));
@@ -514,6 +518,17 @@ mod tests {
         assert_eq!(sh_quote("it's"), "'it'\\''s'");
         assert_eq!(sh_quote(""), "''");
         assert_eq!(sh_quote("$HOME"), "'$HOME'");
+    }
+
+    #[test]
+    fn an_empty_console_says_nothing_booted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        std::fs::write(&log, b"\n  \n").unwrap();
+        assert!(console_note(&log).contains("stayed empty: nothing booted"));
+        std::fs::write(&log, b"Linux version 6.1\n").unwrap();
+        let note = console_note(&log);
+        assert!(!note.contains("nothing booted") && note.contains("| Linux version 6.1"));
     }
 
     #[test]
