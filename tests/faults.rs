@@ -730,7 +730,7 @@ fn main() {
     if let Some(why) = &qemu {
         eprintln!("skipping the qemu cases: {why}");
     }
-    for point in ["qemu:spawned", "up:running"] {
+    for point in up_points.into_iter().chain(["qemu:spawned"]) {
         add(
             format!("qemu_{point}"),
             &qemu,
