@@ -653,6 +653,47 @@ impl Backend for ContainerBackend {
 
 /// Remove the images every installed engine holds for the box `digest`
 /// (`box remove`, `box prune`). An engine that is not there is skipped.
+/// How old an image of a box no store here holds must be before `box
+/// prune` removes it.
+const ORPHAN_AGE: u64 = 600;
+
+/// Seconds since the engine made `image`.
+fn image_age(e: &EngineCli, image: &str) -> Option<u64> {
+    let created = e
+        .run(&["image", "inspect", "--format", "{{.Created}}", image])
+        .ok()?;
+    let made = utc_seconds(created.trim())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(now.saturating_sub(made))
+}
+
+/// Seconds since the epoch of a UTC time as the engines print it:
+/// `2026-12-04T23:20:54.8Z` (Docker) or `2026-12-04 23:20:33.9 +0000 UTC`
+/// (Podman); only the date and the whole seconds are read.
+fn utc_seconds(text: &str) -> Option<u64> {
+    let t = text.get(..19)?.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        std::str::from_utf8(&t[r]).ok()?.parse().ok()
+    };
+    if t[4] != b'-' || t[7] != b'-' || !matches!(t[10], b'T' | b' ') {
+        return None;
+    }
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard
+    // Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
 /// Remove each engine's images of the boxes that are `gone`. An image is a
 /// host-wide cache of a stored box: any home that stores the box imports
 /// it again when it needs it. One a container uses (of any home) the
@@ -671,14 +712,19 @@ fn remove_box_images(gone: super::Gone<'_>) -> Vec<String> {
         };
         for tag in tags.lines().map(str::trim) {
             // Only tags envup writes (a digest); anything else is not ours.
+            let image = box_image(tag);
             let is_gone = match gone {
                 super::Gone::These(d) => d.iter().any(|d| d.as_str() == tag),
-                super::Gone::AllBut(d) => !d.iter().any(|d| d.as_str() == tag),
+                // Not one just imported: another home's `up` may be about
+                // to make its container from it.
+                super::Gone::AllBut(d) => {
+                    !d.iter().any(|d| d.as_str() == tag)
+                        && image_age(&e, &image).is_some_and(|age| age > ORPHAN_AGE)
+                }
             };
             if !crate::ident::is_hex_digest(tag) || !is_gone {
                 continue;
             }
-            let image = box_image(tag);
             said.push(match e.run(&["rmi", &image]) {
                 Ok(_) => format!("removed {} image {image}", kind.name()),
                 Err(err) => format!(
@@ -697,6 +743,18 @@ fn remove_box_images(gone: super::Gone<'_>) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::envfile::config::{Forward, Protocol, Share};
+
+    #[test]
+    fn engine_times_read_as_utc_seconds() {
+        assert_eq!(utc_seconds("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(utc_seconds("2000-03-01T00:00:01.5Z"), Some(951_868_801));
+        assert_eq!(
+            utc_seconds("2026-12-04T23:20:54.820255258Z"),
+            utc_seconds("2026-12-04 23:20:54.1 +0000 UTC")
+        );
+        assert_eq!(utc_seconds("2026-12-04T23:20:54Z"), Some(1_796_426_454));
+        assert_eq!(utc_seconds("yesterday"), None);
+    }
 
     /// A machine an earlier envup made with `engine = "lxc"` is run by the
     /// lxc backend; Docker's and Podman's stay here.
