@@ -440,14 +440,50 @@ pub fn storm_held(exec: &dyn Fn(&str) -> String, cg: &Path) -> Result<(), libtes
         .trim()
         .parse()
         .unwrap_or(0);
-    let unit = cg.join("system.slice/storm.service/cgroup.procs");
-    for pid in std::fs::read_to_string(&unit).unwrap_or_default().lines() {
-        if let Ok(pid) = pid.trim().parse() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+    // The storm's unit, in every hierarchy that has it (systemd may track
+    // it in another than pids): killed until it is empty, then the machine
+    // has its processes back (its SSH server must fork again).
+    let root = Path::new("/sys/fs/cgroup");
+    let hierarchies: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .chain([root.to_path_buf()])
+        .collect();
+    let rel = hierarchies
+        .iter()
+        .find_map(|h| cg.strip_prefix(h).ok())
+        .unwrap_or(cg)
+        .to_path_buf();
+    for _ in 0..50 {
+        let mut killed = 0;
+        for h in &hierarchies {
+            let procs = h.join(&rel).join("system.slice/storm.service/cgroup.procs");
+            for pid in std::fs::read_to_string(&procs).unwrap_or_default().lines() {
+                if let Ok(pid) = pid.trim().parse() {
+                    killed += 1;
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
         }
+        if killed == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for _ in 0..100 {
+        let now: u64 = std::fs::read_to_string(cg.join("pids.current"))
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if now < 200 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
     check(
         current > 1024 - 30 && current <= 1024,
