@@ -142,19 +142,35 @@ fn job(args: &[OsString]) -> std::io::Result<()> {
                 .ok_or_else(|| std::io::Error::other(format!("cp -a: {st}")))
         }
         b"chown" => {
-            let top = path(0)?;
+            // Each path is resolved inside the layer (a symlink on the way
+            // stays in it) and the file itself is not followed.
+            let top = crate::contained::Root::open(path(0)?)?;
             for pair in rest[1..].chunks(2) {
                 let [owner, rel] = pair else {
                     return Err(bad());
                 };
-                let (uid, gid) = owner
+                let (uid, gid): (u32, u32) = owner
                     .to_str()
                     .and_then(|o| o.split_once(':'))
                     .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
                     .ok_or_else(bad)?;
-                let p = top.join(crate::contained::normalize(Path::new(rel)));
-                std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("chown {}: {e}", p.display()))
+                let rel = crate::contained::normalize(Path::new(rel));
+                let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+                    return Err(bad());
+                };
+                let dir = top.open_dir(parent)?;
+                nix::unistd::fchownat(
+                    &dir,
+                    name,
+                    Some(uid.into()),
+                    Some(gid.into()),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| {
+                    std::io::Error::new(
+                        std::io::Error::from(e).kind(),
+                        format!("chown {}: {e}", rel.display()),
+                    )
                 })?;
             }
             Ok(())

@@ -24,7 +24,7 @@ use crate::backend::{Backend, BackendError, Check, Dial, OwnError, io_err, run_t
 use crate::boxes::StoredBox;
 use crate::contained::Root;
 use crate::envfile::Machine;
-use crate::envfile::config::Share;
+use crate::envfile::config::{Forward, Share};
 use crate::ssh::MachineKeys;
 use crate::state::machine::SshEndpoint;
 use crate::state::{MachineState, Status};
@@ -388,20 +388,33 @@ fn boot(
     let ep = state.ssh.as_ref().ok_or(LxcError::NoSshPort)?;
     // The helper outlives this command; halt finds it by the namespace it
     // serves (net::helpers_of), which is this container's alone.
-    let helper = net::connect(
-        &ns,
-        None,
-        name,
-        &real.join("net.log"),
-        &net::host_fwds(ep.port, &state.forwards),
-        net::Lifetime::Detached,
-    );
+    let fwds = net::host_fwds(ep.port, &state.forwards);
+    // Kept for a helper started again while the container runs, in the
+    // root-only runtime directory: the project's state file, which can be
+    // edited, never chooses what a helper opens on the host.
+    let helper = crate::state::write_json(&dir.join(FORWARDS), &fwds)
+        .map_err(BackendError::from)
+        .and_then(|()| {
+            net::connect(
+                &ns,
+                None,
+                name,
+                &real.join("net.log"),
+                &fwds,
+                net::Lifetime::Detached,
+            )
+            .map_err(|e| LxcError::Network(e).into())
+        });
     if let Err(e) = helper {
         let _ = stop(state, name, true);
-        return Err(LxcError::Network(e).into());
+        return Err(e);
     }
     Ok(())
 }
+
+/// The forwards the container's helper serves, written by each start into
+/// its runtime directory.
+const FORWARDS: &str = "forwards.json";
 
 /// End the container's network helpers (found by the namespace they
 /// serve, so also one whose envup was killed as it started it), then take
@@ -443,13 +456,20 @@ fn reconnect_if_gone(state: &MachineState, name: &str) -> Result<(), BackendErro
     if lock.try_lock().is_err() || !net::helpers_of(&ns).is_empty() {
         return Ok(());
     }
-    let ep = state.ssh.as_ref().ok_or(LxcError::NoSshPort)?;
+    // What the start that made the running container opened, and nothing
+    // else (none recorded: nothing to start again).
+    let Some(fwds) = crate::state::read_json::<Vec<Forward>>(&lxc_path(name)?.join(FORWARDS))
+        .ok()
+        .flatten()
+    else {
+        return Ok(());
+    };
     net::connect(
         &ns,
         None,
         name,
         &lxc_dir(state)?.join("net.log"),
-        &net::host_fwds(ep.port, &state.forwards),
+        &fwds,
         net::Lifetime::Detached,
     )
     .map(drop)
