@@ -201,10 +201,7 @@ impl Ops<'_> {
                     let wanted = plan::settings(m);
                     let applies = backend.restart_applies();
                     state.settings = plan::after_restart(&state.settings, &wanted, applies);
-                    let kept: Vec<String> = plan::changed_settings(&state.settings, &wanted)
-                        .into_iter()
-                        .filter_map(|c| Some(c.split_once(':')?.0.to_owned()))
-                        .collect();
+                    let kept = plan::changed_keys(&state.settings, &wanted);
                     if !kept.is_empty() {
                         self.reporter.line(
                             name,

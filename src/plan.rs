@@ -85,25 +85,33 @@ pub fn after_restart(recorded: &Value, current: &Value, applies: &[&str]) -> Val
     out
 }
 
-/// `key: old → new` for every setting that differs.
-pub fn changed_settings(recorded: &Value, current: &Value) -> Vec<String> {
+/// The settings that differ.
+pub fn changed_keys(recorded: &Value, current: &Value) -> Vec<String> {
     let (Some(old), Some(new)) = (recorded.as_object(), current.as_object()) else {
         return Vec::new();
     };
     new.iter()
         .filter(|(k, v)| old.get(*k).unwrap_or(&Value::Null) != *v)
-        .map(|(k, v)| {
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// `key: old → new` for every setting that differs.
+pub fn changed_settings(recorded: &Value, current: &Value) -> Vec<String> {
+    let (Some(old), Some(new)) = (recorded.as_object(), current.as_object()) else {
+        return Vec::new();
+    };
+    changed_keys(recorded, current)
+        .into_iter()
+        .map(|k| (old.get(&k).unwrap_or(&Value::Null), &new[&k], k))
+        .map(|(o, v, k)| {
             // The recorded side comes from a state file: shown escaped.
             let show = |v: &Value| match v {
                 Value::String(s) => crate::ident::printable(s).into_owned(),
                 Value::Null => "unset".into(),
                 other => crate::ident::printable(&other.to_string()).into_owned(),
             };
-            format!(
-                "{k}: {} → {}",
-                show(old.get(k).unwrap_or(&Value::Null)),
-                show(v)
-            )
+            format!("{k}: {} → {}", show(o), show(v))
         })
         .collect()
 }

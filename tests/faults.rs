@@ -463,16 +463,10 @@ fn image_kept_in_use(engine: &'static str) -> Result<(), Failed> {
     let home = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let rootfs = common::boxes::rootfs_with_user(
-        &common::boxes::stored_dir(self::home().path(), "tiny").join("rootfs.tar"),
+        &common::boxes::stored_tiny_rootfs(self::home().path()),
         &format!("img{engine}"),
     );
-    let b = common::boxes::make_box_as(
-        dir.path(),
-        "tiny-img",
-        "1.0.0",
-        "root",
-        &[("rootfs", "rootfs.tar", &rootfs)],
-    );
+    let b = common::boxes::rootfs_box(dir.path(), "tiny-img", "root", &rootfs);
     let p = Project::with_envfile(&envfile(engine).replace("\"tiny\"", "\"tiny-img\""));
     let add = ["-q", "box", "add", b.to_str().unwrap()];
     envup_in(home.path(), &p, &add).status(0);
@@ -567,19 +561,13 @@ fn init_missing_fails_fast() -> Result<(), Failed> {
     let home = common::boxes::home_with(&["tiny"]);
     let dir = tempfile::tempdir().unwrap();
     let rootfs = common::boxes::rewrite_rootfs(
-        &common::boxes::stored_dir(home.path(), "tiny").join("rootfs.tar"),
+        &common::boxes::stored_tiny_rootfs(home.path()),
         |_, _| {},
         &[("sbin/init", tar::EntryType::Symlink, "/nowhere/init")],
     )
     .into_inner()
     .unwrap();
-    let b = common::boxes::make_box_as(
-        dir.path(),
-        "tiny-noinit",
-        "1.0.0",
-        "root",
-        &[("rootfs", "rootfs.tar", &rootfs)],
-    );
+    let b = common::boxes::rootfs_box(dir.path(), "tiny-noinit", "root", &rootfs);
     let p = Project::with_envfile(
         "[machines.web]\nbox = \"tiny-noinit\"\nbackend = \"jail\"\nboot_timeout = \"90s\"\n",
     );

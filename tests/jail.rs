@@ -615,21 +615,10 @@ fn host_network() -> Result<(), Failed> {
 /// that user's home, owned by them; the box's own directories keep their
 /// modes and owners.
 fn non_root_login() -> Result<(), Failed> {
-    let digest = common::boxes::stored_digest(home().path(), "tiny");
-    let stored = home()
-        .path()
-        .join("boxes-v1")
-        .join(&digest)
-        .join("rootfs.tar");
+    let stored = common::boxes::stored_tiny_rootfs(home().path());
     let rootfs = common::boxes::rootfs_with_user(&stored, "dev");
     let dir = tempfile::tempdir().unwrap();
-    let b = common::boxes::make_box_as(
-        dir.path(),
-        "tiny-dev",
-        "1.0.0",
-        "dev",
-        &[("rootfs", "rootfs.tar", &rootfs)],
-    );
+    let b = common::boxes::rootfs_box(dir.path(), "tiny-dev", "dev", &rootfs);
     let p = project(
         "[machines.web]\nbox = \"tiny-dev\"\nbackend = \"jail\"\nmemory = \"128MiB\"\n\
          provision = [{ shell = \"touch ~/made-by-provisioner\", privileged = false }]\n",
@@ -824,17 +813,9 @@ fn rootless() -> Result<(), Failed> {
     );
     std::fs::create_dir_all(p.path().join("data")).unwrap();
     std::fs::copy(common::boxes::built_box("tiny"), p.path().join("tiny.box")).unwrap();
-    let rootfs = common::boxes::rootfs_with_user(
-        &common::boxes::stored_dir(home().path(), "tiny").join("rootfs.tar"),
-        "dev",
-    );
-    let tiny_dev = common::boxes::make_box_as(
-        p.path(),
-        "tiny-dev",
-        "1.0.0",
-        "dev",
-        &[("rootfs", "rootfs.tar", &rootfs)],
-    );
+    let rootfs =
+        common::boxes::rootfs_with_user(&common::boxes::stored_tiny_rootfs(home().path()), "dev");
+    let tiny_dev = common::boxes::rootfs_box(p.path(), "tiny-dev", "dev", &rootfs);
     let chown = std::process::Command::new("chown")
         .args(["-R", user])
         .arg(p.path())

@@ -48,7 +48,9 @@ impl Staging {
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.as_deref().expect("kept only by keep")
+        self.dir
+            .as_deref()
+            .expect("gone only by rename_to, which takes it")
     }
 
     /// Rename the directory to `dest`, holding the lock until it is
@@ -89,14 +91,15 @@ pub fn leftovers(store: &Path) -> Vec<PathBuf> {
         let dead = if is_lock {
             !p.with_extension("").exists() && unlocked(&p)
         } else {
-            match std::fs::File::open(lock_of(&p)) {
-                Ok(_) => unlocked(&lock_of(&p)),
-                Err(_) => e
-                    .metadata()
+            let lock = lock_of(&p);
+            if lock.exists() {
+                unlocked(&lock)
+            } else {
+                e.metadata()
                     .and_then(|m| m.modified())
                     .ok()
                     .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > GRACE),
+                    .is_some_and(|age| age > GRACE)
             }
         };
         if dead {

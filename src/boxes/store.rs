@@ -292,10 +292,8 @@ impl Store {
         let tmp = self.root.join("tmp");
         let mut n = super::staging::remove_leftovers(&self.root)
             .map_err(io_err("remove leftovers in", &tmp))?;
-        for dir in [self.downloads()] {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
+        let downloads = self.downloads();
+        if let Ok(entries) = std::fs::read_dir(&downloads) {
             for e in entries.flatten() {
                 let old = e
                     .metadata()

@@ -266,6 +266,23 @@ pub fn home_with(recipes: &[&str]) -> tempfile::TempDir {
     home
 }
 
+/// The rootfs tar of `tiny` as stored at `home`, to make variants from.
+pub fn stored_tiny_rootfs(home: &Path) -> PathBuf {
+    stored_dir(home, "tiny").join("rootfs.tar")
+}
+
+/// A box `name` 1.0.0, written in `dir`, of one artifact, the rootfs tar
+/// `rootfs`, logging in as `ssh_user`.
+pub fn rootfs_box(dir: &Path, name: &str, ssh_user: &str, rootfs: &[u8]) -> PathBuf {
+    make_box_as(
+        dir,
+        name,
+        "1.0.0",
+        ssh_user,
+        &[("rootfs", "rootfs.tar", rootfs)],
+    )
+}
+
 /// The sha256 of the stored box `name` in the store at `home`.
 /// Where box `name` is stored in the store of `home`.
 pub fn stored_dir(home: &Path, name: &str) -> PathBuf {

@@ -45,9 +45,12 @@ pub struct EngineCli {
     pub program: PathBuf,
 }
 
+/// The repository of the images boxes become, tagged with their digests.
+pub const BOX_REPO: &str = "localhost/envup-box";
+
 /// The image a box's rootfs becomes in an engine.
 pub fn box_image(digest: &str) -> String {
-    format!("localhost/envup-box:{digest}")
+    format!("{BOX_REPO}:{digest}")
 }
 
 /// Where a machine's snapshots live in an engine.

@@ -18,7 +18,7 @@ use crate::envfile::Machine;
 use crate::ssh::MachineKeys;
 use crate::state::machine::SshEndpoint;
 use crate::state::{MachineState, Status};
-use engine::{EngineCli, Kind, box_image, snapshot_repo};
+use engine::{BOX_REPO, EngineCli, Kind, box_image, snapshot_repo};
 
 pub use probe::probe;
 
@@ -651,8 +651,6 @@ impl Backend for ContainerBackend {
     }
 }
 
-/// Remove the images every installed engine holds for the box `digest`
-/// (`box remove`, `box prune`). An engine that is not there is skipped.
 /// How old an image of a box no store here holds must be before `box
 /// prune` removes it.
 const ORPHAN_AGE: u64 = 600;
@@ -698,20 +696,22 @@ fn utc_seconds(text: &str) -> Option<u64> {
 /// host-wide cache of a stored box: any home that stores the box imports
 /// it again when it needs it. One a container uses (of any home) the
 /// engine refuses to remove; it is kept, and said so, and `box prune`
-/// tries again.
+/// tries again. An engine that is not installed is skipped.
 fn remove_box_images(gone: super::Gone<'_>) -> Vec<String> {
     let mut said = Vec::new();
     for kind in [Kind::Docker, Kind::Podman] {
         let Ok(e) = EngineCli::find(kind) else {
             continue;
         };
-        let repo = box_image("");
-        let repo = repo.trim_end_matches(':');
-        let Ok(tags) = e.run(&["images", "--format", "{{.Tag}}", repo]) else {
+        let Ok(tags) = e.run(&["images", "--format", "{{.Tag}}", BOX_REPO]) else {
             continue;
         };
-        for tag in tags.lines().map(str::trim) {
-            // Only tags envup writes (a digest); anything else is not ours.
+        // Only tags envup writes (a digest); anything else is not ours.
+        for tag in tags
+            .lines()
+            .map(str::trim)
+            .filter(|t| crate::ident::is_hex_digest(t))
+        {
             let image = box_image(tag);
             let is_gone = match gone {
                 super::Gone::These(d) => d.iter().any(|d| d.as_str() == tag),
@@ -722,7 +722,7 @@ fn remove_box_images(gone: super::Gone<'_>) -> Vec<String> {
                         && image_age(&e, &image).is_some_and(|age| age > ORPHAN_AGE)
                 }
             };
-            if !crate::ident::is_hex_digest(tag) || !is_gone {
+            if !is_gone {
                 continue;
             }
             said.push(match e.run(&["rmi", &image]) {

@@ -208,19 +208,11 @@ impl Backend for JailBackend {
             return Err(JailError::PrivilegedNeedsRoot.into());
         }
         ids::SubIds::of_user()?;
-        for (tool, why) in [
-            (
-                "newuidmap",
-                "newuidmap and newgidmap (apt-get install uidmap)",
-            ),
-            (
-                "newgidmap",
-                "newuidmap and newgidmap (apt-get install uidmap)",
-            ),
-        ] {
-            if crate::host::which(tool).is_none() {
-                return Err(JailError::RootlessNeeds(why.into()).into());
-            }
+        if !ids::SubIds::tools_present() {
+            return Err(JailError::RootlessNeeds(
+                "newuidmap and newgidmap (apt-get install uidmap)".into(),
+            )
+            .into());
         }
         if opts.network == JailNetwork::Private
             && crate::host::which(super::rootfs::net::PROGRAM).is_none()

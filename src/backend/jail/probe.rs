@@ -222,7 +222,7 @@ fn rootless_check() -> Check {
             );
         }
     };
-    if which("newuidmap").is_none() || which("newgidmap").is_none() {
+    if !crate::backend::rootfs::ids::SubIds::tools_present() {
         return Check::missing(
             name,
             "newuidmap and newgidmap are missing",

@@ -489,8 +489,6 @@ fn setup_root(cfg: &JailConfig, handed: Handed) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// Give the jail's network namespace a name and connect it: slirp4netns,
-/// with SSH and the forwards listening once this returns.
 /// The jail's network namespace as its helper joins it (and the user
 /// namespace it belongs to, rootless): by its name, given here, as root;
 /// rootless, no name can be given (/run/netns is root's), so through the
@@ -821,18 +819,18 @@ pub fn supervise(dir: &Path) -> i32 {
     }
     // Rootless, the jail makes its own mounts: the message only lets it go.
     let handed = if rootless {
-        Ok(None)
+        None
     } else {
         let mapped = matches!(ids, Userns::Claimed(_)).then_some(proc_dir.as_path());
-        prepare_mounts(&cfg, mapped, false).map(Some)
+        match prepare_mounts(&cfg, mapped, false) {
+            Ok(h) => Some(h),
+            Err(e) => return fail(e),
+        }
     };
-    let sent = match &handed {
-        Ok(h) => hand_over(&sock, h.as_ref()).map_err(SetupError::Release),
-        Err(_) => Ok(()),
-    };
-    if let Err(e) = handed.and(sent) {
-        return fail(e);
+    if let Err(e) = hand_over(&sock, handed.as_ref()) {
+        return fail(SetupError::Release(e));
     }
+    drop(handed);
     let me = std::process::id() as i32;
     let started = crate::backend::start_time(me).unwrap_or(0);
     let pidfile = dir.join("supervisor.pid");

@@ -171,6 +171,13 @@ impl SubIds {
         })
     }
 
+    /// Whether the tools that write the map are installed.
+    pub fn tools_present() -> bool {
+        ["newuidmap", "newgidmap"]
+            .iter()
+            .all(|t| crate::host::which(t).is_some())
+    }
+
     /// Write the map of the user namespace process `pid` is in.
     pub fn map(&self, pid: i32) -> std::io::Result<()> {
         for (prog, own, sub) in [

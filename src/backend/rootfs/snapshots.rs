@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::backend::{BackendError, io_err, run_tool};
+use crate::userns::remove_all;
 
 fn snapshot_dir(dir: &Path, name: &str) -> PathBuf {
     dir.join("snapshots").join(name)
@@ -37,10 +38,6 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), BackendError> {
         let _ = remove_all(to);
     }
     copied
-}
-
-fn remove_all(p: &Path) -> std::io::Result<()> {
-    crate::userns::remove_all(p)
 }
 
 /// The file in the machine's directory that says `save` froze the machine:
