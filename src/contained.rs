@@ -219,6 +219,67 @@ impl Root {
         Ok(out)
     }
 
+    /// Rewrite regular file `rel` inside the root in place (its inode kept:
+    /// it may be a bind mount) with what `edit` makes of its contents, at
+    /// most `max` bytes of them; a missing file is made with `mode`.
+    /// Anything but a regular file is refused before it is opened for
+    /// writing.
+    pub fn rewrite_file(
+        &self,
+        rel: &Path,
+        max: u64,
+        mode: u32,
+        edit: &dyn Fn(&[u8]) -> Vec<u8>,
+    ) -> std::io::Result<()> {
+        let fd = match self.resolve(rel, OFlag::O_PATH, 0) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => self
+                .resolve(
+                    rel,
+                    // A dangling symlink is followed, inside the root.
+                    OFlag::O_WRONLY | OFlag::O_CREAT,
+                    mode,
+                )
+                .map_err(|e| err("cannot make", rel, e))?,
+            Err(e) => return Err(err("cannot open", rel, e)),
+        };
+        let meta = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| err("cannot stat", rel, e))?;
+        if meta.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
+            return Err(err(
+                "cannot rewrite",
+                rel,
+                std::io::Error::other("not a regular file"),
+            ));
+        }
+        if meta.st_size as u64 > max {
+            return Err(err(
+                "cannot rewrite",
+                rel,
+                std::io::Error::other(format!("larger than {max} bytes")),
+            ));
+        }
+        // The file the descriptor holds, opened again for reading and
+        // writing: nothing is resolved a second time.
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(fd_path(&fd))
+            .map_err(|e| err("cannot open", rel, e))?;
+        let mut old = Vec::new();
+        (&mut f)
+            .take(max)
+            .read_to_end(&mut old)
+            .map_err(|e| err("cannot read", rel, e))?;
+        let new = edit(&old);
+        if new == old {
+            return Ok(());
+        }
+        use std::io::{Seek, SeekFrom};
+        f.set_len(0).map_err(|e| err("cannot truncate", rel, e))?;
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(&new).map_err(|e| err("cannot write", rel, e))
+    }
+
     /// Metadata of `rel` inside the root, not following a final symlink.
     pub fn symlink_metadata(&self, rel: &Path) -> std::io::Result<std::fs::Metadata> {
         let fd = self
@@ -237,6 +298,38 @@ pub fn fd_path(fd: &impl AsRawFd) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rewrites_stay_inside_and_take_only_regular_files() {
+        let top = tempfile::tempdir().unwrap();
+        let root = top.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        let victim = top.path().join("hosts");
+        std::fs::write(&victim, "host's own\n").unwrap();
+        // `/etc/hosts` inside points at `../hosts`, which on the host is the victim.
+        std::os::unix::fs::symlink("../../hosts", root.join("etc/hosts")).unwrap();
+        let r = Root::open(&root).unwrap();
+        let add = |old: &[u8]| [old, b"x\n"].concat();
+        r.rewrite_file(Path::new("etc/hosts"), 1024, 0o644, &add)
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host's own\n");
+        assert_eq!(std::fs::read_to_string(root.join("hosts")).unwrap(), "x\n");
+        r.rewrite_file(Path::new("hosts"), 1024, 0o644, &add)
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("hosts")).unwrap(),
+            "x\nx\n"
+        );
+        nix::unistd::mkfifo(&root.join("etc/fifo"), Mode::from_bits_truncate(0o644)).unwrap();
+        let e = r
+            .rewrite_file(Path::new("etc/fifo"), 1024, 0o644, &add)
+            .unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let e = r
+            .rewrite_file(Path::new("hosts"), 2, 0o644, &add)
+            .unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+    }
 
     #[test]
     fn writes_stay_inside_through_symlinks_and_dotdot() {

@@ -9,6 +9,7 @@ pub mod envfile;
 pub mod fault;
 pub mod host;
 pub mod ident;
+pub mod network;
 pub mod ops;
 pub mod orchestrate;
 pub mod plan;

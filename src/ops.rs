@@ -4,11 +4,12 @@
 
 use std::sync::Mutex;
 
-use crate::backend::{Backend, BackendError, BackendName, Registry};
+use crate::backend::{Backend, BackendError, BackendName, Joins, Registry};
 use crate::boxes::lock::{LockEntry, Lockfile};
 use crate::boxes::resolve::Resolver;
 use crate::boxes::{BoxError, Store};
 use crate::envfile::{Config, Machine};
+use crate::network::Attachment;
 use crate::plan::{self, Action, ProvisionChoice};
 use crate::provision::{ProvisionError, Runner, content_hash, template_context};
 use crate::ssh::keys::KeyError;
@@ -35,6 +36,14 @@ pub enum OpError {
     NotRunning(String),
     #[error("machine `{0}` has no SSH address recorded; `envup reload {0}` starts it again")]
     NoEndpoint(String),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
+    #[error("cannot put machine `{name}` on the project network")]
+    Join {
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Everything one machine's operation needs.
@@ -45,6 +54,8 @@ pub struct Ops<'a> {
     pub reporter: &'a dyn Reporter,
     /// The backends machines run on.
     pub backends: &'a Registry,
+    /// The project network.
+    pub net: &'a crate::network::Net,
     pub store: &'a Store,
     /// Envfile.lock as it was when the command started.
     pub lock: &'a Lockfile,
@@ -125,6 +136,23 @@ impl Ops<'_> {
             }
         };
         backend.check(m)?;
+        let joins = if self.net.enabled() {
+            backend.joins(m)
+        } else {
+            Joins::No
+        };
+        // The machine's place on the project network, taken before it is
+        // made or started; whether the project's names changed with it.
+        let mut attached: Option<Attachment> = None;
+        let mut names_changed = false;
+        let mut attach = |attached: &mut Option<Attachment>| -> Result<(), OpError> {
+            if joins != Joins::No {
+                let (at, changed) = self.net.attach(name)?;
+                *attached = Some(at);
+                names_changed |= changed;
+            }
+            Ok(())
+        };
         let new_state = || {
             let mut s = MachineState::new(name, BackendName::of(backend));
             s.dir = Some(self.project.machine_dir(name));
@@ -175,10 +203,12 @@ impl Ops<'_> {
                         self.index.record(self.entry(m))?;
                         crate::fault::point("up:recorded");
                         let keys = MachineKeys::ensure(&self.project.machine_dir(name), name)?;
+                        attach(&mut attached)?;
                         backend.create(m, &stored, &keys, &mut state)?;
                         crate::fault::point("up:created");
                         self.reporter.step(name, "starting");
                         backend.start(m, &mut state)?;
+                        self.join(backend, &state, joins, attached.as_ref())?;
                         crate::fault::point("up:started");
                         state.settings = plan::settings(m);
                         state.first_login = stored.manifest.first_login;
@@ -197,7 +227,9 @@ impl Ops<'_> {
                 Action::Start if state.status == Status::Running => {}
                 Action::Start => {
                     self.reporter.step(name, "starting");
+                    attach(&mut attached)?;
                     backend.start(m, &mut state)?;
+                    self.join(backend, &state, joins, attached.as_ref())?;
                     let wanted = plan::settings(m);
                     let applies = backend.restart_applies();
                     state.settings = plan::after_restart(&state.settings, &wanted, applies);
@@ -223,10 +255,20 @@ impl Ops<'_> {
         // `up` ends when the machine answers SSH, provisioners or not.
         let booted = !done.is_empty() || state.first_login.is_some();
         let ssh = if booted {
-            let ssh = match self.wait_ssh(m, &mut state) {
+            let joined = self.wait_ssh(m, &mut state).and_then(|ssh| {
+                if joins == Joins::Guest
+                    && let Some(at) = &attached
+                {
+                    self.join_guest(name, &ssh, at)?;
+                }
+                Ok(ssh)
+            });
+            let ssh = match joined {
                 Ok(ssh) => ssh,
-                // A machine made by this `up` that never answered goes,
-                // as one that failed to be created or started does.
+
+                // A machine made by this `up` that never answered, or
+                // could not join the project network, goes, as one that
+                // failed to be created or started does.
                 Err(e) if done.contains(&"created") && !keep_on_error => {
                     self.reporter.line(
                         name,
@@ -246,6 +288,9 @@ impl Ops<'_> {
         } else {
             None
         };
+        if names_changed {
+            self.refresh_names(name);
+        }
         let n = self.run_provisioners(m, &mut state, &provision, ssh)?;
         if n > 0 {
             done.push("provisioned");
@@ -323,6 +368,9 @@ impl Ops<'_> {
                 other => other?,
             }
             state.apply(Event::Destroyed)?;
+        }
+        if self.net.detach(&state.name)? {
+            self.refresh_names(&state.name);
         }
         self.project.remove(&state.name)?;
         self.index.forget(&self.config.root, &state.name)?;
@@ -439,7 +487,8 @@ impl Ops<'_> {
                 .machine_names()
                 .map(|n| (n.to_owned(), self.project.load(n).ok().flatten()))
                 .collect();
-            template_context(self.config, &states, &m.name)
+            let network = self.net.record().ok().flatten();
+            template_context(self.config, &states, network.as_ref(), &m.name)
         } else {
             minijinja::Value::UNDEFINED
         };
@@ -470,6 +519,138 @@ impl Ops<'_> {
         Ok(names.len())
     }
 
+    /// The project's names, for each machine's `/etc/hosts`.
+    fn hosts_block(&self) -> Result<String, OpError> {
+        let record = self.net.record()?;
+        let entries: Vec<_> = record
+            .iter()
+            .flat_map(|r| &r.machines)
+            .map(|(name, a)| {
+                let host = self
+                    .config
+                    .machines
+                    .get(name)
+                    .map_or(name.clone(), |m| m.hostname.clone());
+                (*a, name.clone(), host)
+            })
+            .collect();
+        Ok(crate::network::hosts::block(&entries))
+    }
+
+    /// Put a started machine that joins through its network namespace on
+    /// the project network, and write its names.
+    fn join(
+        &self,
+        backend: &dyn Backend,
+        state: &MachineState,
+        joins: Joins,
+        at: Option<&Attachment>,
+    ) -> Result<(), OpError> {
+        let (Joins::Namespace, Some(at)) = (joins, at) else {
+            return Ok(());
+        };
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| OpError::Join {
+            name: state.name.clone(),
+            source,
+        };
+        let pid = backend.machine_pid(state)?;
+        crate::network::link::join_namespace(pid, at).map_err(|e| failed(e.into()))?;
+        crate::network::hosts::write_in_root(
+            std::path::Path::new(&format!("/proc/{pid}/root")),
+            &self.hosts_block()?,
+        )
+        .map_err(|e| failed(e.into()))
+    }
+
+    /// Give a booted VM its address on the project NIC, and its names.
+    fn join_guest(&self, name: &str, ssh: &Ssh, at: &Attachment) -> Result<(), OpError> {
+        let failed = |source: SshError| OpError::Join {
+            name: name.to_owned(),
+            source: source.into(),
+        };
+        let script = format!(
+            "mac={mac}; dev=; for i in /sys/class/net/*; do              [ \"$(cat $i/address 2>/dev/null)\" = $mac ] && dev=${{i##*/}}; done;              [ -n \"$dev\" ] || {{ echo \"no NIC has address $mac\" >&2; exit 1; }};              ip addr flush dev $dev && ip addr add {a}/{p} dev $dev && ip link set $dev up",
+            mac = crate::network::mac_of(at.address),
+            a = at.address,
+            p = at.subnet.prefix(),
+        );
+        ssh.run(
+            "configuring the project network",
+            &as_root(ssh, &script),
+            None,
+        )
+        .map_err(failed)?;
+        self.write_names_over(ssh)
+    }
+
+    fn write_names_over(&self, ssh: &Ssh) -> Result<(), OpError> {
+        let script = crate::network::hosts::script(&self.hosts_block()?);
+        ssh.run("writing /etc/hosts", &as_root(ssh, &script), None)?;
+        Ok(())
+    }
+
+    /// Write the project's names into every running machine but `except`.
+    /// A machine that cannot be reached keeps its old names, with a note.
+    fn refresh_names(&self, except: &str) {
+        let Ok(Some(record)) = self.net.record() else {
+            return;
+        };
+        for name in record.machines.keys().filter(|n| *n != except) {
+            let Some(m) = self.config.machines.get(name) else {
+                continue;
+            };
+            if let Err(e) = self.refresh_one(m) {
+                self.reporter.line(
+                    name,
+                    crate::ui::Stream::Stderr,
+                    &format!(
+                        "note: its /etc/hosts does not name the project's machines as they are now: {}",
+                        crate::cli::error::chain(&e)
+                    ),
+                );
+            }
+        }
+    }
+
+    fn refresh_one(&self, m: &Machine) -> Result<(), OpError> {
+        let Some(state) = self.project.load(&m.name)? else {
+            return Ok(());
+        };
+        if state.status != Status::Running {
+            return Ok(());
+        }
+        let backend = self.backends.for_state(&state)?;
+        match backend.joins(m) {
+            Joins::No => Ok(()),
+            Joins::Namespace => {
+                let pid = backend.machine_pid(&state)?;
+                crate::network::hosts::write_in_root(
+                    std::path::Path::new(&format!("/proc/{pid}/root")),
+                    &self.hosts_block()?,
+                )
+                .map_err(|e| OpError::Join {
+                    name: m.name.clone(),
+                    source: e.into(),
+                })
+            }
+            Joins::Guest => {
+                let keys = MachineKeys::ensure(&self.project.machine_dir(&m.name), &m.name)?;
+                let ep = state
+                    .ssh
+                    .clone()
+                    .ok_or_else(|| OpError::NoEndpoint(m.name.clone()))?;
+                let dial = self.backends.dial(&state);
+                let ssh = Ssh::connect(
+                    &ep,
+                    dial.as_ref(),
+                    &keys,
+                    std::time::Duration::from_secs(10),
+                )?;
+                self.write_names_over(&ssh)
+            }
+        }
+    }
+
     fn entry(&self, m: &Machine) -> Entry {
         Entry {
             project: self.config.project.clone(),
@@ -478,5 +659,15 @@ impl Ops<'_> {
             backend: m.backend.to_string(),
             state_dir: self.project.machine_dir(&m.name),
         }
+    }
+}
+
+/// `script` run as root on the machine: through `sudo -n` when SSH logs in
+/// as another user.
+fn as_root(ssh: &Ssh, script: &str) -> String {
+    if ssh.endpoint.user == "root" {
+        script.to_owned()
+    } else {
+        format!("sudo -n sh -c {}", crate::ssh::sh_quote(script))
     }
 }

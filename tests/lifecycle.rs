@@ -116,12 +116,14 @@ impl Lab {
         let index = Index::new(self.home.path());
         let store = Store::new(self.home.path());
         let lock = Lockfile::read(self.dir.path()).unwrap();
+        let net = envup::network::Net::new(&self.config, project.dir());
         let ops = Ops {
             config: &self.config,
             project: &project,
             index: &index,
             reporter: &self.said,
             backends: &self.backends,
+            net: &net,
             store: &store,
             lock: &lock,
             resolved: Default::default(),

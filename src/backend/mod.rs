@@ -109,6 +109,10 @@ pub enum BackendError {
     /// (they are damaged or were edited); envup leaves that thing alone.
     #[error("{0}")]
     NotOurs(String),
+    #[error("the machine is not running")]
+    NotRunning,
+    #[error("the {0} backend cannot put machines on a project network")]
+    NoNetwork(&'static str),
     #[error("the machine has no snapshot `{0}`")]
     NoSnapshot(String),
     #[error("the machine's state does not say where its directory is")]
@@ -297,6 +301,15 @@ pub trait Backend: Send + Sync {
     fn dial(&self, _state: &MachineState) -> Option<Dial> {
         None
     }
+    /// How the machine joins its project's network (`crate::network`).
+    fn joins(&self, _m: &Machine) -> Joins {
+        Joins::No
+    }
+    /// For [`Joins::Namespace`]: a process of the running machine whose
+    /// network namespace and root directory are the machine's.
+    fn machine_pid(&self, _state: &MachineState) -> Result<i32, BackendError> {
+        Err(BackendError::NoNetwork(self.name()))
+    }
     /// Refuse, before anything is made, a machine this backend cannot run.
     fn check(&self, _m: &Machine) -> Result<(), BackendError> {
         Ok(())
@@ -370,6 +383,20 @@ pub trait Backend: Send + Sync {
     fn snapshot_delete(&self, _state: &MachineState, _name: &str) -> Result<(), BackendError> {
         Err(BackendError::NoSnapshots(self.name()))
     }
+}
+
+/// How a machine joins its project's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joins {
+    /// It does not (a jail on the host's network, a backend without one).
+    No,
+    /// Through its network namespace on this host: envup adds a veth pair
+    /// once it started, and writes `/etc/hosts` through its root.
+    Namespace,
+    /// As a VM: the backend starts it with a NIC on the tap of its address
+    /// (`network::link::ensure_tap`); envup configures the NIC and writes
+    /// `/etc/hosts` over SSH.
+    Guest,
 }
 
 /// The machine's state directory; each backend keeps its files under it.

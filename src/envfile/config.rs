@@ -19,6 +19,8 @@ pub struct Config {
     /// The directory holding it; relative paths in the Envfile start here.
     pub root: PathBuf,
     pub project: String,
+    /// The project network the Envfile asks for.
+    pub network: ProjectNetwork,
     /// Machines in the order the Envfile names them.
     pub machines: IndexMap<String, Machine>,
 }
@@ -42,6 +44,17 @@ impl Config {
     }
 }
 
+/// The project network the Envfile asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProjectNetwork {
+    /// envup picks a subnet (no `[project] network`, no `address`).
+    Pick,
+    /// `[project] network`, or the /24 of the machines' `address`es.
+    Subnet(crate::network::Subnet),
+    /// `[project] network = "none"`: no project network.
+    None,
+}
+
 /// A machine with `[defaults]` merged in.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -55,6 +68,9 @@ pub struct Machine {
     pub memory: Size,
     pub disk: Size,
     pub hostname: String,
+    /// The machine's address on the project network, when the Envfile
+    /// gives one.
+    pub address: Option<std::net::Ipv4Addr>,
     pub depends_on: Vec<String>,
     pub autostart: bool,
     pub primary: bool,

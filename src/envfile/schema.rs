@@ -22,6 +22,8 @@ pub struct RawEnvfile {
 #[serde(deny_unknown_fields)]
 pub struct RawProject {
     pub name: Option<String>,
+    /// The project network, `a.b.c.d/N`; checked by `validate`.
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -35,6 +37,8 @@ pub struct RawMachine {
     pub memory: Option<String>,
     pub disk: Option<String>,
     pub hostname: Option<String>,
+    /// The machine's address on the project network; checked by `validate`.
+    pub address: Option<String>,
     pub depends_on: Option<Vec<String>>,
     pub autostart: Option<bool>,
     pub primary: Option<bool>,

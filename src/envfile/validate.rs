@@ -10,7 +10,8 @@ use std::time::Duration;
 use indexmap::IndexMap;
 
 use super::config::{
-    BackendName, Config, Forward, Machine, ProvisionKind, Provisioner, Share, Size, parse_duration,
+    BackendName, Config, Forward, Machine, ProjectNetwork, ProvisionKind, Provisioner, Share, Size,
+    parse_duration,
 };
 use super::diag::{KeyPath, Problem, Spans, did_you_mean};
 use super::schema::{Protocol, RawEnvfile, RawForward, RawMachine, RawProvision, RawShare};
@@ -204,8 +205,27 @@ pub fn validate(
         }
     }
 
+    let npath = KeyPath::root().key("project").key("network");
+    let network = match raw.project.network.as_deref() {
+        Some("none") => ProjectNetwork::None,
+        Some(n) => match n.parse::<crate::network::Subnet>() {
+            Ok(s) => ProjectNetwork::Subnet(s),
+            Err(e) => {
+                ctx.at_value(
+                    &npath,
+                    e,
+                    Some("a private network such as \"10.20.0.0/24\", or \"none\"".into()),
+                );
+                ProjectNetwork::Pick
+            }
+        },
+        None => ProjectNetwork::Pick,
+    };
+
+    let mut network_at = network;
     if ctx.problems.is_empty() {
         check_across_machines(&mut ctx, raw, &machines, &dpath);
+        network_at = check_addresses(&mut ctx, network, &machines);
     }
 
     if ctx.problems.is_empty() {
@@ -213,6 +233,7 @@ pub fn validate(
             path: path.to_owned(),
             root: root.to_owned(),
             project,
+            network: network_at,
             machines,
         })
     } else {
@@ -442,6 +463,28 @@ fn build_machine(
         options.entry(b.clone()).or_default().extend(own.clone());
     }
 
+    if let Some(p) = d.address.as_ref().map(|_| dpath.key("address")) {
+        ctx.at_key(
+            &p,
+            "`address` cannot be a default: each machine has its own".into(),
+            Some("move `address` into each `[machines.NAME]` table".into()),
+        );
+    }
+    let address = match &m.address {
+        Some(a) => match a.parse::<std::net::Ipv4Addr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                ctx.at_value(
+                    &mpath.key("address"),
+                    format!("`{a}` is not an IPv4 address"),
+                    Some("write an address like \"10.20.0.10\" on the project network".into()),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+
     (ctx.problems.len() == before).then(|| Machine {
         name: name.to_owned(),
         box_,
@@ -451,6 +494,7 @@ fn build_machine(
         memory,
         disk,
         hostname,
+        address,
         depends_on,
         autostart,
         primary,
@@ -794,6 +838,81 @@ fn check_across_machines(
             Some("`envup ssh` needs one default machine; keep `primary = true` on one".into()),
         );
     }
+}
+
+/// Machines' addresses: each a machine address of the project network (the
+/// Envfile's, or the /24 of the first address), none twice; and the
+/// network clear of the host's routes. Returns the network the Envfile
+/// asks for.
+fn check_addresses(
+    ctx: &mut Ctx<'_>,
+    network: ProjectNetwork,
+    machines: &IndexMap<String, Machine>,
+) -> ProjectNetwork {
+    use crate::network::Subnet;
+    let apath = |name: &str| KeyPath::root().key("machines").key(name).key("address");
+    let first = machines
+        .values()
+        .find_map(|m| m.address.map(|a| (m.name.as_str(), a)));
+    let written = matches!(network, ProjectNetwork::Subnet(_));
+    let (net, npath) = match (network, first) {
+        (ProjectNetwork::None, Some((name, _))) => {
+            ctx.at_value(
+                &apath(name),
+                format!("machine `{name}` has an address, but the project has no network (`[project] network = \"none\"`)"),
+                Some("remove the `address`, or `[project] network`".into()),
+            );
+            return network;
+        }
+        (ProjectNetwork::None, None) => return network,
+        (ProjectNetwork::Subnet(n), _) => (n, KeyPath::root().key("project").key("network")),
+        (ProjectNetwork::Pick, Some((name, a))) => (Subnet::around(a), apath(name)),
+        (ProjectNetwork::Pick, None) => return network,
+    };
+    let mut seen: Vec<(std::net::Ipv4Addr, &str)> = Vec::new();
+    for m in machines.values() {
+        let Some(a) = m.address else { continue };
+        if !net.usable(a) {
+            let why = if !net.contains(a) {
+                format!("address {a} is outside the project network {net}")
+            } else {
+                format!(
+                    "address {a} is not a machine's on {net}: the network's own, its broadcast or the host's ({})",
+                    net.gateway()
+                )
+            };
+            let help = if written {
+                {
+                    let (first, last) = net.machine_range();
+                    format!("a machine's address on {net} is one from {first} to {last}")
+                }
+            } else {
+                format!(
+                    "without `[project] network`, the machines' addresses share the /24 of the first one ({net}); set `[project] network` for a larger one"
+                )
+            };
+            ctx.at_value(&apath(&m.name), why, Some(help));
+        } else if let Some((_, other)) = seen.iter().find(|(b, _)| *b == a) {
+            ctx.at_value(
+                &apath(&m.name),
+                format!(
+                    "address {a} is given to two machines, `{other}` and `{}`",
+                    m.name
+                ),
+                Some("each machine needs an address of its own".into()),
+            );
+        } else {
+            seen.push((a, &m.name));
+        }
+    }
+    if let Some(route) = crate::network::route_overlapping(&net, &crate::network::host_routes()) {
+        ctx.at_value(
+            &npath,
+            format!("the project network {net} overlaps the host's route {route}"),
+            Some("machines would not reach that network; choose a subnet no route of the host covers (`ip route` lists them)".into()),
+        );
+    }
+    ProjectNetwork::Subnet(net)
 }
 
 /// A dependency cycle as a list of machine names, first repeated at the end.

@@ -34,10 +34,12 @@ pub enum ProvisionError {
 
 /// The template scope of `template = true` provisioners: `machine` (this
 /// one) and `machines` (every machine by name), each with its name,
-/// hostname, backend, SSH address and forwarded ports.
+/// hostname, backend, SSH address, forwarded ports and address on the
+/// project network; and `project`, with its `network`.
 pub fn template_context(
     config: &Config,
     states: &[(String, Option<MachineState>)],
+    network: Option<&crate::network::Record>,
     this: &str,
 ) -> minijinja::Value {
     let describe = |m: &Machine| {
@@ -52,6 +54,7 @@ pub fn template_context(
             backend => m.backend.to_string(),
             ssh_host => ssh.map(|e| e.host.clone()),
             ssh_port => ssh.map(|e| e.port),
+            address => network.and_then(|r| r.machines.get(&m.name)).map(|a| a.to_string()),
             forwards => m.forwards.iter().map(|f| minijinja::context! {
                 guest => f.guest, host => f.host, host_ip => f.host_ip.to_string(),
             }).collect::<Vec<_>>(),
@@ -65,7 +68,11 @@ pub fn template_context(
     minijinja::context! {
         machine => describe(&config.machines[this]),
         machines => machines,
-        project => minijinja::context! { name => config.project.clone(), root => config.root.display().to_string() },
+        project => minijinja::context! {
+            name => config.project.clone(),
+            root => config.root.display().to_string(),
+            network => network.map(|r| r.subnet.to_string()),
+        },
     }
 }
 

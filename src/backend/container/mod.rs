@@ -528,6 +528,19 @@ impl Backend for ContainerBackend {
         &["cpus", "memory"]
     }
 
+    fn joins(&self, _m: &Machine) -> super::Joins {
+        super::Joins::Namespace
+    }
+
+    fn machine_pid(&self, state: &MachineState) -> Result<i32, BackendError> {
+        let (e, c) = load(state)?;
+        let out = e.run(&["inspect", "--format", "{{.State.Pid}}", &c.name])?;
+        match out.trim().parse::<i32>() {
+            Ok(pid) if pid > 0 => Ok(pid),
+            _ => Err(BackendError::NotRunning),
+        }
+    }
+
     fn stop(&self, state: &MachineState, force: bool) -> Result<(), BackendError> {
         let (e, c) = load(state)?;
         if engine_status(&e, &c.name).as_deref() != Some("running") {

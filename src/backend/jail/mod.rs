@@ -234,6 +234,21 @@ impl Backend for JailBackend {
             .flatten()
     }
 
+    fn joins(&self, m: &Machine) -> super::Joins {
+        let private =
+            super::options::<Options>(m, "jail").is_ok_and(|o| o.network == JailNetwork::Private);
+        if private && nix::unistd::geteuid().is_root() {
+            super::Joins::Namespace
+        } else {
+            super::Joins::No
+        }
+    }
+
+    fn machine_pid(&self, state: &MachineState) -> Result<i32, BackendError> {
+        let cfg = read_config(state)?;
+        super::rootfs::net::init_in(&cfg.id).ok_or(BackendError::NotRunning)
+    }
+
     fn create(
         &self,
         m: &Machine,

@@ -638,6 +638,14 @@ impl Backend for LxcBackend {
         net::dial_in(&host_name(state).ok()?)
     }
 
+    fn joins(&self, _m: &Machine) -> super::Joins {
+        super::Joins::Namespace
+    }
+
+    fn machine_pid(&self, state: &MachineState) -> Result<i32, BackendError> {
+        net::init_in(&host_name(state)?).ok_or(BackendError::NotRunning)
+    }
+
     fn create(
         &self,
         m: &Machine,

@@ -9,6 +9,7 @@ pub mod seed;
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -470,11 +471,34 @@ fn launch(state: &mut MachineState) -> Result<(), BackendError> {
     let cfg = read_config(state)?;
     let _ = std::fs::remove_file(p.pidfile());
     let _ = std::fs::remove_file(p.qmp());
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(&cfg.args);
+    if nix::unistd::geteuid().is_root() {
+        // A second NIC on the project network, on the tap of the machine's
+        // address; the guest gets its address over SSH.
+        let name = &state.name;
+        if let Some(at) = crate::network::Attachment::of_machine(&super::machine_dir(state)?, name)?
+        {
+            let tap = crate::network::link::ensure_tap(&at)
+                .map_err(crate::network::NetworkError::from)?;
+            cmd.args([
+                "-netdev",
+                &format!("tap,id=net1,ifname={tap},script=no,downscript=no"),
+                "-device",
+                &format!(
+                    "virtio-net-pci,netdev=net1,mac={},romfile=",
+                    crate::network::mac_of(at.address)
+                ),
+            ]);
+        }
+        // Its user network's sockets are the helpers' (network/link.rs).
+        // SAFETY: setgroups and setgid are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(crate::network::link::as_helper);
+        }
+    }
     // With -daemonize, qemu returns once the VM is set up (or failed).
-    run_tool(
-        Command::new("qemu-system-x86_64").args(&cfg.args),
-        "apt-get install qemu-system-x86",
-    )?;
+    run_tool(&mut cmd, "apt-get install qemu-system-x86")?;
     crate::fault::point("qemu:spawned");
     let pid: i32 = std::fs::read_to_string(p.pidfile())
         .ok()
@@ -684,6 +708,10 @@ impl Backend for QemuBackend {
                 Err(_) => state.status,
             },
         )
+    }
+
+    fn joins(&self, _m: &Machine) -> super::Joins {
+        super::Joins::Guest
     }
 
     fn after_boot(&self, m: &Machine, ssh: &crate::ssh::Ssh) -> Result<Vec<String>, BackendError> {

@@ -162,6 +162,9 @@ pub fn connect(
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(NetError::Pipe)?;
     let logf = std::fs::File::create(log).map_err(io("create", log))?;
     let w = ready_w.as_raw_fd();
+    // Run as root: its sockets are the helpers' (network/link.rs), which
+    // never reach a project network.
+    let helper = userns.is_none() && nix::unistd::geteuid().is_root();
     let mut cmd = Command::new(PROGRAM);
     cmd.args(args(netns, userns, &api, w))
         .stdin(Stdio::null())
@@ -173,6 +176,9 @@ pub fn connect(
         if unsafe { nix::libc::fcntl(w, nix::libc::F_SETFD, 0) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
+        if helper {
+            crate::network::link::as_helper()?;
+        }
         match lifetime {
             Lifetime::WithParent => {
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
@@ -183,7 +189,8 @@ pub fn connect(
         }
         Ok(())
     };
-    // SAFETY: between fork and exec the closure calls only fcntl, prctl
+    // SAFETY: between fork and exec the closure calls only fcntl, setgroups,
+    // setgid, prctl
     // and setsid, which are async-signal-safe.
     unsafe {
         cmd.pre_exec(before_exec);
@@ -291,6 +298,35 @@ pub fn resolv_conf(host: &str) -> String {
 /// Where the network namespace named `name` is (as `ip netns` names them).
 pub fn netns_path(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)
+}
+
+/// The init of the machine in the network namespace named `name`: the
+/// process there that is pid 1 in its own pid namespace.
+pub fn init_in(name: &str) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::metadata(netns_path(name)).ok()?;
+    let key = (target.dev(), target.ino());
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
+        if (ns.dev(), ns.ino()) != key {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let init = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|l| l.split_whitespace().last())
+            == Some("1");
+        if init {
+            return Some(pid);
+        }
+    }
+    None
 }
 
 /// For root: a dial that reaches the SSH server at 127.0.0.1:22 inside

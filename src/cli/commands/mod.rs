@@ -52,12 +52,14 @@ where
     let index = Index::new(&home);
     let store = Store::new(&home);
     let lock = Lockfile::read(&config.root)?;
+    let net = crate::network::Net::new(config, project.dir());
     let ops = Ops {
         config,
         project: &project,
         index: &index,
         reporter: &*reporter,
         backends: crate::backend::Registry::builtin(),
+        net: &net,
         store: &store,
         lock: &lock,
         resolved: Default::default(),

@@ -1,0 +1,351 @@
+//! The host's side of project networks: bridges, veth pairs and taps made
+//! with iproute2's `ip`, and the firewall rules (iptables) that keep
+//! projects apart.
+//!
+//! The rules, in chains of envup's own jumped to first from `FORWARD` and
+//! `OUTPUT`:
+//!
+//! - `ENVUP-FORWARD`: traffic between two machines of one project (bridged,
+//!   which the kernel shows to iptables as in and out of the bridge) is
+//!   accepted, one rule per project; anything else routed into or out of
+//!   an `envup*` bridge is dropped. So no project network is a route to
+//!   another, to the host's other networks or from them (an engine's
+//!   containers of another project among them).
+//! - `ENVUP-OUTPUT`: what the machines' outbound helpers send (slirp4netns
+//!   and qemu run with group [`HELPER_GID`]) never leaves through an
+//!   `envup*` bridge, so a machine cannot reach another project's machines
+//!   through its way out to the world.
+//!
+//! The chains go when the last project network does.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::{Attachment, Subnet};
+
+/// The group the machines' outbound helpers (slirp4netns, qemu) run with:
+/// just below the ids envup gives machines, in the range systemd keeps for
+/// containers, which no user's group has.
+pub const HELPER_GID: u32 = 1_073_741_823;
+
+const FORWARD_CHAIN: &str = "ENVUP-FORWARD";
+const OUTPUT_CHAIN: &str = "ENVUP-OUTPUT";
+/// The name every project bridge starts with, as iptables matches it.
+const BRIDGES: &str = "envup+";
+/// The machine's end of its veth pair, in its network namespace.
+pub const MACHINE_LINK: &str = "envup0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot run {program} (apt-get install {package})")]
+    Spawn {
+        program: &'static str,
+        package: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed: {stderr}")]
+    Tool { command: String, stderr: String },
+    #[error("cannot {op} {}", .path.display())]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LinkError {
+    let path = path.to_owned();
+    move |source| LinkError::Io { op, path, source }
+}
+
+/// Run `program` with `args`, `input` on its stdin; in the network
+/// namespace at `netns` when given.
+fn run(
+    program: &'static str,
+    args: &[&str],
+    input: Option<&str>,
+    netns: Option<&std::fs::File>,
+) -> Result<(), LinkError> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(ns) = netns {
+        let fd = ns.as_raw_fd();
+        let enter = move || {
+            // SAFETY: `fd` is open for as long as the spawn lasts.
+            let ns = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
+        };
+        // SAFETY: between fork and exec the closure calls only setns, which
+        // is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(enter);
+        }
+    }
+    let package = if program == "ip" { "iproute2" } else { program };
+    let mut child = cmd.spawn().map_err(|source| LinkError::Spawn {
+        program,
+        package,
+        source,
+    })?;
+    if let Some(text) = input {
+        let mut stdin = child.stdin.take().expect("piped");
+        let _ = stdin.write_all(text.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| LinkError::Spawn {
+            program,
+            package,
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut command = program.to_owned();
+    for a in args {
+        command.push(' ');
+        command.push_str(a);
+    }
+    if let Some(text) = input {
+        command.push_str(&format!(" <<< {:?}", text.trim_end()));
+    }
+    Err(LinkError::Tool {
+        command,
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    })
+}
+
+fn ip_batch(lines: &[String], netns: Option<&std::fs::File>) -> Result<(), LinkError> {
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    run("ip", &["-batch", "-"], Some(&text), netns)
+}
+
+fn exists(link: &str) -> bool {
+    Path::new("/sys/class/net").join(link).exists()
+}
+
+/// Serialises changes to claims and the firewall across envup processes.
+pub struct HostLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+impl HostLock {
+    pub fn take() -> Result<HostLock, LinkError> {
+        let dir = Path::new(super::CLAIMS_DIR);
+        std::fs::create_dir_all(dir).map_err(io("make", dir))?;
+        let path = dir.join(".lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map(HostLock)
+            .map_err(|(_, e)| LinkError::Io {
+                op: "lock",
+                path,
+                source: e.into(),
+            })
+    }
+}
+
+/// The project's bridge, up, with the host's address; made, with its
+/// firewall rule, when missing (a new network, or a host that rebooted).
+pub fn ensure_bridge(net: &Subnet) -> Result<(), LinkError> {
+    let br = net.bridge();
+    if exists(&br) {
+        return Ok(());
+    }
+    let _host = HostLock::take()?;
+    ensure_firewall()?;
+    ip_batch(&[format!("link add {br} type bridge")], None)?;
+    // No IPv6 on the bridge: no link-local address to reach the host or
+    // another machine by.
+    let v6 = Path::new("/proc/sys/net/ipv6/conf")
+        .join(&br)
+        .join("disable_ipv6");
+    if v6.exists() {
+        std::fs::write(&v6, b"1").map_err(io("write", &v6))?;
+    }
+    ip_batch(
+        &[
+            format!("addr add {}/{} dev {br}", net.gateway(), net.prefix()),
+            format!("link set {br} up"),
+        ],
+        None,
+    )?;
+    iptables(&[
+        "-I",
+        FORWARD_CHAIN,
+        "1",
+        "-i",
+        &br,
+        "-o",
+        &br,
+        "-j",
+        "ACCEPT",
+    ])
+}
+
+/// Remove the project's bridge and its firewall rule.
+pub fn remove_bridge(net: &Subnet) -> Result<(), LinkError> {
+    let br = net.bridge();
+    let rule = ["-i", br.as_str(), "-o", br.as_str(), "-j", "ACCEPT"];
+    if iptables_has(FORWARD_CHAIN, &rule) {
+        let mut a = vec!["-D", FORWARD_CHAIN];
+        a.extend(rule);
+        iptables(&a)?;
+    }
+    remove_link(&br)
+}
+
+/// Remove a host link envup made, if it is there.
+pub fn remove_link(name: &str) -> Result<(), LinkError> {
+    if !exists(name) {
+        return Ok(());
+    }
+    match ip_batch(&[format!("link del {name}")], None) {
+        // Gone meanwhile (a veth goes with its machine's namespace).
+        Err(_) if !exists(name) => Ok(()),
+        other => other,
+    }
+}
+
+/// Put the machine whose network namespace is that of process `pid` on
+/// its network: a veth pair, `ve…` on the bridge and `envup0` inside with
+/// the machine's address.
+pub fn join_namespace(pid: i32, at: &Attachment) -> Result<(), LinkError> {
+    let host = super::host_link("ve", at.address);
+    let br = at.subnet.bridge();
+    let ns_path = format!("/proc/{pid}/ns/net");
+    let ns = std::fs::File::open(&ns_path).map_err(io("open", Path::new(&ns_path)))?;
+    // A pair left from this machine's earlier run goes first.
+    remove_link(&host)?;
+    ip_batch(
+        &[
+            // The machine's end keeps one MAC address from run to run, so
+            // the other machines' neighbour caches stay right.
+            format!(
+                "link add {host} type veth peer name {MACHINE_LINK} address {} netns {pid}",
+                super::mac_of(at.address)
+            ),
+            format!("link set {host} master {br} up"),
+        ],
+        None,
+    )?;
+    ip_batch(
+        &[
+            format!(
+                "addr add {}/{} dev {MACHINE_LINK}",
+                at.address,
+                at.subnet.prefix()
+            ),
+            format!("link set {MACHINE_LINK} up"),
+        ],
+        Some(&ns),
+    )
+}
+
+/// The tap a VM's project NIC is started on, on the bridge; made when
+/// missing (it stays from one run of the VM to the next).
+pub fn ensure_tap(at: &Attachment) -> Result<String, LinkError> {
+    let tap = super::host_link("vt", at.address);
+    let br = at.subnet.bridge();
+    if !exists(&tap) {
+        ip_batch(&[format!("tuntap add dev {tap} mode tap")], None)?;
+    }
+    ip_batch(&[format!("link set {tap} master {br} up")], None)?;
+    Ok(tap)
+}
+
+fn iptables(args: &[&str]) -> Result<(), LinkError> {
+    let mut a = vec!["-w"];
+    a.extend_from_slice(args);
+    run("iptables", &a, None, None)
+}
+
+fn iptables_has(chain: &str, rule: &[&str]) -> bool {
+    let mut a = vec!["-C", chain];
+    a.extend_from_slice(rule);
+    iptables(&a).is_ok()
+}
+
+fn forward_drops() -> [[&'static str; 4]; 2] {
+    [["-i", BRIDGES, "-j", "DROP"], ["-o", BRIDGES, "-j", "DROP"]]
+}
+
+fn output_rule(gid: &str) -> [&str; 8] {
+    [
+        "-m",
+        "owner",
+        "--gid-owner",
+        gid,
+        "-o",
+        BRIDGES,
+        "-j",
+        "DROP",
+    ]
+}
+
+/// envup's chains, with their fixed rules, jumped to first.
+fn ensure_firewall() -> Result<(), LinkError> {
+    let gid = HELPER_GID.to_string();
+    for (chain, from) in [(FORWARD_CHAIN, "FORWARD"), (OUTPUT_CHAIN, "OUTPUT")] {
+        if iptables(&["-n", "-L", chain]).is_err() {
+            iptables(&["-N", chain])?;
+            if chain == FORWARD_CHAIN {
+                for r in forward_drops() {
+                    let mut a = vec!["-A", chain];
+                    a.extend(r);
+                    iptables(&a)?;
+                }
+            } else {
+                let mut a = vec!["-A", chain];
+                a.extend(output_rule(&gid));
+                iptables(&a)?;
+            }
+        }
+        if !iptables_has(from, &["-j", chain]) {
+            iptables(&["-I", from, "1", "-j", chain])?;
+        }
+    }
+    Ok(())
+}
+
+/// Remove envup's chains (no project network is left).
+pub fn remove_firewall() -> Result<(), LinkError> {
+    for (chain, from) in [(FORWARD_CHAIN, "FORWARD"), (OUTPUT_CHAIN, "OUTPUT")] {
+        while iptables_has(from, &["-j", chain]) {
+            iptables(&["-D", from, "-j", chain])?;
+        }
+        if iptables(&["-n", "-L", chain]).is_ok() {
+            iptables(&["-F", chain])?;
+            iptables(&["-X", chain])?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether iptables has envup's chains (for `doctor`).
+pub fn firewall_present() -> bool {
+    iptables(&["-n", "-L", FORWARD_CHAIN]).is_ok()
+}
+
+/// What a helper process runs with: no supplementary groups, and the
+/// helpers' group (called between fork and exec).
+pub fn as_helper() -> std::io::Result<()> {
+    nix::unistd::setgroups(&[]).map_err(std::io::Error::from)?;
+    nix::unistd::setgid(nix::unistd::Gid::from_raw(HELPER_GID)).map_err(std::io::Error::from)
+}
