@@ -2,8 +2,10 @@
 # One container machine from `envup up` to provisioned, against the raw
 # baseline measured in the same run: `docker run` (or `podman run`) of the
 # same image with its SSH server, keys bind-mounted, until the first SSH
-# command returns. For each engine that works here. Prints figures.
-# Target: envup <= 1.3x the baseline.
+# command returns. For each engine that works here. And what joining the
+# project network costs: the same up with `[project] network = "none"`,
+# interleaved. Prints figures.
+# Targets: envup <= 1.3x the baseline; the network adds <= 30 ms.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "container_up bench skipped: needs root"; exit 0; }
@@ -30,11 +32,13 @@ for engine in docker podman; do
   if ! "$engine" version >/dev/null 2>&1; then echo "$engine: not working here, skipped"; continue; fi
   mkdir -p "$work/p-$engine"
   printf '[machines.m]\nbox = "tiny"\nbackend = "container"\ncontainer = { engine = "%s" }\nprovision = [{ shell = "true", run = "always" }]\n' "$engine" > "$work/p-$engine/Envfile"
+  mkdir -p "$work/p-$engine-none"
+  { printf '[project]\nnetwork = "none"\n'; cat "$work/p-$engine/Envfile"; } > "$work/p-$engine-none/Envfile"
   # First up imports the image and finds the engine's host arguments.
   (cd "$work/p-$engine" && "$bin" -q up && "$bin" -q destroy -f)
   extra=()
   [ -f "$ENVUP_HOME/engines/$engine.json" ] && mapfile -t extra < <(python3 -c "import json,sys; print('\n'.join(json.load(open(sys.argv[1]))['args']))" "$ENVUP_HOME/engines/$engine.json")
-  raws=(); ups=()
+  raws=(); ups=(); nones=(); restarts=(); restarts_none=()
   for r in $(seq 1 "$ROUNDS"); do
     port=$((20000 + RANDOM % 20000))
     t0=$(now)
@@ -44,11 +48,22 @@ for engine in docker podman; do
     t1=$(now)
     raws+=("$(python3 -c "print($t1-$t0)")")
     "$engine" rm -f envup-bench-raw >/dev/null 2>&1
-    cd "$work/p-$engine"; t0=$(now); "$bin" -q up; t1=$(now); "$bin" -q destroy -f; cd - >/dev/null
+    cd "$work/p-$engine"; t0=$(now); "$bin" -q up; t1=$(now)
     ups+=("$(python3 -c "print($t1-$t0)")")
+    # Started again: the network exists, the machine joins it.
+    "$bin" -q halt; t0=$(now); "$bin" -q up; t1=$(now); "$bin" -q destroy -f; cd - >/dev/null
+    restarts+=("$(python3 -c "print($t1-$t0)")")
+    cd "$work/p-$engine-none"; t0=$(now); "$bin" -q up; t1=$(now)
+    nones+=("$(python3 -c "print($t1-$t0)")")
+    "$bin" -q halt; t0=$(now); "$bin" -q up; t1=$(now); "$bin" -q destroy -f; cd - >/dev/null
+    restarts_none+=("$(python3 -c "print($t1-$t0)")")
   done
-  raw=$(median "${raws[@]}"); up=$(median "${ups[@]}")
+  raw=$(median "${raws[@]}"); up=$(median "${ups[@]}"); none=$(median "${nones[@]}")
+  re=$(median "${restarts[@]}"); re_none=$(median "${restarts_none[@]}")
+  echo "runs (s): raw ${raws[*]}; up ${ups[*]}; no network ${nones[*]}; again ${restarts[*]}; again, no network ${restarts_none[*]}" >&2
   echo "$engine, one machine up to provisioned (tiny), median of $ROUNDS:"
   echo "  raw: $engine run + first SSH command   $(ms "$raw")"
   echo "  envup up                             $(ms "$up")   ratio $(python3 -c "print(f'{$up/$raw:.2f}x')")   target <= 1.3x"
+  echo "  envup up, no project network         $(ms "$none")   the network adds $(ms "$(python3 -c "print($up-$none)")") (made with the project)"
+  echo "  up of the halted machine             $(ms "$re")   no network $(ms "$re_none")   the join adds $(ms "$(python3 -c "print($re-$re_none)")")   target <= 30 ms"
 done

@@ -2,9 +2,12 @@
 # One jail from `envup up` to provisioned, against the raw baseline measured
 # in the same run: unshare + chroot of the same rootfs + its SSH server,
 # until the first SSH command returns. Also four jails with --jobs 4, and
-# fifty jails, and the supervisor's resident memory. Prints figures; needs
-# root.
-# Targets: one jail <= 1.5x the baseline; four <= 2x one; supervisor <= 5 MB.
+# fifty jails, and the supervisor's resident memory. And what the project
+# network costs: one jail, and twenty with --jobs 4, with the network and
+# with `[project] network = "none"`, interleaved. Prints figures; needs root.
+# Targets: one jail <= 1.5x the baseline; four <= 2x one; supervisor <= 5 MB;
+# the network adds <= 30 ms to one jail's up; twenty jails on one network
+# come up in about the time twenty without one do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "jail_up bench skipped: needs root"; exit 0; }
@@ -47,12 +50,13 @@ raw_once() {
 median() { python3 -c "import sys, statistics; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
 ROUNDS=${ROUNDS:-5}
 
-envfile() { # $1: number of machines
+envfile() { # $1: number of machines; $2: `none` for no project network
+  [ "${2:-}" = none ] && { echo '[project]'; echo 'network = "none"'; }
   echo '[defaults]'; echo 'box = "tiny"'; echo 'backend = "jail"'; echo 'memory = "128MiB"'
   echo 'provision = [{ shell = "true", run = "always" }]'
   for i in $(seq 1 "$1"); do echo "[machines.m$i]"; done
 }
-one() { mkdir -p "$work/p$1"; envfile "$2" > "$work/p$1/Envfile"; cd "$work/p$1"; t0=$(now); "$bin" -q up --jobs 4; t1=$(now); cd - >/dev/null; python3 -c "print($t1-$t0)"; }
+one() { mkdir -p "$work/p$1"; envfile "$2" "${3:-}" > "$work/p$1/Envfile"; cd "$work/p$1"; t0=$(now); "$bin" -q up --jobs 4; t1=$(now); cd - >/dev/null; python3 -c "print($t1-$t0)"; }
 down() { (cd "$work/p$1" && "$bin" -q destroy -f >/dev/null); }
 # The box's rootfs is unpacked into the store on first use; do that first.
 one warm 1 >/dev/null
@@ -67,7 +71,31 @@ done
 # Fifty jails at once (three runs): how start-up scales with many machines.
 fifties=()
 for r in 1 2 3; do fifties+=("$(one 50 50)"); down 50; done
+# The project network: one jail up and halted again (the network stays, as
+# in a project's life) and twenty jails, with and without it, interleaved.
+for n in 1 20; do
+  one "net$n" "$n" >/dev/null; (cd "$work/pnet$n" && "$bin" -q halt)
+  one "none$n" "$n" none >/dev/null; (cd "$work/pnone$n" && "$bin" -q halt)
+done
+nets1=(); nones1=(); nets20=(); nones20=()
+for r in $(seq 1 "$ROUNDS"); do
+  for kind in net none; do
+    for n in 1 20; do
+      t=$(cd "$work/p$kind$n" && t0=$(now) && "$bin" -q up --jobs 4 && t1=$(now) && "$bin" -q halt && python3 -c "print($t1-$t0)")
+      eval "${kind}s$n+=($t)"
+    done
+  done
+done
+# One jail made and destroyed, with and without: the network made and
+# removed each time.
+made_net=(); made_none=()
+for r in $(seq 1 "$ROUNDS"); do
+  made_net+=("$(one mnet 1)"); down mnet
+  made_none+=("$(one mnone 1 none)"); down mnone
+done
+for d in net1 none1 net20 none20; do down "$d"; done
 echo "runs (s): raw ${raws[*]}; one ${ones[*]}; four ${fours[*]}; fifty ${fifties[*]}" >&2
+echo "runs (s): network one ${nets1[*]}; none one ${nones1[*]}; network twenty ${nets20[*]}; none twenty ${nones20[*]}; made network ${made_net[*]}; made none ${made_none[*]}" >&2
 t_fifty=$(median "${fifties[@]}")
 raw=$(median "${raws[@]}"); t_one=$(median "${ones[@]}"); t_four=$(median "${fours[@]}")
 sup=$(cut -d' ' -f1 "$work/p4/.envup/machines/m1/jail/supervisor.pid")
@@ -79,3 +107,9 @@ echo "  envup up                                           $(ms "$t_one")   rati
 echo "  envup up, four jails, --jobs 4                     $(ms "$t_four")   $(python3 -c "print(f'{$t_four/$t_one:.2f}x')") one   target <= 2x"
 echo "  envup up, fifty jails, --jobs 4                    $(ms "$t_fifty")   $(python3 -c "print(f'{$t_fifty/$t_one:.1f}x')") one"
 echo "  supervisor resident memory                         $((rss / 1024)) MB ($rss kB)   target <= 5 MB"
+n1=$(median "${nets1[@]}"); o1=$(median "${nones1[@]}"); n20=$(median "${nets20[@]}"); o20=$(median "${nones20[@]}")
+mn=$(median "${made_net[@]}"); mo=$(median "${made_none[@]}")
+echo "the project network, median of $ROUNDS (up of halted jails; made: up of a new project):"
+echo "  one jail, up    no network $(ms "$o1")   network $(ms "$n1")   adds $(ms "$(python3 -c "print($n1-$o1)")")   target <= 30 ms"
+echo "  one jail, made  no network $(ms "$mo")   network $(ms "$mn")   adds $(ms "$(python3 -c "print($mn-$mo)")")"
+echo "  twenty jails    no network $(ms "$o20")   network $(ms "$n20")   ratio $(python3 -c "print(f'{$n20/$o20:.2f}x')")"

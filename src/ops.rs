@@ -341,9 +341,13 @@ impl Ops<'_> {
             other => other?,
         };
         let Some(mut state) = loaded else {
+            // An `up` killed before the machine was recorded may have
+            // given it an address (and made the network).
+            self.net.detach(name)?;
             return Ok("not created".into());
         };
         if state.status == Status::NotCreated {
+            self.net.detach(name)?;
             self.project.remove(name)?;
             self.index.forget(&self.config.root, name)?;
             return Ok("not created".into());

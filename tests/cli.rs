@@ -416,8 +416,15 @@ fn doctor_reports_every_backend() {
         assert!(out.stdout().contains(&format!("{b}:")), "{}", out.stdout());
     }
     // Exit 0 exactly when some backend can run machines here.
-    let j = p.cmd(&["--json", "doctor"]).out().json();
+    let all = p.cmd(&["--json", "doctor"]).out().json();
+    let j = &all["backends"];
     assert_eq!(j.as_array().unwrap().len(), 4);
+    assert!(all["network"]["checks"].is_array(), "{all}");
+    assert!(
+        out.stdout().contains("project network:"),
+        "{}",
+        out.stdout()
+    );
     let usable = j
         .as_array()
         .unwrap()

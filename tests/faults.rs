@@ -627,7 +627,10 @@ fn main() {
     if let Some(why) = &jails {
         eprintln!("skipping the jail cases: {why}");
     }
-    for point in up_points.into_iter().chain(["jail:spawned"]) {
+    for point in up_points
+        .into_iter()
+        .chain(["jail:spawned", "net:recorded", "net:linked"])
+    {
         add(
             format!("jail_{point}"),
             &jails,
@@ -678,9 +681,9 @@ fn main() {
             eprintln!("skipping the {engine} cases: {why}");
         }
         let extra: &[&'static str] = if engine == "lxc" {
-            &["net:spawned"]
+            &["net:spawned", "net:linked"]
         } else {
-            &[]
+            &["net:linked"]
         };
         for &point in up_points.iter().chain(extra) {
             add(

@@ -245,6 +245,7 @@ pub fn join_namespace(pid: i32, at: &Attachment) -> Result<(), LinkError> {
         ],
         None,
     )?;
+    crate::fault::point("net:linked");
     ip_batch(
         &[
             format!(

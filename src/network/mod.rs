@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::str::FromStr;
 use std::sync::Mutex;
 
@@ -480,6 +481,7 @@ impl Net {
             record.machines.insert(name.to_owned(), address);
             record.save(&self.state_dir)?;
         }
+        crate::fault::point("net:recorded");
         if !ensured.bridge {
             link::ensure_bridge(&record.subnet)?;
             ensured.bridge = true;
@@ -585,6 +587,53 @@ impl Net {
         }
         Ok(())
     }
+}
+
+/// What the project network needs from the host (`envup doctor`): whether
+/// it is all there, and each check.
+pub fn probe() -> (bool, Vec<crate::backend::Check>) {
+    use crate::backend::Check;
+    let mut checks = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        checks.push(Check::missing(
+            "root",
+            "envup runs as a user: machines get no project network (docs/networking.md)",
+            "run envup as root for a project network",
+        ));
+        return (false, checks);
+    }
+    for (program, package) in [("ip", "iproute2"), ("iptables", "iptables")] {
+        checks.push(match crate::host::which(program) {
+            Some(p) => Check::ok(program, p.display().to_string()),
+            None => Check::missing(
+                program,
+                format!("{program} not found"),
+                format!("apt-get install {package}"),
+            ),
+        });
+    }
+    // A bridge made and removed, which also loads the bridge module.
+    let probe = "envupprobe0";
+    let made = Command::new("ip")
+        .args(["link", "add", probe, "type", "bridge"])
+        .stderr(std::process::Stdio::piped())
+        .output();
+    checks.push(match made {
+        Ok(o) if o.status.success() => {
+            let _ = Command::new("ip").args(["link", "del", probe]).status();
+            Check::ok("bridge", "a bridge can be made")
+        }
+        Ok(o) => Check::missing(
+            "bridge",
+            format!(
+                "cannot make a bridge: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            "load the bridge module (modprobe bridge)",
+        ),
+        Err(e) => Check::missing("bridge", e.to_string(), "apt-get install iproute2"),
+    });
+    (checks.iter().all(|c| c.ok), checks)
 }
 
 fn claim_path(s: Subnet) -> PathBuf {

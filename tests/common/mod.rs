@@ -421,6 +421,53 @@ pub fn nothing_left(p: &Project, ids: &[String]) -> Result<(), libtest_mimic::Fa
             format!("ids claim {} left", claim.path().display()),
         )?;
     }
+    network_gone(p)
+}
+
+/// Nothing of the project's network is left: no record, no claim naming
+/// the project, and no project bridge on the host whose subnet no project
+/// claims (one envup lost track of).
+pub fn network_gone(p: &Project) -> Result<(), libtest_mimic::Failed> {
+    check(
+        !p.path().join(".envup/network.json").exists(),
+        "network.json left",
+    )?;
+    let project = p.path().as_os_str().as_encoded_bytes();
+    let claims: Vec<(String, Vec<u8>)> = std::fs::read_dir(envup::network::CLAIMS_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    for (name, holder) in &claims {
+        check(
+            !holder.starts_with(project),
+            format!("network claim {name} left"),
+        )?;
+    }
+    let claimed: Vec<String> = claims
+        .iter()
+        .filter_map(|(name, _)| {
+            let (base, prefix) = name.split_once('_')?;
+            let s: envup::network::Subnet = format!("{base}/{prefix}").parse().ok()?;
+            Some(s.bridge())
+        })
+        .collect();
+    for link in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
+        let name = link.file_name().to_string_lossy().into_owned();
+        if name.starts_with("envup") && name != "envupprobe0" {
+            check(
+                claimed.contains(&name),
+                format!("bridge {name} left, claimed by no project"),
+            )?;
+        }
+    }
     Ok(())
 }
 

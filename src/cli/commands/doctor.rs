@@ -7,8 +7,12 @@ use crate::ui::{print_json, style};
 pub fn run(app: &App) -> Result<ExitCode, CliError> {
     let report = backend::Registry::builtin().probe_all();
     let usable: Vec<&Support> = report.iter().filter(|s| s.usable()).collect();
+    let (net_ready, net_checks) = crate::network::probe();
     if app.mode.json {
-        print_json(&report);
+        print_json(&serde_json::json!({
+            "backends": report,
+            "network": { "ready": net_ready, "checks": net_checks },
+        }));
     } else {
         let (b, ok, err, dim) = (style::BOLD, style::OK, style::ERROR, style::DIM);
         for s in &report {
@@ -21,16 +25,17 @@ pub fn run(app: &App) -> Result<ExitCode, CliError> {
             };
             anstream::println!("{b}{}{b:#}: {verdict}", s.backend);
             for c in &s.checks {
-                let mark = if c.ok {
-                    format!("{ok}✓{ok:#}")
-                } else {
-                    format!("{err}✗{err:#}")
-                };
-                anstream::println!("  {mark} {:<10} {}", c.what, c.detail);
-                if let Some(fix) = &c.fix {
-                    anstream::println!("    {dim}fix:{dim:#} {fix}");
-                }
+                print_check(c);
             }
+        }
+        let verdict = if net_ready {
+            format!("{ok}ready{ok:#}")
+        } else {
+            format!("{err}not available{err:#}")
+        };
+        anstream::println!("{b}project network{b:#}: {verdict}");
+        for c in &net_checks {
+            print_check(c);
         }
     }
     if usable.is_empty() {
@@ -39,4 +44,17 @@ pub fn run(app: &App) -> Result<ExitCode, CliError> {
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_check(c: &backend::Check) {
+    let (ok, err, dim) = (style::OK, style::ERROR, style::DIM);
+    let mark = if c.ok {
+        format!("{ok}✓{ok:#}")
+    } else {
+        format!("{err}✗{err:#}")
+    };
+    anstream::println!("  {mark} {:<10} {}", c.what, c.detail);
+    if let Some(fix) = &c.fix {
+        anstream::println!("    {dim}fix:{dim:#} {fix}");
+    }
 }
