@@ -523,26 +523,10 @@ impl Ops<'_> {
         Ok(names.len())
     }
 
-    /// The project's names, for each machine's `/etc/hosts`.
     fn hosts_block(&self) -> Result<String, OpError> {
-        let record = self.net.record()?;
-        let entries: Vec<_> = record
-            .iter()
-            .flat_map(|r| &r.machines)
-            .map(|(name, a)| {
-                let host = self
-                    .config
-                    .machines
-                    .get(name)
-                    .map_or(name.clone(), |m| m.hostname.clone());
-                (*a, name.clone(), host)
-            })
-            .collect();
-        Ok(crate::network::hosts::block(&entries))
+        hosts_block(self.config, self.net)
     }
 
-    /// Put a started machine that joins through its network namespace on
-    /// the project network, and write its names.
     fn join(
         &self,
         backend: &dyn Backend,
@@ -550,47 +534,15 @@ impl Ops<'_> {
         joins: Joins,
         at: Option<&Attachment>,
     ) -> Result<(), OpError> {
-        let (Joins::Namespace, Some(at)) = (joins, at) else {
-            return Ok(());
-        };
-        let failed = |source: Box<dyn std::error::Error + Send + Sync>| OpError::Join {
-            name: state.name.clone(),
-            source,
-        };
-        let pid = backend.machine_pid(state)?;
-        crate::network::link::join_namespace(pid, at).map_err(|e| failed(e.into()))?;
-        crate::network::hosts::write_in_root(
-            std::path::Path::new(&format!("/proc/{pid}/root")),
-            &self.hosts_block()?,
-        )
-        .map_err(|e| failed(e.into()))
+        join(self.config, self.net, backend, state, joins, at)
     }
 
-    /// Give a booted VM its address on the project NIC, and its names.
     fn join_guest(&self, name: &str, ssh: &Ssh, at: &Attachment) -> Result<(), OpError> {
-        let failed = |source: SshError| OpError::Join {
-            name: name.to_owned(),
-            source: source.into(),
-        };
-        let script = format!(
-            "mac={mac}; dev=; for i in /sys/class/net/*; do              [ \"$(cat $i/address 2>/dev/null)\" = $mac ] && dev=${{i##*/}}; done;              [ -n \"$dev\" ] || {{ echo \"no NIC has address $mac\" >&2; exit 1; }};              ip addr flush dev $dev && ip addr add {a}/{p} dev $dev && ip link set $dev up",
-            mac = crate::network::mac_of(at.address),
-            a = at.address,
-            p = at.subnet.prefix(),
-        );
-        ssh.run(
-            "configuring the project network",
-            &as_root(ssh, &script),
-            None,
-        )
-        .map_err(failed)?;
-        self.write_names_over(ssh)
+        join_guest(self.config, self.net, name, ssh, at)
     }
 
     fn write_names_over(&self, ssh: &Ssh) -> Result<(), OpError> {
-        let script = crate::network::hosts::script(&self.hosts_block()?);
-        ssh.run("writing /etc/hosts", &as_root(ssh, &script), None)?;
-        Ok(())
+        write_names_over(self.config, self.net, ssh)
     }
 
     /// Write the project's names into every running machine but `except`.
@@ -628,6 +580,7 @@ impl Ops<'_> {
             Joins::No => Ok(()),
             Joins::Namespace => {
                 let pid = backend.machine_pid(&state)?;
+                let _writing = self.net.writing_names();
                 crate::network::hosts::write_in_root(
                     std::path::Path::new(&format!("/proc/{pid}/root")),
                     &self.hosts_block()?,
@@ -673,5 +626,118 @@ fn as_root(ssh: &Ssh, script: &str) -> String {
         script.to_owned()
     } else {
         format!("sudo -n sh -c {}", crate::ssh::sh_quote(script))
+    }
+}
+
+/// The project's names, for each machine's `/etc/hosts`.
+fn hosts_block(config: &Config, net: &crate::network::Net) -> Result<String, OpError> {
+    let record = net.record()?;
+    let entries: Vec<_> = record
+        .iter()
+        .flat_map(|r| &r.machines)
+        .map(|(name, a)| {
+            let host = config
+                .machines
+                .get(name)
+                .map_or(name.clone(), |m| m.hostname.clone());
+            (*a, name.clone(), host)
+        })
+        .collect();
+    Ok(crate::network::hosts::block(&entries))
+}
+
+/// Put a started machine that joins through its network namespace on the
+/// project network, and write its names.
+fn join(
+    config: &Config,
+    net: &crate::network::Net,
+    backend: &dyn Backend,
+    state: &MachineState,
+    joins: Joins,
+    at: Option<&Attachment>,
+) -> Result<(), OpError> {
+    let (Joins::Namespace, Some(at)) = (joins, at) else {
+        return Ok(());
+    };
+    let failed = |source: Box<dyn std::error::Error + Send + Sync>| OpError::Join {
+        name: state.name.clone(),
+        source,
+    };
+    let pid = backend.machine_pid(state)?;
+    crate::network::link::join_namespace(pid, at).map_err(|e| failed(e.into()))?;
+    let _writing = net.writing_names();
+    crate::network::hosts::write_in_root(
+        std::path::Path::new(&format!("/proc/{pid}/root")),
+        &hosts_block(config, net)?,
+    )
+    .map_err(|e| failed(e.into()))
+}
+
+/// Give a booted VM its address on the project NIC, and its names.
+fn join_guest(
+    config: &Config,
+    net: &crate::network::Net,
+    name: &str,
+    ssh: &Ssh,
+    at: &Attachment,
+) -> Result<(), OpError> {
+    let failed = |source: SshError| OpError::Join {
+        name: name.to_owned(),
+        source: source.into(),
+    };
+    let script = format!(
+        "mac={mac}; dev=; for i in /sys/class/net/*; do \
+         [ \"$(cat $i/address 2>/dev/null)\" = $mac ] && dev=${{i##*/}}; done; \
+         [ -n \"$dev\" ] || {{ echo \"no NIC has address $mac\" >&2; exit 1; }}; \
+         ip addr flush dev $dev && ip addr add {a}/{p} dev $dev && ip link set $dev up",
+        mac = crate::network::mac_of(at.address),
+        a = at.address,
+        p = at.subnet.prefix(),
+    );
+    ssh.run(
+        "configuring the project network",
+        &as_root(ssh, &script),
+        None,
+    )
+    .map_err(failed)?;
+    write_names_over(config, net, ssh)
+}
+
+fn write_names_over(config: &Config, net: &crate::network::Net, ssh: &Ssh) -> Result<(), OpError> {
+    let _writing = net.writing_names();
+    let script = crate::network::hosts::script(&hosts_block(config, net)?);
+    ssh.run("writing /etc/hosts", &as_root(ssh, &script), None)?;
+    Ok(())
+}
+
+/// A running machine whose network was made anew without `up` (a snapshot
+/// restored) joins its project network again, at its recorded address.
+pub fn rejoin(
+    config: &Config,
+    net: &crate::network::Net,
+    backend: &dyn Backend,
+    state: &MachineState,
+    ssh: &Ssh,
+) -> Result<(), OpError> {
+    let Some(m) = config.machines.get(&state.name) else {
+        return Ok(());
+    };
+    let joins = if net.enabled() {
+        backend.joins(m)
+    } else {
+        Joins::No
+    };
+    let Some(at) = net.record()?.and_then(|r| {
+        r.machines.get(&m.name).map(|a| Attachment {
+            address: *a,
+            subnet: r.subnet,
+        })
+    }) else {
+        return Ok(());
+    };
+    match joins {
+        Joins::No => Ok(()),
+        Joins::Namespace => join(config, net, backend, state, joins, Some(&at)),
+        Joins::Guest => join_guest(config, net, &m.name, ssh, &at),
     }
 }

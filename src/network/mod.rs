@@ -384,8 +384,11 @@ pub struct Net {
     fixed: BTreeMap<String, Ipv4Addr>,
     /// Whether envup can make networks here (it runs as root).
     enabled: bool,
-    /// Held while the record or the machines' names change.
+    /// Held while the record changes.
     lock: Mutex<Ensured>,
+    /// Held while names are written into machines, so that two threads
+    /// never rewrite one machine's `/etc/hosts` at once.
+    names: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -409,7 +412,13 @@ impl Net {
                 .collect(),
             enabled: config.network != ProjectNetwork::None && nix::unistd::geteuid().is_root(),
             lock: Mutex::new(Ensured::default()),
+            names: Mutex::new(()),
         }
+    }
+
+    /// Held while writing names into machines.
+    pub fn writing_names(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.names.lock().expect("names lock")
     }
 
     /// Whether envup makes project networks here.

@@ -7,6 +7,7 @@
 pub mod engine;
 mod probe;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,13 @@ pub const HALT_DEADLINE: Duration = Duration::from_secs(10);
 pub const PIDS_MAX: u64 = 1024;
 
 pub struct ContainerBackend;
+
+/// The init pid (and its start time) of each container this process
+/// started, read in the same `inspect` as its limits: the engine's command
+/// line costs tens of milliseconds (Podman's about 60), which the join to
+/// the project network right after the start would pay again.
+static STARTED: std::sync::Mutex<BTreeMap<String, (i32, u64)>> =
+    std::sync::Mutex::new(BTreeMap::new());
 
 /// What only the container backend runs into.
 #[derive(Debug, thiserror::Error)]
@@ -504,11 +512,20 @@ impl Backend for ContainerBackend {
         let has = e.run(&[
             "inspect",
             "--format",
-            "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}",
+            "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.State.Pid}}",
             &c.name,
         ])?;
+        let has: Vec<&str> = has.split_whitespace().collect();
+        if let Some(pid) = has.get(2).and_then(|p| p.parse::<i32>().ok())
+            && let Some(start) = super::start_time(pid)
+        {
+            STARTED
+                .lock()
+                .expect("started lock")
+                .insert(c.name.clone(), (pid, start));
+        }
         let (memory, nanos) = (m.memory.bytes(), u64::from(m.cpus) * 1_000_000_000);
-        if has.split_whitespace().collect::<Vec<_>>() != [memory.to_string(), nanos.to_string()] {
+        if has.get(..2) != Some(&[memory.to_string().as_str(), nanos.to_string().as_str()]) {
             e.run(&[
                 "update",
                 "--memory",
@@ -534,6 +551,12 @@ impl Backend for ContainerBackend {
 
     fn machine_pid(&self, state: &MachineState) -> Result<i32, BackendError> {
         let (e, c) = load(state)?;
+        let seen = STARTED.lock().expect("started lock").get(&c.name).copied();
+        if let Some((pid, start)) = seen
+            && super::start_time(pid) == Some(start)
+        {
+            return Ok(pid);
+        }
         let out = e.run(&["inspect", "--format", "{{.State.Pid}}", &c.name])?;
         match out.trim().parse::<i32>() {
             Ok(pid) if pid > 0 => Ok(pid),

@@ -63,13 +63,17 @@ pub fn run(app: &App, cmd: &SnapshotCommand) -> Result<ExitCode, CliError> {
                 let keys = crate::ssh::MachineKeys::ensure(&project.machine_dir(machine), machine)
                     .map_err(|e| CliError::Failed(crate::cli::error::chain(&e)))?;
                 let m = &config.machines[machine.as_str()];
-                crate::ssh::Ssh::wait(
+                let ssh = crate::ssh::Ssh::wait(
                     ep,
                     backend.dial(&state).as_ref(),
                     &keys,
                     m.boot_timeout,
                     crate::ssh::Watch::default(),
                 )?;
+                // Its network was made anew: it joins the project's again.
+                let net = crate::network::Net::new(&config, project.dir());
+                crate::ops::rejoin(&config, &net, backend, &state, &ssh)
+                    .map_err(|e| CliError::Failed(crate::cli::error::chain(&e)))?;
             }
             say(format!("restored {machine} to snapshot `{name}`"));
         }
