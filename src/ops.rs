@@ -208,7 +208,14 @@ impl Ops<'_> {
                         crate::fault::point("up:created");
                         self.reporter.step(name, "starting");
                         backend.start(m, &mut state)?;
-                        self.join(backend, &state, joins, attached.as_ref())?;
+                        join(
+                            self.config,
+                            self.net,
+                            backend,
+                            &state,
+                            joins,
+                            attached.as_ref(),
+                        )?;
                         crate::fault::point("up:started");
                         state.settings = plan::settings(m);
                         state.first_login = stored.manifest.first_login;
@@ -229,7 +236,14 @@ impl Ops<'_> {
                     self.reporter.step(name, "starting");
                     attach(&mut attached)?;
                     backend.start(m, &mut state)?;
-                    self.join(backend, &state, joins, attached.as_ref())?;
+                    join(
+                        self.config,
+                        self.net,
+                        backend,
+                        &state,
+                        joins,
+                        attached.as_ref(),
+                    )?;
                     let wanted = plan::settings(m);
                     let applies = backend.restart_applies();
                     state.settings = plan::after_restart(&state.settings, &wanted, applies);
@@ -259,7 +273,7 @@ impl Ops<'_> {
                 if joins == Joins::Guest
                     && let Some(at) = &attached
                 {
-                    self.join_guest(name, &ssh, at)?;
+                    join_guest(self.config, self.net, name, &ssh, at)?;
                 }
                 Ok(ssh)
             });
@@ -523,39 +537,19 @@ impl Ops<'_> {
         Ok(names.len())
     }
 
-    fn hosts_block(&self) -> Result<String, OpError> {
-        hosts_block(self.config, self.net)
-    }
-
-    fn join(
-        &self,
-        backend: &dyn Backend,
-        state: &MachineState,
-        joins: Joins,
-        at: Option<&Attachment>,
-    ) -> Result<(), OpError> {
-        join(self.config, self.net, backend, state, joins, at)
-    }
-
-    fn join_guest(&self, name: &str, ssh: &Ssh, at: &Attachment) -> Result<(), OpError> {
-        join_guest(self.config, self.net, name, ssh, at)
-    }
-
-    fn write_names_over(&self, ssh: &Ssh) -> Result<(), OpError> {
-        write_names_over(self.config, self.net, ssh)
-    }
-
     /// Write the project's names into every running machine but `except`.
     /// A machine that cannot be reached keeps its old names, with a note.
     fn refresh_names(&self, except: &str) {
         let Ok(Some(record)) = self.net.record() else {
             return;
         };
+        let _writing = self.net.writing_names();
+        let block = hosts_block(self.config, Some(&record));
         for name in record.machines.keys().filter(|n| *n != except) {
             let Some(m) = self.config.machines.get(name) else {
                 continue;
             };
-            if let Err(e) = self.refresh_one(m) {
+            if let Err(e) = self.refresh_one(m, &block) {
                 self.reporter.line(
                     name,
                     crate::ui::Stream::Stderr,
@@ -568,7 +562,7 @@ impl Ops<'_> {
         }
     }
 
-    fn refresh_one(&self, m: &Machine) -> Result<(), OpError> {
+    fn refresh_one(&self, m: &Machine, block: &str) -> Result<(), OpError> {
         let Some(state) = self.project.load(&m.name)? else {
             return Ok(());
         };
@@ -578,18 +572,7 @@ impl Ops<'_> {
         let backend = self.backends.for_state(&state)?;
         match backend.joins(m) {
             Joins::No => Ok(()),
-            Joins::Namespace => {
-                let pid = backend.machine_pid(&state)?;
-                let _writing = self.net.writing_names();
-                crate::network::hosts::write_in_root(
-                    std::path::Path::new(&format!("/proc/{pid}/root")),
-                    &self.hosts_block()?,
-                )
-                .map_err(|e| OpError::Join {
-                    name: m.name.clone(),
-                    source: e.into(),
-                })
-            }
+            Joins::Namespace => names_in_root(&m.name, backend.machine_pid(&state)?, block),
             Joins::Guest => {
                 let keys = MachineKeys::ensure(&self.project.machine_dir(&m.name), &m.name)?;
                 let ep = state
@@ -603,7 +586,7 @@ impl Ops<'_> {
                     &keys,
                     std::time::Duration::from_secs(10),
                 )?;
-                self.write_names_over(&ssh)
+                write_names_over(&ssh, block)
             }
         }
     }
@@ -630,8 +613,7 @@ fn as_root(ssh: &Ssh, script: &str) -> String {
 }
 
 /// The project's names, for each machine's `/etc/hosts`.
-fn hosts_block(config: &Config, net: &crate::network::Net) -> Result<String, OpError> {
-    let record = net.record()?;
+fn hosts_block(config: &Config, record: Option<&crate::network::Record>) -> String {
     let entries: Vec<_> = record
         .iter()
         .flat_map(|r| &r.machines)
@@ -643,7 +625,19 @@ fn hosts_block(config: &Config, net: &crate::network::Net) -> Result<String, OpE
             (*a, name.clone(), host)
         })
         .collect();
-    Ok(crate::network::hosts::block(&entries))
+    crate::network::hosts::block(&entries)
+}
+
+/// Write `block` into the `/etc/hosts` of the machine whose process `pid`
+/// is on this host, through its root.
+fn names_in_root(name: &str, pid: i32, block: &str) -> Result<(), OpError> {
+    let root = format!("/proc/{pid}/root");
+    crate::network::hosts::write_in_root(std::path::Path::new(&root), block).map_err(|e| {
+        OpError::Join {
+            name: name.to_owned(),
+            source: e.into(),
+        }
+    })
 }
 
 /// Put a started machine that joins through its network namespace on the
@@ -666,11 +660,11 @@ fn join(
     let pid = backend.machine_pid(state)?;
     crate::network::link::join_namespace(pid, at).map_err(|e| failed(e.into()))?;
     let _writing = net.writing_names();
-    crate::network::hosts::write_in_root(
-        std::path::Path::new(&format!("/proc/{pid}/root")),
-        &hosts_block(config, net)?,
+    names_in_root(
+        &state.name,
+        pid,
+        &hosts_block(config, net.record()?.as_ref()),
     )
-    .map_err(|e| failed(e.into()))
 }
 
 /// Give a booted VM its address on the project NIC, and its names.
@@ -700,12 +694,12 @@ fn join_guest(
         None,
     )
     .map_err(failed)?;
-    write_names_over(config, net, ssh)
+    let _writing = net.writing_names();
+    write_names_over(ssh, &hosts_block(config, net.record()?.as_ref()))
 }
 
-fn write_names_over(config: &Config, net: &crate::network::Net, ssh: &Ssh) -> Result<(), OpError> {
-    let _writing = net.writing_names();
-    let script = crate::network::hosts::script(&hosts_block(config, net)?);
+fn write_names_over(ssh: &Ssh, block: &str) -> Result<(), OpError> {
+    let script = crate::network::hosts::script(block);
     ssh.run("writing /etc/hosts", &as_root(ssh, &script), None)?;
     Ok(())
 }
@@ -727,12 +721,7 @@ pub fn rejoin(
     } else {
         Joins::No
     };
-    let Some(at) = net.record()?.and_then(|r| {
-        r.machines.get(&m.name).map(|a| Attachment {
-            address: *a,
-            subnet: r.subnet,
-        })
-    }) else {
+    let Some(at) = net.attachment(&m.name)? else {
         return Ok(());
     };
     match joins {

@@ -339,11 +339,6 @@ pub fn remove_firewall() -> Result<(), LinkError> {
     Ok(())
 }
 
-/// Whether iptables has envup's chains (for `doctor`).
-pub fn firewall_present() -> bool {
-    iptables(&["-n", "-L", FORWARD_CHAIN]).is_ok()
-}
-
 /// What a helper process runs with: no supplementary groups, and the
 /// helpers' group (called between fork and exec).
 pub fn as_helper() -> std::io::Result<()> {

@@ -384,17 +384,12 @@ pub struct Net {
     fixed: BTreeMap<String, Ipv4Addr>,
     /// Whether envup can make networks here (it runs as root).
     enabled: bool,
-    /// Held while the record changes.
-    lock: Mutex<Ensured>,
+    /// Held while the record changes; whether this command checked the
+    /// bridge.
+    lock: Mutex<bool>,
     /// Held while names are written into machines, so that two threads
     /// never rewrite one machine's `/etc/hosts` at once.
     names: Mutex<()>,
-}
-
-#[derive(Default)]
-struct Ensured {
-    /// The bridge checked by this command.
-    bridge: bool,
 }
 
 impl Net {
@@ -411,7 +406,7 @@ impl Net {
                 .filter_map(|m| m.address.map(|a| (m.name.clone(), a)))
                 .collect(),
             enabled: config.network != ProjectNetwork::None && nix::unistd::geteuid().is_root(),
-            lock: Mutex::new(Ensured::default()),
+            lock: Mutex::new(false),
             names: Mutex::new(()),
         }
     }
@@ -430,11 +425,16 @@ impl Net {
         Record::load(&self.state_dir)
     }
 
+    /// Machine `name`'s recorded place on the network.
+    pub fn attachment(&self, name: &str) -> Result<Option<Attachment>, NetworkError> {
+        Attachment::of(&self.state_dir, name)
+    }
+
     /// Give machine `name` its address (recorded before anything is made),
     /// with the network's bridge and firewall in place. Returns the
     /// attachment and whether the project's names changed.
     pub fn attach(&self, name: &str) -> Result<(Attachment, bool), NetworkError> {
-        let mut ensured = self.lock.lock().expect("network lock");
+        let mut bridge_checked = self.lock.lock().expect("network lock");
         let mut record = match self.record()? {
             Some(r) => {
                 if let Some(w) = self.wanted
@@ -491,9 +491,9 @@ impl Net {
             record.save(&self.state_dir)?;
         }
         crate::fault::point("net:recorded");
-        if !ensured.bridge {
+        if !*bridge_checked {
             link::ensure_bridge(&record.subnet)?;
-            ensured.bridge = true;
+            *bridge_checked = true;
         }
         Ok((
             Attachment {
