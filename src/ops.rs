@@ -208,14 +208,6 @@ impl Ops<'_> {
                         crate::fault::point("up:created");
                         self.reporter.step(name, "starting");
                         backend.start(m, &mut state)?;
-                        join(
-                            self.config,
-                            self.net,
-                            backend,
-                            &state,
-                            joins,
-                            attached.as_ref(),
-                        )?;
                         crate::fault::point("up:started");
                         state.settings = plan::settings(m);
                         state.first_login = stored.manifest.first_login;
@@ -236,14 +228,6 @@ impl Ops<'_> {
                     self.reporter.step(name, "starting");
                     attach(&mut attached)?;
                     backend.start(m, &mut state)?;
-                    join(
-                        self.config,
-                        self.net,
-                        backend,
-                        &state,
-                        joins,
-                        attached.as_ref(),
-                    )?;
                     let wanted = plan::settings(m);
                     let applies = backend.restart_applies();
                     state.settings = plan::after_restart(&state.settings, &wanted, applies);
@@ -269,11 +253,16 @@ impl Ops<'_> {
         // `up` ends when the machine answers SSH, provisioners or not.
         let booted = !done.is_empty() || state.first_login.is_some();
         let ssh = if booted {
+            // The project network is joined once the machine answers, so
+            // a machine that stops at once is reported by the wait, with
+            // what its backend kept of why.
             let joined = self.wait_ssh(m, &mut state).and_then(|ssh| {
-                if joins == Joins::Guest
-                    && let Some(at) = &attached
-                {
-                    join_guest(self.config, self.net, name, &ssh, at)?;
+                match (joins, &attached) {
+                    (Joins::Namespace, Some(at)) => {
+                        join(self.config, self.net, backend, &state, at)?;
+                    }
+                    (Joins::Guest, Some(at)) => join_guest(self.config, self.net, name, &ssh, at)?,
+                    _ => {}
                 }
                 Ok(ssh)
             });
@@ -647,12 +636,8 @@ fn join(
     net: &crate::network::Net,
     backend: &dyn Backend,
     state: &MachineState,
-    joins: Joins,
-    at: Option<&Attachment>,
+    at: &Attachment,
 ) -> Result<(), OpError> {
-    let (Joins::Namespace, Some(at)) = (joins, at) else {
-        return Ok(());
-    };
     let failed = |source: Box<dyn std::error::Error + Send + Sync>| OpError::Join {
         name: state.name.clone(),
         source,
@@ -726,7 +711,7 @@ pub fn rejoin(
     };
     match joins {
         Joins::No => Ok(()),
-        Joins::Namespace => join(config, net, backend, state, joins, Some(&at)),
+        Joins::Namespace => join(config, net, backend, state, &at),
         Joins::Guest => join_guest(config, net, &m.name, ssh, &at),
     }
 }
