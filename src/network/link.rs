@@ -94,7 +94,11 @@ fn run(
             cmd.pre_exec(enter);
         }
     }
-    let package = if program == "ip" { "iproute2" } else { program };
+    let package = match program {
+        "ip" => "iproute2",
+        p if p.starts_with("iptables") => "iptables",
+        p => p,
+    };
     let mut child = cmd.spawn().map_err(|source| LinkError::Spawn {
         program,
         package,
@@ -169,7 +173,10 @@ pub fn ensure_bridge(net: &Subnet) -> Result<(), LinkError> {
         return Ok(());
     }
     let _host = HostLock::take()?;
-    ensure_firewall()?;
+    // envup's chains where missing, and the project's rule, in one go.
+    let mut batch = firewall_lines(&filter_rules()?);
+    batch.push(format!("-I {FORWARD_CHAIN} 1 -i {br} -o {br} -j ACCEPT"));
+    iptables_batch(&batch)?;
     ip_batch(&[format!("link add {br} type bridge")], None)?;
     // No IPv6 on the bridge: no link-local address to reach the host or
     // another machine by.
@@ -185,28 +192,15 @@ pub fn ensure_bridge(net: &Subnet) -> Result<(), LinkError> {
             format!("link set {br} up"),
         ],
         None,
-    )?;
-    iptables(&[
-        "-I",
-        FORWARD_CHAIN,
-        "1",
-        "-i",
-        &br,
-        "-o",
-        &br,
-        "-j",
-        "ACCEPT",
-    ])
+    )
 }
 
 /// Remove the project's bridge and its firewall rule.
 pub fn remove_bridge(net: &Subnet) -> Result<(), LinkError> {
     let br = net.bridge();
-    let rule = ["-i", br.as_str(), "-o", br.as_str(), "-j", "ACCEPT"];
-    if iptables_has(FORWARD_CHAIN, &rule) {
-        let mut a = vec!["-D", FORWARD_CHAIN];
-        a.extend(rule);
-        iptables(&a)?;
+    let rule = format!("-A {FORWARD_CHAIN} -i {br} -o {br} -j ACCEPT");
+    if filter_rules()?.lines().any(|l| l == rule) {
+        iptables_batch(&[rule.replacen("-A", "-D", 1)])?;
     }
     remove_link(&br)
 }
@@ -271,72 +265,88 @@ pub fn ensure_tap(at: &Attachment) -> Result<String, LinkError> {
     Ok(tap)
 }
 
-fn iptables(args: &[&str]) -> Result<(), LinkError> {
-    let mut a = vec!["-w"];
-    a.extend_from_slice(args);
-    run("iptables", &a, None, None)
+/// The filter table's rules, as `iptables -S` prints them.
+fn filter_rules() -> Result<String, LinkError> {
+    let out = Command::new("iptables")
+        .args(["-w", "-S"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| LinkError::Spawn {
+            program: "iptables",
+            package: "iptables",
+            source,
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(LinkError::Tool {
+            command: "iptables -w -S".into(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
 }
 
-fn iptables_has(chain: &str, rule: &[&str]) -> bool {
-    let mut a = vec!["-C", chain];
-    a.extend_from_slice(rule);
-    iptables(&a).is_ok()
+/// Apply rule commands (`-A CHAIN …`, `-N CHAIN`…) to the filter table
+/// in one `iptables-restore`, all or none, leaving every other rule.
+fn iptables_batch(lines: &[String]) -> Result<(), LinkError> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let input = format!("*filter\n{}\nCOMMIT\n", lines.join("\n"));
+    run("iptables-restore", &["-w", "--noflush"], Some(&input), None)
 }
 
-fn forward_drops() -> [[&'static str; 4]; 2] {
-    [["-i", BRIDGES, "-j", "DROP"], ["-o", BRIDGES, "-j", "DROP"]]
-}
-
-fn output_rule(gid: &str) -> [&str; 8] {
-    [
-        "-m",
-        "owner",
-        "--gid-owner",
-        gid,
-        "-o",
-        BRIDGES,
-        "-j",
-        "DROP",
-    ]
-}
-
-/// envup's chains, with their fixed rules, jumped to first.
-fn ensure_firewall() -> Result<(), LinkError> {
-    let gid = HELPER_GID.to_string();
-    for (chain, from) in [(FORWARD_CHAIN, "FORWARD"), (OUTPUT_CHAIN, "OUTPUT")] {
-        if iptables(&["-n", "-L", chain]).is_err() {
-            iptables(&["-N", chain])?;
-            if chain == FORWARD_CHAIN {
-                for r in forward_drops() {
-                    let mut a = vec!["-A", chain];
-                    a.extend(r);
-                    iptables(&a)?;
-                }
-            } else {
-                let mut a = vec!["-A", chain];
-                a.extend(output_rule(&gid));
-                iptables(&a)?;
-            }
+/// What makes envup's chains whole, given the filter table's rules: each
+/// chain with its fixed rules where missing, jumped to first.
+fn firewall_lines(rules: &str) -> Vec<String> {
+    let has = |line: &str| rules.lines().any(|l| l == line);
+    let gid = HELPER_GID;
+    let mut lines = Vec::new();
+    let chains = [
+        (
+            FORWARD_CHAIN,
+            "FORWARD",
+            vec![
+                format!("-A {FORWARD_CHAIN} -i {BRIDGES} -j DROP"),
+                format!("-A {FORWARD_CHAIN} -o {BRIDGES} -j DROP"),
+            ],
+        ),
+        (
+            OUTPUT_CHAIN,
+            "OUTPUT",
+            vec![format!(
+                "-A {OUTPUT_CHAIN} -o {BRIDGES} -m owner --gid-owner {gid} -j DROP"
+            )],
+        ),
+    ];
+    for (chain, from, fixed) in chains {
+        if !has(&format!("-N {chain}")) {
+            lines.push(format!("-N {chain}"));
+            lines.extend(fixed);
         }
-        if !iptables_has(from, &["-j", chain]) {
-            iptables(&["-I", from, "1", "-j", chain])?;
+        if !has(&format!("-A {from} -j {chain}")) {
+            lines.push(format!("-I {from} 1 -j {chain}"));
         }
     }
-    Ok(())
+    lines
 }
 
 /// Remove envup's chains (no project network is left).
 pub fn remove_firewall() -> Result<(), LinkError> {
+    let rules = filter_rules()?;
+    let has = |line: &str| rules.lines().any(|l| l == line);
+    let mut lines = Vec::new();
     for (chain, from) in [(FORWARD_CHAIN, "FORWARD"), (OUTPUT_CHAIN, "OUTPUT")] {
-        while iptables_has(from, &["-j", chain]) {
-            iptables(&["-D", from, "-j", chain])?;
+        let jump = format!("-A {from} -j {chain}");
+        for _ in rules.lines().filter(|l| *l == jump) {
+            lines.push(format!("-D {from} -j {chain}"));
         }
-        if iptables(&["-n", "-L", chain]).is_ok() {
-            iptables(&["-F", chain])?;
-            iptables(&["-X", chain])?;
+        if has(&format!("-N {chain}")) {
+            lines.push(format!("-F {chain}"));
+            lines.push(format!("-X {chain}"));
         }
     }
-    Ok(())
+    iptables_batch(&lines)
 }
 
 /// What a helper process runs with: no supplementary groups, and the
