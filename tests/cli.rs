@@ -29,6 +29,7 @@ const COMMANDS: &[&str] = &[
     "lock",
     "update",
     "doctor",
+    "plugin",
     "completions",
 ];
 

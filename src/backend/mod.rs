@@ -13,6 +13,7 @@ pub mod container;
 pub mod fake;
 pub mod jail;
 pub mod lxc;
+pub mod plugin;
 pub mod qemu;
 pub mod rootfs;
 
@@ -99,8 +100,15 @@ impl PartialEq<&str> for BackendName {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("unknown backend `{name}`; this envup has {known}")]
-    Unknown { name: String, known: String },
+    #[error(
+        "unknown backend `{name}`: this envup has {known}, and found no plugin `{}{name}` in {searched}",
+        plugin::PREFIX
+    )]
+    Unknown {
+        name: String,
+        known: String,
+        searched: String,
+    },
     #[error("the {0} backend is not available in this build of envup yet")]
     NotBuilt(&'static str),
     #[error("the {0} backend cannot take snapshots")]
@@ -111,6 +119,14 @@ pub enum BackendError {
     NotOurs(String),
     #[error("the machine is not running")]
     NotRunning,
+    /// A backend plugin could not be used, or failed: what it is, where,
+    /// and what went wrong.
+    #[error("backend plugin `{plugin}` ({}): {message}", .path.display())]
+    Plugin {
+        plugin: String,
+        path: std::path::PathBuf,
+        message: String,
+    },
     #[error("the {0} backend cannot put machines on a project network")]
     NoNetwork(&'static str),
     #[error("the machine has no snapshot `{0}`")]
@@ -267,6 +283,15 @@ pub trait Backend: Send + Sync {
     /// Whether this build of envup can run it (on this operating system).
     fn built(&self) -> bool {
         true
+    }
+    /// Whether envup can use it now, or why not (a build without it, a
+    /// plugin that does not answer).
+    fn ready(&self) -> Result<(), BackendError> {
+        if self.built() {
+            Ok(())
+        } else {
+            Err(BackendError::NotBuilt(self.name()))
+        }
     }
     /// What the host has of what the backend needs (`envup doctor`):
     /// whether it is all there, and each check.
@@ -543,14 +568,26 @@ pub struct Registry {
     default: usize,
 }
 
-static BUILTIN: LazyLock<Registry> = LazyLock::new(|| {
-    Registry::new(vec![
+/// The backends built into envup.
+fn built_in() -> Vec<Box<dyn Backend>> {
+    vec![
         Box::new(qemu::QemuBackend),
         Box::new(jail::JailBackend),
         Box::new(container::ContainerBackend),
         Box::new(lxc::LxcBackend),
-    ])
-    .with_default("jail")
+    ]
+}
+
+static BUILTIN: LazyLock<Registry> = LazyLock::new(|| {
+    let mut backends = built_in();
+    // Plugins after the built-in backends; the first of a name wins, and
+    // no plugin takes a built-in backend's name.
+    for found in plugin::discover() {
+        if !backends.iter().any(|b| b.name() == found.name) {
+            backends.push(Box::new(plugin::Plugin::new(&found)));
+        }
+    }
+    Registry::new(backends).with_default("jail")
 });
 
 impl Registry {
@@ -582,7 +619,8 @@ impl Registry {
         self
     }
 
-    /// The backends built into envup.
+    /// The backends envup has: those built into it, then the plugins on
+    /// the search path.
     pub fn builtin() -> &'static Registry {
         &BUILTIN
     }
@@ -612,6 +650,11 @@ impl Registry {
         std::iter::once(self.default_backend()).chain(others)
     }
 
+    /// Whether `name` is a backend built into envup (not a plugin).
+    pub fn is_built_in(name: &str) -> bool {
+        built_in().iter().any(|b| b.name() == name)
+    }
+
     /// The backend named `name`, built or not.
     pub fn find(&self, name: &str) -> Option<&dyn Backend> {
         self.all().find(|b| b.name() == name)
@@ -620,11 +663,11 @@ impl Registry {
     /// The backend named `name`, or why this envup cannot run it.
     pub fn get(&self, name: &str) -> Result<&dyn Backend, BackendError> {
         match self.find(name) {
-            Some(b) if b.built() => Ok(b),
-            Some(b) => Err(BackendError::NotBuilt(b.name())),
+            Some(b) => b.ready().map(|()| b),
             None => Err(BackendError::Unknown {
                 name: name.to_string(),
                 known: self.names().join(", "),
+                searched: plugin::searched(),
             }),
         }
     }

@@ -102,6 +102,9 @@ pub enum Command {
     Update(MachinesArgs),
     /// Say which backends work on this host, and what to install for the rest.
     Doctor,
+    /// Backend plugins: what was found where, and the conformance kit.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }
@@ -244,6 +247,24 @@ pub enum SnapshotCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// List the backend plugins found, where, and whether envup can use them.
+    List,
+    /// Drive a plugin through a whole machine lifecycle on a real box, and
+    /// report each step.
+    Check {
+        /// The plugin's backend name (`envup-backend-NAME`).
+        name: String,
+        /// The box to make the machine from.
+        #[arg(long = "box", default_value = "tiny", value_name = "BOX")]
+        box_: String,
+        /// Leave the machine up at the end (its project directory is printed).
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum BoxCommand {
     /// Add a box from a catalog name, a URL or a file.
     #[command(disable_version_flag = true)]
@@ -356,6 +377,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Lock => c::lock::run(&app),
         Command::Update(a) => c::lock::update(&app, &a),
         Command::Doctor => c::doctor::run(&app),
+        Command::Plugin(a) => c::plugin::run(&app, &a),
         Command::Completions(a) => c::completions::run(&a),
     }
 }

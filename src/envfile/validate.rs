@@ -293,7 +293,12 @@ fn build_machine(
             let names = ctx.registry.names();
             let help = match did_you_mean(b, names.iter().copied()) {
                 Some(s) => format!("did you mean `{s}`?"),
-                None => format!("the backends are {}", names.join(", ")),
+                None => format!(
+                    "the backends are {}; no plugin `{}{b}` was found in {}",
+                    names.join(", "),
+                    crate::backend::plugin::PREFIX,
+                    crate::backend::plugin::searched()
+                ),
             };
             ctx.at_value(&p, format!("unknown backend `{b}`"), Some(help));
             ctx.registry.default_backend()

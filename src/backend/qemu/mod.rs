@@ -582,7 +582,7 @@ impl Backend for QemuBackend {
             instance_id: &name,
             hostname: &m.hostname,
             user: &user,
-            keys,
+            keys: keys.into(),
         }
         .write(&p.seed())
         .map_err(|source| QemuError::Seed {

@@ -16,7 +16,26 @@ pub struct Seed<'a> {
     pub instance_id: &'a str,
     pub hostname: &'a str,
     pub user: &'a str,
-    pub keys: &'a MachineKeys,
+    pub keys: SeedKeys,
+}
+
+/// The machine's keys as the seed writes them.
+pub struct SeedKeys {
+    /// The line for the user's `authorized_keys`.
+    pub authorized_key: String,
+    /// The SSH host key, OpenSSH private key format, and its public half.
+    pub host_private: String,
+    pub host_public: String,
+}
+
+impl From<&MachineKeys> for SeedKeys {
+    fn from(k: &MachineKeys) -> Self {
+        Self {
+            authorized_key: k.authorized_key(),
+            host_private: k.host_private_pem(),
+            host_public: k.host_public().to_openssh().unwrap_or_default(),
+        }
+    }
 }
 
 impl Seed<'_> {
@@ -28,9 +47,9 @@ impl Seed<'_> {
     }
 
     pub fn user_data(&self) -> String {
-        let key = self.keys.authorized_key();
-        let host_private = indent(&self.keys.host_private_pem(), 4);
-        let host_public = self.keys.host_public().to_openssh().unwrap_or_default();
+        let key = &self.keys.authorized_key;
+        let host_private = indent(&self.keys.host_private, 4);
+        let host_public = &self.keys.host_public;
         let mut s = format!(
             "#cloud-config\n\
              hostname: {host}\n\
@@ -74,13 +93,9 @@ impl Seed<'_> {
             put(
                 &envup,
                 "authorized_keys",
-                &format!("{}\n", self.keys.authorized_key()),
+                &format!("{}\n", self.keys.authorized_key),
             )?;
-            put(
-                &envup,
-                "ssh_host_ed25519_key",
-                &self.keys.host_private_pem(),
-            )?;
+            put(&envup, "ssh_host_ed25519_key", &self.keys.host_private)?;
             put(&envup, "user", &format!("{}\n", self.user))?;
         }
         crate::state::write_atomic(path, disk.get_ref())
@@ -106,7 +121,7 @@ mod tests {
             instance_id: "envup-abc",
             hostname: "web",
             user: "root",
-            keys: &keys,
+            keys: (&keys).into(),
         };
         let path = dir.path().join("seed.img");
         seed.write(&path).unwrap();
@@ -144,7 +159,7 @@ mod tests {
             instance_id: "i",
             hostname: "web",
             user: "debian",
-            keys: &keys,
+            keys: (&keys).into(),
         }
         .user_data();
         assert!(ud.contains("  - name: debian\n"), "{ud}");

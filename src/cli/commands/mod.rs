@@ -10,6 +10,7 @@ pub mod halt;
 pub mod init;
 pub mod lock;
 pub mod plan;
+pub mod plugin;
 pub mod port;
 pub mod provision;
 pub mod reload;
