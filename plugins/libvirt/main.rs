@@ -93,7 +93,6 @@ fn dispatch(req: &Value) -> Result<Value> {
             "version": env!("CARGO_PKG_VERSION"),
             "protocols": [1],
             "artifacts": ["disk"],
-            "vagrant_providers": [{"name": "libvirt", "artifact": "disk", "user": "vagrant"}],
             "snapshots": true,
             "restart_applies": [],
             "options_schema": options_schema(),
