@@ -4,7 +4,8 @@
 # same image with its SSH server, keys bind-mounted, until the first SSH
 # command returns. For each engine that works here. And what joining the
 # project network costs: the same up with `[project] network = "none"`,
-# interleaved. Prints figures.
+# interleaved; the network's cost is the median of each round's
+# difference. ENGINES=docker (or podman) measures one. Prints figures.
 # Targets: envup <= 1.3x the baseline; the network adds <= 30 ms.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,9 +27,12 @@ image="localhost/envup-box:$digest"
 ssh-keygen -q -t ed25519 -N "" -f "$work/hk"; ssh-keygen -q -t ed25519 -N "" -f "$work/ck"
 now() { date +%s.%N; }
 median() { python3 -c "import sys, statistics; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
+# The median of each round's difference a - b (two space-separated lists):
+# the rounds are interleaved, so this cancels what drifts between rounds.
+pdiff() { python3 -c "import sys, statistics; a, b = ([float(x) for x in s.split()] for s in sys.argv[1:]); print(statistics.median(x - y for x, y in zip(a, b)))" "$1" "$2"; }
 ms() { python3 -c "import sys; print(f'{float(sys.argv[1])*1000:7.0f} ms')" "$1"; }
 
-for engine in docker podman; do
+for engine in ${ENGINES:-docker podman}; do
   if ! "$engine" version >/dev/null 2>&1; then echo "$engine: not working here, skipped"; continue; fi
   mkdir -p "$work/p-$engine"
   printf '[machines.m]\nbox = "tiny"\nbackend = "container"\ncontainer = { engine = "%s" }\nprovision = [{ shell = "true", run = "always" }]\n' "$engine" > "$work/p-$engine/Envfile"
@@ -64,6 +68,6 @@ for engine in docker podman; do
   echo "$engine, one machine up to provisioned (tiny), median of $ROUNDS:"
   echo "  raw: $engine run + first SSH command   $(ms "$raw")"
   echo "  envup up                             $(ms "$up")   ratio $(python3 -c "print(f'{$up/$raw:.2f}x')")   target <= 1.3x"
-  echo "  envup up, no project network         $(ms "$none")   the network adds $(ms "$(python3 -c "print($up-$none)")") (made with the project)"
-  echo "  up of the halted machine             $(ms "$re")   no network $(ms "$re_none")   the join adds $(ms "$(python3 -c "print($re-$re_none)")")   target <= 30 ms"
+  echo "  envup up, no project network         $(ms "$none")   the network adds $(ms "$(pdiff "${ups[*]}" "${nones[*]}")") (made with the project; median of the rounds' differences)"
+  echo "  up of the halted machine             $(ms "$re")   no network $(ms "$re_none")   the join adds $(ms "$(pdiff "${restarts[*]}" "${restarts_none[*]}")")   target <= 30 ms"
 done

@@ -147,7 +147,9 @@ impl Ops<'_> {
         let mut names_changed = false;
         let mut attach = |attached: &mut Option<Attachment>| -> Result<(), OpError> {
             if joins != Joins::No {
-                let (at, changed) = self.net.attach(name)?;
+                // A machine that joins through its namespace needs the
+                // bridge only once it answers: it is made meanwhile.
+                let (at, changed) = self.net.attach(name, joins == Joins::Namespace)?;
                 *attached = Some(at);
                 names_changed |= changed;
             }
@@ -642,6 +644,7 @@ fn join(
         name: state.name.clone(),
         source,
     };
+    net.bridge_ready(at)?;
     let pid = backend.machine_pid(state)?;
     crate::network::link::join_namespace(pid, at).map_err(|e| failed(e.into()))?;
     let _writing = net.writing_names();

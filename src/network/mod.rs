@@ -376,6 +376,31 @@ impl Attachment {
 
 /// The project network as one command uses it; shared by the command's
 /// threads.
+/// The project's bridge, as one command sees it.
+enum Bridge {
+    /// Not looked at yet.
+    Unchecked,
+    /// Being made (or checked) on a thread of its own, beside the
+    /// machine's create and start: a machine that joins through its
+    /// namespace needs it only once it answers SSH.
+    Making(std::thread::JoinHandle<Result<(), link::LinkError>>),
+    Ready,
+}
+
+impl Bridge {
+    /// Wait for a bridge being made; what making it said.
+    fn settle(&mut self) -> Result<(), NetworkError> {
+        if let Bridge::Making(_) = self {
+            let Bridge::Making(h) = std::mem::replace(self, Bridge::Unchecked) else {
+                unreachable!()
+            };
+            h.join().expect("the bridge's thread")?;
+            *self = Bridge::Ready;
+        }
+        Ok(())
+    }
+}
+
 pub struct Net {
     state_dir: PathBuf,
     /// The Envfile's `[project] network`, or the network its addresses imply.
@@ -384,12 +409,22 @@ pub struct Net {
     fixed: BTreeMap<String, Ipv4Addr>,
     /// Whether envup can make networks here (it runs as root).
     enabled: bool,
-    /// Held while the record changes; whether this command checked the
-    /// bridge.
-    lock: Mutex<bool>,
+    /// Held while the record changes; what this command knows of the
+    /// project's bridge.
+    lock: Mutex<Bridge>,
     /// Held while names are written into machines, so that two threads
     /// never rewrite one machine's `/etc/hosts` at once.
     names: Mutex<()>,
+}
+
+impl Drop for Net {
+    /// A bridge still being made is waited for: no command ends with a
+    /// thread changing the host.
+    fn drop(&mut self) {
+        if let Ok(b) = self.lock.get_mut() {
+            let _ = b.settle();
+        }
+    }
 }
 
 impl Net {
@@ -406,7 +441,7 @@ impl Net {
                 .filter_map(|m| m.address.map(|a| (m.name.clone(), a)))
                 .collect(),
             enabled: config.network != ProjectNetwork::None && nix::unistd::geteuid().is_root(),
-            lock: Mutex::new(false),
+            lock: Mutex::new(Bridge::Unchecked),
             names: Mutex::new(()),
         }
     }
@@ -433,8 +468,11 @@ impl Net {
     /// Give machine `name` its address (recorded before anything is made),
     /// with the network's bridge and firewall in place. Returns the
     /// attachment and whether the project's names changed.
-    pub fn attach(&self, name: &str) -> Result<(Attachment, bool), NetworkError> {
-        let mut bridge_checked = self.lock.lock().expect("network lock");
+    /// Machine `name`'s place on the network, recorded (with whether the
+    /// project's names changed), and the bridge made where missing: now,
+    /// or, with `beside`, on a thread that [`Net::bridge_ready`] waits for.
+    pub fn attach(&self, name: &str, beside: bool) -> Result<(Attachment, bool), NetworkError> {
+        let mut bridge = self.lock.lock().expect("network lock");
         let mut record = match self.record()? {
             Some(r) => {
                 if let Some(w) = self.wanted
@@ -491,9 +529,18 @@ impl Net {
             record.save(&self.state_dir)?;
         }
         crate::fault::point("net:recorded");
-        if !*bridge_checked {
-            link::ensure_bridge(&record.subnet)?;
-            *bridge_checked = true;
+        match &*bridge {
+            Bridge::Ready => {}
+            Bridge::Making(_) if beside => {}
+            Bridge::Making(_) => bridge.settle()?,
+            Bridge::Unchecked if beside => {
+                let subnet = record.subnet;
+                *bridge = Bridge::Making(std::thread::spawn(move || link::ensure_bridge(&subnet)));
+            }
+            Bridge::Unchecked => {
+                link::ensure_bridge(&record.subnet)?;
+                *bridge = Bridge::Ready;
+            }
         }
         Ok((
             Attachment {
@@ -553,8 +600,21 @@ impl Net {
     /// Machine `name` leaves: its host-side link goes, and its address;
     /// after the last machine, the whole network. Returns whether the
     /// project's names changed.
+    /// The bridge of `at`'s network is there: made by this command, or
+    /// checked now.
+    pub fn bridge_ready(&self, at: &Attachment) -> Result<(), NetworkError> {
+        let mut bridge = self.lock.lock().expect("network lock");
+        if let Bridge::Unchecked = *bridge {
+            link::ensure_bridge(&at.subnet)?;
+            *bridge = Bridge::Ready;
+        }
+        bridge.settle()
+    }
+
     pub fn detach(&self, name: &str) -> Result<bool, NetworkError> {
-        let _g = self.lock.lock().expect("network lock");
+        let mut bridge = self.lock.lock().expect("network lock");
+        // Nothing is removed while a thread still makes it.
+        let _ = bridge.settle();
         let Some(mut record) = self.record()? else {
             return Ok(false);
         };
