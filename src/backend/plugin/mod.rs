@@ -237,32 +237,31 @@ impl Plugin {
     /// Call `op` with `request`; its `ok` value, or the plugin's error in
     /// envup's words.
     fn call(&self, op: &str, request: Value) -> Result<Value, BackendError> {
-        let described = self.described()?;
-        protocol::call(
-            &self.path,
-            op,
-            described.protocol,
-            into_map(request),
-            protocol::deadline(op),
-        )
-        .map_err(|e| self.error(op, e))
+        let protocol = self.described()?.protocol;
+        self.run(op, protocol, request)
+            .map_err(|e| self.error(op, e))
     }
 
     /// Call an operation a plugin need not have: None when it answers
     /// `unsupported`.
     fn call_optional(&self, op: &str, request: Value) -> Result<Option<Value>, BackendError> {
-        let described = self.described()?;
-        match protocol::call(
-            &self.path,
-            op,
-            described.protocol,
-            into_map(request),
-            protocol::deadline(op),
-        ) {
+        let protocol = self.described()?.protocol;
+        match self.run(op, protocol, request) {
             Ok(v) => Ok(Some(v)),
             Err(CallError::Fault(f)) if f.kind == "unsupported" => Ok(None),
             Err(e) => Err(self.error(op, e)),
         }
+    }
+
+    /// One request, in protocol version `protocol`, with its deadline.
+    fn run(&self, op: &str, protocol: u32, request: Value) -> Result<Value, CallError> {
+        protocol::call(
+            &self.path,
+            op,
+            protocol,
+            into_map(request),
+            protocol::deadline(op),
+        )
     }
 
     fn error(&self, op: &str, e: CallError) -> BackendError {
