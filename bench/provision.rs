@@ -45,12 +45,12 @@ fn main() {
     let bin = env!("CARGO_BIN_EXE_envup");
     let root = tempfile::tempdir().unwrap();
     let home = tempfile::tempdir().unwrap();
-    let dir = sshd::machine_dir(root.path(), "web");
+    let dir = sshd::machine_dir(home.path(), root.path(), "web");
     std::fs::create_dir_all(&dir).unwrap();
     let keys = MachineKeys::ensure(&dir, "web").unwrap();
     let server = sshd::Sshd::start(&keys.host_private_pem(), &keys.authorized_key());
-    sshd::running_machine(root.path(), "web", server.port);
-    let state = envup::state::ProjectState::new(root.path().join(".envup"))
+    sshd::running_machine(home.path(), root.path(), "web", server.port);
+    let state = envup::state::ProjectState::of(home.path(), root.path())
         .load("web")
         .unwrap()
         .unwrap();

@@ -221,9 +221,10 @@ impl Root {
 
     /// Rewrite regular file `rel` inside the root in place (its inode kept:
     /// it may be a bind mount) with what `edit` makes of its contents, at
-    /// most `max` bytes of them; a missing file is made with `mode`.
-    /// Anything but a regular file is refused before it is opened for
-    /// writing.
+    /// most `max` bytes of them; a missing file is made with `mode`, owned
+    /// by the owner of the root itself (the machine's root, not the
+    /// host's). Anything but a regular file is refused before it is opened
+    /// for writing.
     pub fn rewrite_file(
         &self,
         rel: &Path,
@@ -233,14 +234,25 @@ impl Root {
     ) -> std::io::Result<()> {
         let fd = match self.resolve(rel, OFlag::O_PATH, 0) {
             Ok(fd) => fd,
-            Err(Errno::ENOENT) => self
-                .resolve(
-                    rel,
-                    // A dangling symlink is followed, inside the root.
-                    OFlag::O_WRONLY | OFlag::O_CREAT,
-                    mode,
+            Err(Errno::ENOENT) => {
+                let made = self
+                    .resolve(
+                        rel,
+                        // A dangling symlink is followed, inside the root.
+                        OFlag::O_WRONLY | OFlag::O_CREAT,
+                        mode,
+                    )
+                    .map_err(|e| err("cannot make", rel, e))?;
+                let root =
+                    nix::sys::stat::fstat(self.fd()).map_err(|e| err("cannot stat", rel, e))?;
+                nix::unistd::fchown(
+                    made.as_fd(),
+                    Some(nix::unistd::Uid::from_raw(root.st_uid)),
+                    Some(nix::unistd::Gid::from_raw(root.st_gid)),
                 )
-                .map_err(|e| err("cannot make", rel, e))?,
+                .map_err(|e| err("cannot give", rel, e))?;
+                made
+            }
             Err(e) => return Err(err("cannot open", rel, e)),
         };
         let meta = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| err("cannot stat", rel, e))?;

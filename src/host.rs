@@ -33,15 +33,52 @@ pub fn runtime_dir() -> std::io::Result<PathBuf> {
             _ => PathBuf::from(format!("/tmp/envup-{uid}")),
         }
     };
-    crate::state::ensure_private_dir(&dir)?;
-    let md = std::fs::symlink_metadata(&dir)?;
-    if !md.is_dir() || md.uid() != uid.as_raw() {
-        return Err(std::io::Error::other(format!(
-            "{} is not a directory of this user's",
+    private_dir_of(&dir, uid.as_raw())?;
+    Ok(dir)
+}
+
+/// `dir`, made when missing, checked to be a directory (not a link to one)
+/// of user `uid`'s, and private to it.
+fn private_dir_of(dir: &Path, uid: u32) -> std::io::Result<()> {
+    // Made by this call, or found: either way it must be a directory (not
+    // a link to one) of this user's before its mode is touched, through a
+    // descriptor of the directory itself. Another user may have made the
+    // name first in /tmp; that is refused, never used or changed.
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let fd = nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_DIRECTORY
+            | nix::fcntl::OFlag::O_NOFOLLOW
+            | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| {
+        std::io::Error::other(format!(
+            "{} is not a directory ({e}); envup does not use it",
             dir.display()
+        ))
+    })?;
+    let md = nix::sys::stat::fstat(&fd).map_err(std::io::Error::from)?;
+    if md.st_uid != uid {
+        return Err(std::io::Error::other(format!(
+            "{} belongs to uid {}, not to this user; envup does not use it (set \
+             XDG_RUNTIME_DIR to a directory of yours)",
+            dir.display(),
+            md.st_uid
         )));
     }
-    Ok(dir)
+    if md.st_mode & 0o077 != 0 {
+        nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o700))
+            .map_err(std::io::Error::from)?;
+    }
+    Ok(())
 }
 
 /// Bytes free to an unprivileged writer on the filesystem that holds
@@ -162,4 +199,39 @@ pub fn first_line(out: &Output) -> String {
 /// controller mounted on its own).
 pub fn cgroup_v1() -> bool {
     Path::new("/sys/fs/cgroup/memory").is_dir()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A runtime directory another user made first, or a link put in its
+    /// place, is refused and left as it is; one of the user's own is made
+    /// private.
+    #[test]
+    fn runtime_dirs_are_the_users_own() {
+        use std::os::unix::fs::PermissionsExt;
+        let me = nix::unistd::geteuid().as_raw();
+        let base = tempfile::tempdir().unwrap();
+        let mine = base.path().join("mine");
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir_of(&mine, me).unwrap();
+        let mode = std::fs::metadata(&mine).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // A link to a directory of the user's: refused, its target's mode
+        // untouched.
+        let target = base.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = private_dir_of(&link, me).unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        // Made first by someone else.
+        let e = private_dir_of(&mine, me + 1).unwrap_err().to_string();
+        assert!(e.contains("not to this user"), "{e}");
+    }
 }

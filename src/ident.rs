@@ -129,9 +129,51 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The most bytes of one line envup prints; the rest is said to be there.
+pub const MAX_SHOWN_LINE: usize = 4096;
+
+/// Text from outside (what a machine or a plugin printed, an error that
+/// carries it) as envup shows it on a terminal: each line with its control
+/// characters escaped (a tab stays), so nothing moves the cursor, clears
+/// the screen or sets the title, and cut at [`MAX_SHOWN_LINE`] bytes. The
+/// raw bytes stay in the logs.
+pub fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(1 << 16));
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        for (n, (at, c)) in line.char_indices().enumerate() {
+            if n >= MAX_SHOWN_LINE {
+                out.push_str(&format!("… ({} more bytes)", line.len() - at));
+                break;
+            }
+            if c.is_control() && c != '\t' {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shown_text_cannot_drive_a_terminal() {
+        assert_eq!(
+            shown("a\tb\n\x1b]0;owned\x07c"),
+            "a\tb\n\\u{1b}]0;owned\\u{7}c"
+        );
+        assert_eq!(shown("\x1b[2J"), "\\u{1b}[2J");
+        let long = "x".repeat(MAX_SHOWN_LINE + 10);
+        let s = shown(&long);
+        assert!(s.len() < MAX_SHOWN_LINE + 40, "{}", s.len());
+        assert!(s.ends_with("(10 more bytes)"), "{s}");
+    }
 
     #[test]
     fn digests() {

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod orchestrate;
 pub mod plan;
 pub mod provision;
+pub mod relocate;
 pub mod ssh;
 pub mod state;
 pub mod ui;

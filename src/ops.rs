@@ -38,6 +38,13 @@ pub enum OpError {
     NoEndpoint(String),
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
+    #[error(
+        "this project's state is still in {}, where a share of the project shows it to \
+         machines: envup starts no machine with it there; `envup halt` the machines that \
+         run, and the next command moves it to {}",
+        .0.display(), .1.display()
+    )]
+    StateInProject(std::path::PathBuf, std::path::PathBuf),
     #[error("cannot put machine `{name}` on the project network")]
     Join {
         name: String,
@@ -107,6 +114,15 @@ impl Ops<'_> {
         let m = self.machine(name);
         let recorded = self.load_observed(name)?;
         let plan = plan::plan_up(m, recorded.as_ref(), choice);
+        if self.project.is_legacy() && !plan.is_noop() {
+            let home = crate::state::envup_home()?;
+            return Err(OpError::StateInProject(
+                self.project.dir().to_owned(),
+                ProjectState::of(&home, self.project.root())
+                    .dir()
+                    .to_owned(),
+            ));
+        }
         for note in &plan.notes {
             self.reporter
                 .line(name, crate::ui::Stream::Stderr, &format!("note: {note}"));
@@ -157,12 +173,12 @@ impl Ops<'_> {
         };
         let new_state = || {
             let mut s = MachineState::new(name, BackendName::of(backend));
-            s.dir = Some(self.project.machine_dir(name));
+            self.project.locate(&mut s);
             s
         };
         let mut state = match recorded {
             Some(mut s) => {
-                s.dir = Some(self.project.machine_dir(name));
+                self.project.locate(&mut s);
                 s
             }
             None => new_state(),
@@ -209,6 +225,7 @@ impl Ops<'_> {
                         backend.create(m, &stored, &keys, &mut state)?;
                         crate::fault::point("up:created");
                         self.reporter.step(name, "starting");
+                        self.net.confine()?;
                         backend.start(m, &mut state)?;
                         crate::fault::point("up:started");
                         state.settings = plan::settings(m);
@@ -229,6 +246,7 @@ impl Ops<'_> {
                 Action::Start => {
                     self.reporter.step(name, "starting");
                     attach(&mut attached)?;
+                    self.net.confine()?;
                     backend.start(m, &mut state)?;
                     let wanted = plan::settings(m);
                     let applies = backend.restart_applies();
@@ -340,7 +358,7 @@ impl Ops<'_> {
                 let (made_by, _) = self.backends.for_machine(self.machine(name))?;
                 let mut s = MachineState::new(name, BackendName::of(made_by));
                 s.status = Status::Running;
-                s.dir = Some(self.project.machine_dir(name));
+                self.project.locate(&mut s);
                 Some(s)
             }
             other => other?,
@@ -348,11 +366,15 @@ impl Ops<'_> {
         let Some(mut state) = loaded else {
             // An `up` killed before the machine was recorded may have
             // given it an address (and made the network).
-            self.net.detach(name)?;
+            if let (_, Some(note)) = self.net.detach(name)? {
+                self.reporter.note(&note);
+            }
             return Ok("not created".into());
         };
         if state.status == Status::NotCreated {
-            self.net.detach(name)?;
+            if let (_, Some(note)) = self.net.detach(name)? {
+                self.reporter.note(&note);
+            }
             self.project.remove(name)?;
             self.index.forget(&self.config.root, name)?;
             return Ok("not created".into());
@@ -378,7 +400,11 @@ impl Ops<'_> {
             }
             state.apply(Event::Destroyed)?;
         }
-        if self.net.detach(&state.name)? {
+        let (names_changed, note) = self.net.detach(&state.name)?;
+        if let Some(note) = note {
+            self.reporter.note(&note);
+        }
+        if names_changed {
             self.refresh_names(&state.name);
         }
         self.project.remove(&state.name)?;

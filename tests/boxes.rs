@@ -957,7 +957,7 @@ fn a_box_in_use_is_kept_unless_forced() {
     // A machine created from it, as a backend records one: its state names
     // the box, the host index names the machine.
     let root = p.path().join("proj");
-    let project = envup::state::ProjectState::new(root.join(".envup"));
+    let project = envup::state::ProjectState::of(p.home.path(), &root);
     let mut st =
         envup::state::MachineState::new("web", envup::envfile::BackendName::new("jail").unwrap());
     st.apply(envup::state::Event::BeginCreate).unwrap();

@@ -112,7 +112,7 @@ fn lifecycle(engine: &'static str, boxname: &'static str) -> Result<(), Failed> 
     )?;
     envup(&p, &["destroy", "-f"]).status(0);
     check(
-        !p.path().join(".envup/machines/web").exists(),
+        !common::state(&p).join("machines/web").exists(),
         "state directory left",
     )?;
     if engine == "lxc" {
@@ -140,7 +140,7 @@ fn lifecycle(engine: &'static str, boxname: &'static str) -> Result<(), Failed> 
         "snapshot image left",
     )?;
     check(
-        !p.path().join(".envup/machines/web").exists(),
+        !common::state(&p).join("machines/web").exists(),
         "state directory left",
     )?;
     Ok(())

@@ -167,7 +167,7 @@ fn killed_add() -> Result<(), Failed> {
 fn supervisor_killed() -> Result<(), Failed> {
     let p = Project::with_envfile(&envfile("jail"));
     envup_in(home().path(), &p, &["up"]).status(0);
-    let pidfile = p.path().join(".envup/machines/web/jail/supervisor.pid");
+    let pidfile = common::state(&p).join("machines/web/jail/supervisor.pid");
     let text = std::fs::read_to_string(&pidfile).unwrap();
     let pid: i32 = text.split_whitespace().next().unwrap().parse().unwrap();
     nix::sys::signal::kill(
@@ -255,7 +255,7 @@ fn memory_now(backend: &str, p: &Project) -> Option<u64> {
         }
         _ => {
             // qemu's -m, in MiB, on its command line.
-            let procs = common::processes_naming(p.path().as_os_str().as_encoded_bytes());
+            let procs = common::processes_naming(common::state(p).as_os_str().as_encoded_bytes());
             let line = procs.iter().find(|l| l.contains("qemu-system"))?;
             let mut words = line.split(' ');
             words.find(|w| *w == "-m")?;
@@ -363,6 +363,13 @@ impl Drop for Tmpfs {
 /// works and `destroy` leaves nothing.
 fn disk_full() -> Result<(), Failed> {
     let disk = Tmpfs::new("4m");
+    // The projects' state (the machine's own layer, its records) on the
+    // small disk; the store, with the box, on the host's.
+    let home = common::boxes::home_with(&["tiny"]);
+    let states = disk.0.path().join("projects");
+    std::fs::create_dir(&states).unwrap();
+    std::os::unix::fs::symlink(&states, home.path().join("projects")).unwrap();
+    let home = home.path();
     let mut failed_while_creating = 0;
     for free in (16..=112).step_by(16) {
         let p = Project {
@@ -371,7 +378,7 @@ fn disk_full() -> Result<(), Failed> {
         };
         p.write("Envfile", &envfile("jail"));
         disk.fill_but(free);
-        let up = envup_in(home().path(), &p, &["up"]);
+        let up = envup_in(home, &p, &["up"]);
         let said = up.stdout() + &up.stderr();
         if up.code() != 0 {
             check(
@@ -383,7 +390,7 @@ fn disk_full() -> Result<(), Failed> {
             }
             // No machine half made: none, or one that runs (when only the
             // lock file could not be written).
-            let state = std::fs::read_to_string(p.path().join(".envup/machines/web/state.json"))
+            let state = std::fs::read_to_string(common::state(&p).join("machines/web/state.json"))
                 .unwrap_or_default();
             check(
                 !state.contains("\"creating\""),
@@ -391,7 +398,7 @@ fn disk_full() -> Result<(), Failed> {
             )?;
         }
         disk.empty();
-        converges(home().path(), &p, None)?;
+        converges(home, &p, None)?;
     }
     check(
         failed_while_creating > 0,
@@ -426,7 +433,7 @@ fn helper_killed(backend: &'static str) -> Result<(), Failed> {
     std::thread::sleep(std::time::Duration::from_millis(200));
     envup_in(home().path(), &p, &["status"]).status(0);
     let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(p.path().join(".envup/machines/web/state.json")).unwrap(),
+        &std::fs::read(common::state(&p).join("machines/web/state.json")).unwrap(),
     )
     .unwrap();
     let port = state["ssh"]["port"].as_u64().unwrap() as u16;
@@ -520,11 +527,12 @@ fn provisioner_not_twice() -> Result<(), Failed> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Killed once the provisioner has started.
-    let log = p.path().join(".envup/machines/web/jail/upper/root/log");
+    // Killed once the provisioner has started (the project's state is
+    // found once `up` has made it).
+    let log = || common::state(&p).join("machines/web/jail/upper/root/log");
     let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let started = loop {
-        if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("start")) {
+        if std::fs::read_to_string(log()).is_ok_and(|t| t.contains("start")) {
             break true;
         }
         if std::time::Instant::now() > until {

@@ -107,7 +107,7 @@ impl Lab {
     }
 
     fn project(&self) -> ProjectState {
-        ProjectState::new(self.dir.path().join(".envup"))
+        ProjectState::of(self.home.path(), self.dir.path())
     }
 
     /// Run `f` with the `Ops` envup's commands build.

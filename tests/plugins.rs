@@ -14,14 +14,17 @@ use std::time::{Duration, Instant};
 use common::{Project, check};
 use libtest_mimic::{Arguments, Failed, Trial};
 
+/// The plugins of the tests, where envup may run them from.
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plugins")
+    common::trusted_plugins(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plugins"))
 }
 
 fn shipped(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("plugins")
-        .join(name)
+    common::trusted_plugins(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("plugins")
+            .join(name),
+    )
 }
 
 fn home() -> &'static tempfile::TempDir {
@@ -53,6 +56,100 @@ fn cmd(p: &Project, dir: &Path, args: &[&str]) -> common::Run {
 
 fn envup(p: &Project, dir: &Path, args: &[&str]) -> common::Done {
     cmd(p, dir, args).out()
+}
+
+/// Where a test may make plugin directories whose every parent is root's
+/// and closed to others (as envup wants a plugin's).
+fn strict_dir() -> PathBuf {
+    let d = built_plugins().join(format!("test-plugins-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A plugin that another user could change (in a directory every user
+/// may write) is refused, named so, and never run, not even by `plugin
+/// list`; of two plugins of one name, the second is shadowed and not run;
+/// a machine on the refused one is refused with why.
+fn untrusted_plugins_not_run() -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    let base = strict_dir();
+    let marks = tempfile::tempdir().unwrap();
+    let plugin = |dir: &Path, name: &str, mark: &str| {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join(format!("envup-backend-{name}"));
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\ntouch {}/{mark}\ncat >/dev/null\n\
+                 echo '{{\"ok\":{{\"name\":\"{name}\",\"version\":\"1\",\"protocols\":[1],\"artifacts\":[\"rootfs\"]}}}}'\n",
+                marks.path().display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let (first, second, open) = (base.join("first"), base.join("second"), base.join("open"));
+    plugin(&first, "marked", "first-ran");
+    plugin(&second, "marked", "second-ran");
+    plugin(&open, "opened", "open-ran");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = format!(
+        "{}:{}:{}",
+        first.display(),
+        second.display(),
+        open.display()
+    );
+    let p = Project::with_envfile("[machines.web]\nbox = \"tiny\"\nbackend = \"opened\"\n");
+    let run = |args: &[&str]| {
+        p.cmd(args)
+            .env("ENVUP_HOME", home().path().to_str().unwrap())
+            .env("ENVUP_PLUGIN_PATH", &path)
+            .out()
+    };
+    let v = run(&["--json", "plugin", "list"]).status(0).json();
+    let rows = v["plugins"].as_array().cloned().unwrap_or_default();
+    let status = |dir: &Path| {
+        rows.iter()
+            .find(|r| {
+                r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(&*dir.to_string_lossy()))
+            })
+            .map(|r| (r["status"].as_str().unwrap_or("").to_owned(), r.to_string()))
+            .unwrap_or_default()
+    };
+    let mut problems = Vec::new();
+    for (dir, want) in [
+        (&first, "usable"),
+        (&second, "shadowed"),
+        (&open, "refused"),
+    ] {
+        let (got, row) = status(dir);
+        if got != want {
+            problems.push(format!("{}: {got}, not {want}: {row}", dir.display()));
+        }
+    }
+    if !status(&open).1.contains("written by every user") {
+        problems.push(format!("the refusal does not say why: {}", status(&open).1));
+    }
+    let out = run(&["validate"]);
+    if out.code() == 0 || !out.stderr().contains("envup does not run it") {
+        problems.push(format!("a machine on the refused plugin: {}", out.stderr()));
+    }
+    for (mark, should) in [
+        ("first-ran", true),
+        ("second-ran", false),
+        ("open-ran", false),
+    ] {
+        if marks.path().join(mark).exists() != should {
+            problems.push(format!(
+                "{mark}: {}",
+                if should { "not run" } else { "run" }
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    check(problems.is_empty(), problems.join("\n"))
 }
 
 fn broken_plugins_named() -> Result<(), Failed> {
@@ -132,7 +229,7 @@ fn broken_plugins_named() -> Result<(), Failed> {
         .stderr_has("backend plugin `crashy` (")
         .stderr_has("envup-backend-crashy): it was killed by signal 11 (SIGSEGV)");
     check(
-        !p.path().join(".envup/machines/a/plugin").exists(),
+        !common::state(&p).join("machines/a/plugin").exists(),
         "a machine directory was made for a plugin that never answered",
     )?;
     Ok(())
@@ -210,81 +307,88 @@ fn kit(dir: &Path, plugin: &str, box_: &str) -> Result<(), Failed> {
     Ok(())
 }
 
-/// libvirtd (and virtlogd) started here when none answers, and stopped
-/// when the tests end; one that already ran is left alone.
-static DAEMONS: std::sync::Mutex<Option<Vec<std::process::Child>>> = std::sync::Mutex::new(None);
-
-fn libvirtd_answers() -> bool {
-    std::process::Command::new("virsh")
-        .args(["-c", "qemu:///system", "version", "--daemon"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+use common::libvirt::{built_plugins, stop_daemons, unavailable as libvirt_unavailable};
 
 fn with_libvirtd() -> Result<(), Failed> {
-    let mut daemons = DAEMONS.lock().unwrap();
-    if daemons.is_some() || libvirtd_answers() {
-        daemons.get_or_insert_with(Vec::new);
-        return Ok(());
-    }
-    let mut started = Vec::new();
-    for d in ["virtlogd", "libvirtd"] {
-        started.push(
-            std::process::Command::new(d)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot start {d}: {e}"))?,
-        );
-    }
-    *daemons = Some(started);
-    let until = Instant::now() + Duration::from_secs(30);
-    while !libvirtd_answers() {
-        check(Instant::now() < until, "libvirtd did not answer in 30 s")?;
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
-}
-
-fn stop_daemons() {
-    for mut c in DAEMONS.lock().unwrap().take().unwrap_or_default() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = c.wait();
-    }
-}
-
-/// The libvirt plugin is built with envup, beside it.
-fn built_plugins() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_envup-backend-libvirt"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn libvirt_unavailable() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("libvirt's system connection needs root".into());
-    }
-    [
-        "libvirtd",
-        "virtlogd",
-        "virsh",
-        "qemu-system-x86_64",
-        "qemu-img",
-    ]
-    .into_iter()
-    .find(|t| common::host_lacks(t))
-    .map(|t| {
-        format!("{t} is missing (apt-get install libvirt-daemon-system qemu-system-x86 qemu-utils)")
-    })
+    common::libvirt::with_libvirtd().map_err(Failed::from)
 }
 
 type TestFn = Box<dyn FnOnce() -> Result<(), Failed> + Send>;
+
+/// libvirt's schema validator: `virt-xml-validate` (libvirt's clients),
+/// which runs `xmllint` (libxml2's utilities).
+fn validator_missing() -> Option<String> {
+    [
+        ("virt-xml-validate", "libvirt-clients"),
+        ("xmllint", "libxml2-utils"),
+    ]
+    .into_iter()
+    .find(|(t, _)| common::host_lacks(t))
+    .map(|(t, pkg)| format!("{t} is missing (apt-get install {pkg})"))
+}
+
+/// The domain the libvirt plugin would define for each driver it writes
+/// (`envup-backend-libvirt domain-xml`) is valid by libvirt's own schema:
+/// Xen, bhyve and VMware cannot run here, so their XML is checked so.
+fn libvirt_domains_valid() -> Result<(), Failed> {
+    let dir = tempfile::tempdir().unwrap();
+    for uri in [
+        "qemu:///system",
+        "xen:///system",
+        "bhyve:///system",
+        "vmwarews:///session",
+    ] {
+        let req = serde_json::json!({
+            "dir": "/var/lib/envup/m's <dir>",
+            "ssh_port": 2222,
+            "machine": {
+                "name": "web", "hostname": "web", "cpus": 1, "memory": 536870912u64, "disk": 0,
+                "forwards": [{"guest": 80, "host": 8080, "host_ip": "127.0.0.1", "protocol": "tcp"}],
+                "shares": [], "options": {"uri": uri}
+            },
+            "box": {
+                "name": "tiny", "version": "1.0.0", "digest": "0".repeat(64), "dir": "/store/x",
+                "user": "root", "unpacked": {}, "formats": {"disk": "qcow2"},
+                "artifacts": {"disk": "/store/x/disk.qcow2", "kernel": "/store/x/vmlinux"},
+                "boot": {"cmdline": "root=/dev/vda rw console=ttyS0 <&>"}
+            }
+        });
+        let mut child = std::process::Command::new(built_plugins().join("envup-backend-libvirt"))
+            .arg("domain-xml")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(req.to_string().as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        check(
+            out.status.success(),
+            format!("{uri}: {}", String::from_utf8_lossy(&out.stderr)),
+        )?;
+        let f = dir.path().join("d.xml");
+        std::fs::write(&f, &out.stdout).unwrap();
+        let o = std::process::Command::new("virt-xml-validate")
+            .arg(&f)
+            .arg("domain")
+            .output()
+            .unwrap();
+        check(
+            o.status.success(),
+            format!(
+                "{uri}: {}{}\n{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ),
+        )?;
+    }
+    Ok(())
+}
 
 fn nspawn_unavailable() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
@@ -301,6 +405,11 @@ fn main() {
     let tests: Vec<(&str, Option<String>, TestFn)> = vec![
         ("broken_plugins_named", None, Box::new(broken_plugins_named)),
         (
+            "untrusted_plugins_not_run",
+            None,
+            Box::new(untrusted_plugins_not_run),
+        ),
+        (
             "unknown_backend_says_where",
             None,
             Box::new(unknown_backend_says_where),
@@ -309,6 +418,11 @@ fn main() {
             "options_checked_by_schema",
             None,
             Box::new(options_checked_by_schema),
+        ),
+        (
+            "libvirt_domains_valid",
+            validator_missing(),
+            Box::new(libvirt_domains_valid),
         ),
         (
             "nspawn_kit_tiny",

@@ -52,7 +52,7 @@ fn exec(p: &Project, machine: &str, script: &str) -> String {
 /// qemu processes still running for this project (its pid file is in the
 /// project, named byte for byte).
 fn qemus(p: &Project) -> String {
-    common::processes_naming(p.path().as_os_str().as_encoded_bytes())
+    common::processes_naming(common::state(p).as_os_str().as_encoded_bytes())
         .into_iter()
         .filter(|c| c.contains("qemu-system"))
         .collect::<Vec<_>>()
@@ -63,7 +63,7 @@ fn destroyed_cleanly(p: &Project, machines: &[&str]) -> Result<(), Failed> {
     envup(p, &["destroy", "-f"]).status(0);
     check(qemus(p).is_empty(), format!("qemu left: {}", qemus(p)))?;
     for m in machines {
-        let dir = p.path().join(".envup/machines").join(m);
+        let dir = common::state(p).join("machines").join(m);
         check(!dir.exists(), format!("{} left", dir.display()))?;
     }
     Ok(())
@@ -98,7 +98,7 @@ fn tiny_lifecycle() -> Result<(), Failed> {
         format!("status does not say the accelerator: {j}"),
     )?;
     // The disk is an overlay on the stored image.
-    let overlay = p.path().join(".envup/machines/vm/qemu/disk.qcow2");
+    let overlay = common::state(&p).join("machines/vm/qemu/disk.qcow2");
     let info = std::process::Command::new("qemu-img")
         .args(["info", "-U", "--output=json"])
         .arg(&overlay)
@@ -342,7 +342,7 @@ fn put_files(raw: &std::path::Path, files: &[(&str, &str, &str, u32)]) {
 /// gone) and its hostname is set.
 fn keys_placed(p: &Project) -> Result<(), Failed> {
     let keys = exec(p, "vm", "cat ~/.ssh/authorized_keys");
-    let own = std::fs::read_to_string(p.path().join(".envup/machines/vm/id_ed25519.pub")).unwrap();
+    let own = std::fs::read_to_string(common::state(p).join("machines/vm/id_ed25519.pub")).unwrap();
     check(
         keys == own,
         format!("authorized_keys after the first login: {keys:?}"),
@@ -407,7 +407,7 @@ fn vagrant_insecure_key_first_login() -> Result<(), Failed> {
     up_vagrant_box(&file, "vagrant/insecure-key", |p| {
         keys_placed(p)?;
         let state =
-            std::fs::read_to_string(p.path().join(".envup/machines/vm/state.json")).unwrap();
+            std::fs::read_to_string(common::state(p).join("machines/vm/state.json")).unwrap();
         check(
             !state.contains("first_login"),
             format!("first login still recorded: {state}"),

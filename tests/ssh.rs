@@ -22,11 +22,11 @@ fn fix(envfile: &str) -> Fixture {
 
 fn fix_in(p: Project) -> Fixture {
     // Make the keys first, start sshd with them, then record its port.
-    let dir = machine_dir(p.path(), "web");
+    let dir = machine_dir(p.home.path(), p.path(), "web");
     std::fs::create_dir_all(&dir).unwrap();
     let keys = envup::ssh::MachineKeys::ensure(&dir, "web").unwrap();
     let sshd = Sshd::start(&keys.host_private_pem(), &keys.authorized_key());
-    running_machine(p.path(), "web", sshd.port);
+    running_machine(p.home.path(), p.path(), "web", sshd.port);
     Fixture { p, _sshd: sshd }
 }
 
@@ -42,8 +42,10 @@ fn provision_runs_and_streams() -> Result<(), Failed> {
         format!("no tagged output:\n{}", out.stderr()),
     )?;
     check(out.stderr().contains("web | oops"), "stderr line missing")?;
-    let log =
-        std::fs::read_to_string(machine_dir(f.p.path(), "web").join("provision.log")).unwrap();
+    let log = std::fs::read_to_string(
+        machine_dir(f.p.home.path(), f.p.path(), "web").join("provision.log"),
+    )
+    .unwrap();
     check(
         log.contains("hi | hello world") && log.contains("hi ! oops"),
         format!("log: {log}"),
@@ -60,7 +62,7 @@ fn failing_script_names_provisioner_and_code() -> Result<(), Failed> {
         .status(1)
         .stderr_has("provisioner `bad` failed with exit code 3")
         .stderr_has("1 of 1 machines could not be provisioned");
-    let st = envup::state::ProjectState::new(f.p.path().join(".envup"))
+    let st = envup::state::ProjectState::of(f.p.home.path(), f.p.path())
         .load("web")
         .unwrap()
         .unwrap();
@@ -193,13 +195,13 @@ fn exec_passes_exit_codes_and_keeps_streams_apart() -> Result<(), Failed> {
 
 fn wrong_host_key_is_refused() -> Result<(), Failed> {
     let p = Project::with_envfile(WEB);
-    let dir = machine_dir(p.path(), "web");
+    let dir = machine_dir(p.home.path(), p.path(), "web");
     std::fs::create_dir_all(&dir).unwrap();
     let keys = envup::ssh::MachineKeys::ensure(&dir, "web").unwrap();
     let impostor = tempfile::tempdir().unwrap();
     let other = envup::ssh::MachineKeys::ensure(impostor.path(), "web").unwrap();
     let sshd = Sshd::start(&other.host_private_pem(), &keys.authorized_key());
-    running_machine(p.path(), "web", sshd.port);
+    running_machine(p.home.path(), p.path(), "web", sshd.port);
     p.cmd(&["exec", "web", "--", "true"])
         .out()
         .status(1)
@@ -214,8 +216,12 @@ fn waiting_times_out_with_the_last_error() -> Result<(), Failed> {
         "{WEB}boot_timeout = \"1s\"\nprovision = [{{ shell = \"true\" }}]\n"
     ));
     let port = free_port();
-    running_machine(p.path(), "web", port);
-    std::fs::write(machine_dir(p.path(), "web").join("console.log"), "boot…\n").unwrap();
+    running_machine(p.home.path(), p.path(), "web", port);
+    std::fs::write(
+        machine_dir(p.home.path(), p.path(), "web").join("console.log"),
+        "boot…\n",
+    )
+    .unwrap();
     let t = Instant::now();
     p.cmd(&["provision", "web"])
         .out()

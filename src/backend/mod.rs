@@ -159,6 +159,15 @@ pub enum BackendError {
     /// A file envup keeps for the machine is missing.
     #[error("{} is missing", .0.display())]
     Missing(std::path::PathBuf),
+    #[error(
+        "box `{name}` {version} (sha256 {sha256}), which the machine was made from, is no \
+         longer in the store: `envup box add` it again, or `envup destroy` the machine"
+    )]
+    BoxGone {
+        name: String,
+        version: String,
+        sha256: String,
+    },
     #[error("box `{name}` has no {artifact} artifact")]
     NoArtifact {
         name: String,
@@ -339,6 +348,11 @@ pub trait Backend: Send + Sync {
     fn check(&self, _m: &Machine) -> Result<(), BackendError> {
         Ok(())
     }
+    /// What `plan` warns of for machine `m` on this backend: what it
+    /// cannot ensure (a read-write share written by root of the host).
+    fn warnings(&self, _m: &Machine) -> Vec<String> {
+        Vec::new()
+    }
     /// Create the machine from the stored box (read-only: a machine's own
     /// changes go to a layer of its own), with `keys` placed before its first boot (the
     /// client key authorized for its SSH user, the host key for its sshd);
@@ -429,26 +443,64 @@ pub(crate) fn machine_dir(state: &MachineState) -> Result<std::path::PathBuf, Ba
     state.dir.clone().ok_or(BackendError::NoDir)
 }
 
+/// The stored box the machine was made from, found in this home's store by
+/// the digest its state records: what a backend starts a machine on is
+/// the store's, never a path read back from the machine's files.
+pub(crate) fn stored_box(state: &MachineState) -> Result<crate::boxes::StoredBox, BackendError> {
+    let b = state.box_ref.as_ref().ok_or_else(|| {
+        BackendError::NotOurs(format!(
+            "machine `{}`'s state records no box; `envup destroy` it and `up` again",
+            state.name
+        ))
+    })?;
+    let home = crate::state::envup_home()?;
+    crate::boxes::Store::new(&home)
+        .get(b.sha256.as_str())
+        .ok_or_else(|| BackendError::BoxGone {
+            name: b.name.clone(),
+            version: b.version.clone(),
+            sha256: b.sha256.to_string(),
+        })
+}
+
 /// The name a machine's resources get on the host (cgroup, netns,
-/// container, qemu process): `envup-` and 12 hex digits of its directory.
-pub(crate) fn host_name(dir: &std::path::Path) -> String {
-    let digest = <sha2::Sha256 as sha2::Digest>::digest(dir.as_os_str().as_encoded_bytes());
+/// container, qemu process): `envup-` and 12 hex digits of a hash of the
+/// machine's identity (its project's directory and its name, see
+/// `ProjectState::identity`), and of `part` for a backend that names its
+/// own directory (`jail`, `qemu`) as earlier envups did. The same machine
+/// gets the same name from every envup since the first.
+pub(crate) fn host_name(state: &MachineState, part: &str) -> Result<String, BackendError> {
+    let identity = state.identity.as_deref().ok_or(BackendError::NoDir)?;
+    let seed = if part.is_empty() {
+        identity.to_owned()
+    } else {
+        identity.join(part)
+    };
+    Ok(name_from(&seed))
+}
+
+fn name_from(seed: &std::path::Path) -> String {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(seed.as_os_str().as_encoded_bytes());
     format!("envup-{}", &crate::boxes::archive::hex(&digest)[..12])
 }
 
 /// A name read back from a machine's own files (a cgroup, a network
-/// namespace, a container): used only when it is the name envup gives the
-/// machine whose files are in `dir`. A damaged or edited state file can
-/// then not point envup at anything it did not create.
-pub(crate) fn own_host_name(dir: &std::path::Path, recorded: &str) -> Result<(), BackendError> {
-    let mine = host_name(dir);
+/// namespace, a container): used only when it is `mine`, the name envup
+/// gives the machine. A damaged or edited state file can then not point
+/// envup at anything it did not create.
+pub(crate) fn own_host_name(
+    file: &std::path::Path,
+    mine: &str,
+    recorded: &str,
+) -> Result<(), BackendError> {
     if recorded == mine {
         Ok(())
     } else {
         Err(BackendError::NotOurs(format!(
             "{} names `{}`, but this machine's name on the host is `{mine}`: \
-             the file is damaged or was edited, and envup leaves `{}` alone",
-            dir.display(),
+             the file is damaged or was edited, and envup leaves `{}` alone \
+             (if it is a thing of yours you want gone, remove it yourself)",
+            file.display(),
             crate::ident::printable(recorded),
             crate::ident::printable(recorded),
         )))
@@ -580,10 +632,11 @@ fn built_in() -> Vec<Box<dyn Backend>> {
 
 static BUILTIN: LazyLock<Registry> = LazyLock::new(|| {
     let mut backends = built_in();
-    // Plugins after the built-in backends; the first of a name wins, and
-    // no plugin takes a built-in backend's name.
+    // Plugins after the built-in backends; the first of a name wins, no
+    // plugin takes a built-in backend's name, and one envup may not run
+    // (another user could change it) is left out.
     for found in plugin::discover() {
-        if !backends.iter().any(|b| b.name() == found.name) {
+        if found.refused.is_none() && !backends.iter().any(|b| b.name() == found.name) {
             backends.push(Box::new(plugin::Plugin::new(&found)));
         }
     }
@@ -664,12 +717,34 @@ impl Registry {
     pub fn get(&self, name: &str) -> Result<&dyn Backend, BackendError> {
         match self.find(name) {
             Some(b) => b.ready().map(|()| b),
-            None => Err(BackendError::Unknown {
-                name: name.to_string(),
-                known: self.names().join(", "),
-                searched: plugin::searched(),
-            }),
+            None => {
+                // A plugin of that name that envup will not run says why.
+                if let Some(f) = plugin::discover()
+                    .into_iter()
+                    .find(|f| f.name == name && f.refused.is_some())
+                {
+                    return Err(BackendError::Plugin {
+                        plugin: f.name,
+                        path: f.path,
+                        message: format!(
+                            "envup does not run it: {}",
+                            f.refused.unwrap_or_default()
+                        ),
+                    });
+                }
+                Err(BackendError::Unknown {
+                    name: name.to_string(),
+                    known: self.names().join(", "),
+                    searched: plugin::searched(),
+                })
+            }
         }
+    }
+
+    /// The backends built into envup (none of the plugins, which are run
+    /// only by a command that needs them).
+    pub fn built_ins(&self) -> impl Iterator<Item = &dyn Backend> {
+        self.all().filter(|b| Self::is_built_in(b.name()))
     }
 
     /// The backend that runs machine `m` (the one its Envfile names, or

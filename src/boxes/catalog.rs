@@ -242,7 +242,10 @@ pub fn load(location: &str) -> Result<Catalog, CatalogError> {
         if !resp.status().is_success() {
             return Err(read_err(format!("HTTP {}", resp.status())));
         }
-        Box::new(resp)
+        Box::new(super::download::Paced::new(
+            resp,
+            super::download::MinRate::from_env(),
+        ))
     } else {
         let path = location.strip_prefix("file://").unwrap_or(location);
         let f = std::fs::File::open(path).map_err(|e| read_err(e.to_string()))?;

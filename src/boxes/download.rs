@@ -56,6 +56,91 @@ pub fn read_timeout() -> Duration {
         .map_or(Duration::from_secs(30), Duration::from_secs)
 }
 
+/// The slowest a server may send: fewer than `bytes_per_sec` bytes a
+/// second over any `window` fails the attempt, as curl's `--speed-limit`
+/// and `--speed-time` do (a server that sends a byte now and then holds no
+/// `up` for ever). `ENVUP_MIN_RATE` (bytes a second, 0 for none) and
+/// `ENVUP_MIN_RATE_TIME` (seconds) change them: 1024 and 30.
+#[derive(Debug, Clone, Copy)]
+pub struct MinRate {
+    pub bytes_per_sec: u64,
+    pub window: Duration,
+}
+
+impl MinRate {
+    pub fn from_env() -> MinRate {
+        let num = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
+        MinRate {
+            bytes_per_sec: num("ENVUP_MIN_RATE").unwrap_or(1024),
+            window: Duration::from_secs(
+                num("ENVUP_MIN_RATE_TIME").filter(|&s| s > 0).unwrap_or(30),
+            ),
+        }
+    }
+
+    /// What a too-slow server is told it did.
+    fn words(&self, got: u64, over: Duration) -> String {
+        format!(
+            "the server sent {got} bytes in {} s, slower than the {} bytes a second over {} s \
+             envup waits for (ENVUP_MIN_RATE, ENVUP_MIN_RATE_TIME)",
+            over.as_secs(),
+            self.bytes_per_sec,
+            self.window.as_secs()
+        )
+    }
+}
+
+/// A reader that fails when what it reads comes in slower than a
+/// [`MinRate`].
+pub(crate) struct Paced<R> {
+    inner: R,
+    rate: MinRate,
+    since: std::time::Instant,
+    got: u64,
+}
+
+impl<R> Paced<R> {
+    pub(crate) fn new(inner: R, rate: MinRate) -> Self {
+        Paced {
+            inner,
+            rate,
+            since: std::time::Instant::now(),
+            got: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for Paced<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.got += n as u64;
+        let over = self.since.elapsed();
+        if self.rate.bytes_per_sec > 0 && over >= self.rate.window {
+            if self.got < self.rate.bytes_per_sec.saturating_mul(over.as_secs()) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    TooSlow(self.rate.words(self.got, over)),
+                ));
+            }
+            self.since = std::time::Instant::now();
+            self.got = 0;
+        }
+        Ok(n)
+    }
+}
+
+/// A server slower than the [`MinRate`].
+#[derive(Debug)]
+pub(crate) struct TooSlow(pub String);
+
+impl std::fmt::Display for TooSlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TooSlow {}
+
 /// The most bytes one download may bring: 64 GiB, or
 /// `ENVUP_MAX_DOWNLOAD` (bytes).
 pub fn max_download() -> u64 {
@@ -151,7 +236,7 @@ fn attempt(
     if part.len > 0 {
         req = req.header(reqwest::header::RANGE, format!("bytes={}-", part.len));
     }
-    let mut resp = req.send().map_err(|e| Attempt {
+    let resp = req.send().map_err(|e| Attempt {
         retry: true,
         reason: error_words(&e),
     })?;
@@ -219,11 +304,18 @@ fn attempt(
     progress.set(part.len);
     let mut next_space_check = part.len + SPACE_CHECK_EVERY;
     let mut buf = vec![0u8; 256 * 1024];
+    let mut resp = Paced::new(resp, MinRate::from_env());
     loop {
         let n = match resp.read(&mut buf) {
             Ok(n) => n,
             Err(e) => {
                 progress.finish();
+                if let Some(slow) = e.get_ref().and_then(|i| i.downcast_ref::<TooSlow>()) {
+                    return Err(Attempt {
+                        retry: true,
+                        reason: format!("{slow} (after {} bytes)", part.len),
+                    });
+                }
                 let timed_out = e.kind() == std::io::ErrorKind::TimedOut
                     || e.get_ref()
                         .and_then(|inner| inner.downcast_ref::<reqwest::Error>())

@@ -40,8 +40,39 @@ impl App {
         Ok(envfile::load(&path)?)
     }
 
-    pub fn project(&self, config: &Config) -> ProjectState {
-        ProjectState::new(config.state_dir())
+    /// The project's state: in its directory under `ENVUP_HOME`, moved
+    /// there first from the project's `.envup/` where an earlier envup kept
+    /// it (`relocate`).
+    pub fn project(&self, config: &Config) -> Result<ProjectState, CliError> {
+        use crate::relocate::{Relocated, relocate};
+        let home = crate::state::envup_home()?;
+        let project = ProjectState::of(&home, &config.root);
+        let index = crate::state::index::Index::new(&home);
+        let note = |text: &str| self.reporter().note(text);
+        Ok(match relocate(&project, &index)? {
+            Relocated::Nothing => project,
+            Relocated::Moved(from, to) => {
+                note(&format!(
+                    "moved this project's state from {} to {}, where no share of the project \
+                     shows it to machines",
+                    from.display(),
+                    to.display()
+                ));
+                project
+            }
+            Relocated::NotOurs(why) => {
+                note(&why);
+                project
+            }
+            Relocated::Stays(why) => {
+                note(&why);
+                if project.dir().join("machines").exists() {
+                    project
+                } else {
+                    ProjectState::in_project(&config.root)
+                }
+            }
+        })
     }
 
     pub fn reporter(&self) -> Box<dyn Reporter> {

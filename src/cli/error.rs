@@ -73,12 +73,15 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Print an error and its causes on stderr, once.
+/// Every line escaped and bounded (`ident::shown`): an error may carry
+/// what a machine, a plugin, a server or a template produced.
 pub fn print(e: &CliError) {
     use crate::ui::style::ERROR;
-    anstream::eprintln!("{ERROR}error{ERROR:#}: {e}");
+    let shown = crate::ident::shown;
+    anstream::eprintln!("{ERROR}error{ERROR:#}: {}", shown(&e.to_string()));
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        anstream::eprintln!("  caused by: {s}");
+        anstream::eprintln!("  caused by: {}", shown(&s.to_string()));
         source = s.source();
     }
 }

@@ -26,11 +26,6 @@ pub struct Config {
 }
 
 impl Config {
-    /// Where the project's state lives.
-    pub fn state_dir(&self) -> PathBuf {
-        self.root.join(".envup")
-    }
-
     pub fn machine_names(&self) -> impl Iterator<Item = &str> {
         self.machines.keys().map(String::as_str)
     }

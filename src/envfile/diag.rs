@@ -332,10 +332,11 @@ impl fmt::Display for EnvfileError {
                 (None, _) => write!(f, "\n{pad}--> {path}")?,
             }
             if let (Some(l), Some(text)) = (d.line, &d.source_line) {
+                let (text, col, width) = window(text, d.column, d.width);
                 write!(f, "\n{pad} |\n{l:>gutter$} | {text}")?;
-                if let Some(c) = d.column {
+                if let Some(c) = col {
                     let lead = " ".repeat(c - 1);
-                    write!(f, "\n{pad} | {lead}{}", "^".repeat(d.width))?;
+                    write!(f, "\n{pad} | {lead}{}", "^".repeat(width))?;
                 }
             }
             if let Some((rl, text, c)) = &d.rendered {
@@ -344,9 +345,11 @@ impl fmt::Display for EnvfileError {
                 } else {
                     "in the rendered Envfile"
                 };
+                let (text, c, width) = window(text, Some(*c), d.width);
+                let c = c.unwrap_or(1);
                 write!(f, "\n{pad} = note: {what} (rendered line {rl}):")?;
                 write!(f, "\n{pad} | {text}")?;
-                write!(f, "\n{pad} | {}{}", " ".repeat(c - 1), "^".repeat(d.width))?;
+                write!(f, "\n{pad} | {}{}", " ".repeat(c - 1), "^".repeat(width))?;
             }
             if let Some(h) = &d.help {
                 write!(f, "\n{pad} = help: {h}")?;
@@ -357,6 +360,33 @@ impl fmt::Display for EnvfileError {
 }
 
 impl std::error::Error for EnvfileError {}
+
+/// A line as a diagnostic shows it: whole when short, else a window of it
+/// around column `col` (1-based, in characters) with `…` where it is cut,
+/// and the column and caret width in that window. A template can make a
+/// line of megabytes; the error that points into it stays a few lines.
+fn window(text: &str, col: Option<usize>, width: usize) -> (String, Option<usize>, usize) {
+    const BEFORE: usize = 60;
+    const SHOWN: usize = 160;
+    let n = text.chars().count();
+    if n <= SHOWN {
+        return (text.to_owned(), col, width);
+    }
+    let c = col.unwrap_or(1);
+    let start = c.saturating_sub(BEFORE + 1);
+    let end = (start + SHOWN).min(n);
+    let mut shown = String::new();
+    let mut at = c - start;
+    if start > 0 {
+        shown.push('…');
+        at += 1;
+    }
+    shown.extend(text.chars().skip(start).take(end - start));
+    if end < n {
+        shown.push('…');
+    }
+    (shown, col.map(|_| at), width.min(SHOWN - BEFORE))
+}
 
 /// The closest of `candidates` to `word`, if any is close enough to be a
 /// likely typo.
@@ -382,6 +412,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_lines_show_a_window() {
+        let line = format!("{}bad{}", "a".repeat(10_000), "b".repeat(10_000));
+        let (shown, col, width) = window(&line, Some(10_001), 3);
+        assert!(shown.chars().count() < 200, "{}", shown.len());
+        let col = col.unwrap();
+        assert_eq!(
+            shown.chars().skip(col - 1).take(3).collect::<String>(),
+            "bad"
+        );
+        assert_eq!(width, 3);
+        assert_eq!(
+            window("short", Some(2), 1),
+            ("short".to_owned(), Some(2), 1)
+        );
+    }
 
     #[test]
     fn suggestions() {

@@ -59,6 +59,42 @@ pub fn find(start: &Path, explicit: Option<&Path>) -> Result<PathBuf, LoadError>
     Err(LoadError::NotFound(start.to_owned()))
 }
 
+/// The span of the key with the most dotted parts (in a table header or
+/// before an `=`), if any key has more than a few: where a TOML parser's
+/// depth limit is met.
+fn deepest_key(text: &str) -> Option<std::ops::Range<usize>> {
+    let mut best: Option<(usize, std::ops::Range<usize>)> = None;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let lead = line.len() - line.trim_start().len();
+        let body = &line[lead..];
+        let end = if body.starts_with('[') {
+            body.find(']')
+        } else {
+            body.find('=')
+        }
+        .unwrap_or(body.len());
+        let key = &body[..end];
+        let mut quoted = None;
+        let dots = key
+            .chars()
+            .filter(|c| {
+                match (quoted, *c) {
+                    (None, '"' | '\'') => quoted = Some(*c),
+                    (Some(q), c) if c == q => quoted = None,
+                    _ => {}
+                }
+                quoted.is_none() && *c == '.'
+            })
+            .count();
+        if dots > 8 && best.as_ref().is_none_or(|(d, _)| dots > *d) {
+            best = Some((dots, at + lead..at + lead + end.max(1)));
+        }
+        at += line.len();
+    }
+    best.map(|(_, r)| r)
+}
+
 /// Read, render, parse and validate the Envfile at `path`.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
     let started = std::time::Instant::now();
@@ -168,7 +204,9 @@ pub fn parse_with(
     let mut table = DeTable::parse(&rendered.text).map_err(|e| {
         vec![locate(Problem {
             message: format!("TOML syntax error: {}", e.message()),
-            span: e.span(),
+            // The parser's limit on a key's depth comes without a place:
+            // the deepest key is it.
+            span: e.span().or_else(|| deepest_key(&rendered.text)),
             help: None,
         })]
     })?;

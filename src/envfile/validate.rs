@@ -291,6 +291,26 @@ fn build_machine(
     let backend = match pick(&m.backend, &d.backend, mpath, dpath, "backend") {
         Some((b, p)) => ctx.registry.find(b).unwrap_or_else(|| {
             let names = ctx.registry.names();
+            // A plugin of that name envup will not run says why.
+            if let Some(f) = crate::backend::plugin::discover()
+                .into_iter()
+                .find(|f| f.name == *b && f.refused.is_some())
+            {
+                ctx.at_value(
+                    &p,
+                    format!(
+                        "backend plugin `{b}` ({}): envup does not run it: {}",
+                        f.path.display(),
+                        f.refused.unwrap_or_default()
+                    ),
+                    Some(
+                        "give the plugin and its directories to root or to you, writable by no \
+                         one else"
+                            .into(),
+                    ),
+                );
+                return ctx.registry.default_backend();
+            }
             let help = match did_you_mean(b, names.iter().copied()) {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => format!(
@@ -551,6 +571,19 @@ fn check_forward(ctx: &mut Ctx<'_>, f: &RawForward, p: &KeyPath) -> Option<Forwa
     })
 }
 
+/// envup's state a share of `host` would show a machine: `ENVUP_HOME`
+/// (every project's state, the store) or the host-wide claims under
+/// `/var/lib/envup`, when `host` is one of them or holds one.
+fn covers_state(host: &Path) -> Option<std::path::PathBuf> {
+    let host = std::fs::canonicalize(host).ok()?;
+    let home = crate::state::envup_home().ok();
+    [home, Some(std::path::PathBuf::from("/var/lib/envup"))]
+        .into_iter()
+        .flatten()
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .find(|p| p.starts_with(&host))
+}
+
 fn check_share(ctx: &mut Ctx<'_>, s: &RawShare, p: &KeyPath) -> Option<Share> {
     let host = ctx.root.join(&s.host);
     let mut ok = true;
@@ -581,6 +614,18 @@ fn check_share(ctx: &mut Ctx<'_>, s: &RawShare, p: &KeyPath) -> Option<Share> {
                 s.guest.escape_default()
             ),
             None,
+        );
+        ok = false;
+    }
+    if ok && let Some(state) = covers_state(&host) {
+        ctx.at_value(
+            &p.key("host"),
+            format!(
+                "shared folder `{}` holds envup's own state ({}), which no machine may see",
+                s.host,
+                state.display()
+            ),
+            Some("share a directory that holds none of ENVUP_HOME and /var/lib/envup".into()),
         );
         ok = false;
     }
@@ -910,7 +955,24 @@ fn check_addresses(
             seen.push((a, &m.name));
         }
     }
-    if let Some(route) = crate::network::route_overlapping(&net, &crate::network::host_routes()) {
+    if let Some(what) = net.reserved() {
+        ctx.at_value(
+            &npath,
+            format!("the project network {net} is {what}, not a network machines can have"),
+            Some("choose a private network, such as one in 10.0.0.0/8 or 192.168.0.0/16".into()),
+        );
+    } else if let Some(addr) = crate::network::local_address_in(&net) {
+        ctx.at_value(
+            &npath,
+            format!("the project network {net} takes in the host's own address {addr}"),
+            Some(
+                "choose a subnet that holds none of the host's addresses (`ip addr` lists them)"
+                    .into(),
+            ),
+        );
+    } else if let Some(route) =
+        crate::network::route_overlapping(&net, &crate::network::host_routes())
+    {
         ctx.at_value(
             &npath,
             format!("the project network {net} overlaps the host's route {route}"),

@@ -2,21 +2,32 @@
 //! with iproute2's `ip`, and the firewall rules (iptables) that keep
 //! projects apart.
 //!
-//! The rules, in chains of envup's own jumped to first from `FORWARD` and
-//! `OUTPUT`:
+//! The rules, in chains of envup's own jumped to first from `FORWARD`,
+//! `INPUT` and `OUTPUT` (and from Docker's `DOCKER-USER`, which Docker
+//! puts before its own rules whenever it starts):
 //!
 //! - `ENVUP-FORWARD`: traffic between two machines of one project (bridged,
 //!   which the kernel shows to iptables as in and out of the bridge) is
-//!   accepted, one rule per project; anything else routed into or out of
-//!   an `envup*` bridge is dropped. So no project network is a route to
-//!   another, to the host's other networks or from them (an engine's
-//!   containers of another project among them).
-//! - `ENVUP-OUTPUT`: what the machines' outbound helpers send (slirp4netns
-//!   and qemu run with group [`HELPER_GID`]) never leaves through an
-//!   `envup*` bridge, so a machine cannot reach another project's machines
-//!   through its way out to the world.
+//!   accepted, one rule per project network; anything else routed into or
+//!   out of an `envup*` bridge is dropped, and anything routed between two
+//!   of the engines' networks envup makes (`evup*`, one per project and
+//!   engine). So no project network is a route to another, to the host's
+//!   other networks or from them.
+//! - `ENVUP-INPUT`: nothing a machine sends reaches the host itself through
+//!   a project bridge or an engine network of envup's (the host's services
+//!   on those addresses, or on any other of its addresses), but answers to
+//!   what the host started (and, on an engine network, DNS).
+//! - `ENVUP-OUTPUT` sends what the machines' ways out send to
+//!   `ENVUP-CONFINE`: the outbound helpers (slirp4netns and qemu run with
+//!   group [`HELPER_GID`]) and the processes of jails on the host's
+//!   network (their ids, the range envup gives machines). There nothing
+//!   but answers leaves through an `envup*` bridge, an engine network or
+//!   the container networks of Docker, Podman, LXC and libvirt, nor goes
+//!   to one of the host's own addresses (but DNS): a machine reaches the
+//!   world, not other projects' machines nor the host's services.
 //!
-//! The chains go when the last project network does.
+//! The chains are made before the first machine envup runs as root
+//! starts, and stay (they match nothing but envup's own).
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -32,9 +43,19 @@ use super::{Attachment, Subnet};
 pub const HELPER_GID: u32 = 1_073_741_823;
 
 const FORWARD_CHAIN: &str = "ENVUP-FORWARD";
+const INPUT_CHAIN: &str = "ENVUP-INPUT";
 const OUTPUT_CHAIN: &str = "ENVUP-OUTPUT";
+const CONFINE_CHAIN: &str = "ENVUP-CONFINE";
 /// The name every project bridge starts with, as iptables matches it.
 const BRIDGES: &str = "envup+";
+/// The name every engine network envup makes starts with (its bridge on
+/// the host), as iptables matches it.
+pub const ENGINE_NETS: &str = "evup+";
+/// The host ids envup gives machines (jails and LXC containers).
+const MACHINE_IDS: &str = "1073741824-1879048191";
+/// The container networks of the engines on the host, which a machine's
+/// way out must not reach either.
+const ENGINE_BRIDGES: [&str; 6] = ["docker0", "br-+", "cni-+", "podman+", "lxcbr+", "virbr+"];
 /// The machine's end of its veth pair, in its network namespace.
 pub const MACHINE_LINK: &str = "envup0";
 
@@ -137,7 +158,7 @@ fn ip_batch(lines: &[String], netns: Option<&std::fs::File>) -> Result<(), LinkE
     run("ip", &["-batch", "-"], Some(&text), netns)
 }
 
-fn exists(link: &str) -> bool {
+pub fn exists(link: &str) -> bool {
     Path::new("/sys/class/net").join(link).exists()
 }
 
@@ -165,23 +186,50 @@ impl HostLock {
     }
 }
 
-/// The project's bridge, up, with the host's address; made, with its
-/// firewall rule, when missing (a new network, or a host that rebooted).
-pub fn ensure_bridge(net: &Subnet) -> Result<(), LinkError> {
-    let br = net.bridge();
-    if exists(&br) {
+/// Where envup notes that its chains are in place: on a tmpfs, as the
+/// rules themselves are gone after a reboot.
+const FIREWALL_MARK: &str = "/run/envup/firewall";
+
+/// envup's chains, in place (made when the mark says nothing of them).
+/// They hold every machine envup runs as root, with a project network or
+/// without, and stay once made (they match nothing but envup's).
+pub fn ensure_firewall() -> Result<(), LinkError> {
+    if Path::new(FIREWALL_MARK).exists() {
         return Ok(());
     }
     let _host = HostLock::take()?;
+    iptables_batch(&firewall_lines(&filter_rules()?))?;
+    mark_firewall()
+}
+
+fn mark_firewall() -> Result<(), LinkError> {
+    let mark = Path::new(FIREWALL_MARK);
+    if let Some(dir) = mark.parent() {
+        std::fs::create_dir_all(dir).map_err(io("make", dir))?;
+    }
+    std::fs::write(mark, b"").map_err(io("write", mark))
+}
+
+/// The project's bridge `br`, up, with the host's address on `net`; made,
+/// with its firewall rule, when missing (a new network, or a host that
+/// rebooted). The bridge an earlier envup named after the subnet goes
+/// first when nothing is attached to it (it holds the same address).
+pub fn ensure_bridge(net: &Subnet, br: &str) -> Result<(), LinkError> {
+    if exists(br) {
+        return Ok(());
+    }
+    let _host = HostLock::take()?;
+    remove_unused_bridge(&net.legacy_bridge())?;
     // envup's chains where missing, and the project's rule, in one go.
     let mut batch = firewall_lines(&filter_rules()?);
     batch.push(format!("-I {FORWARD_CHAIN} 1 -i {br} -o {br} -j ACCEPT"));
     iptables_batch(&batch)?;
+    mark_firewall()?;
     ip_batch(&[format!("link add {br} type bridge")], None)?;
     // No IPv6 on the bridge: no link-local address to reach the host or
     // another machine by.
     let v6 = Path::new("/proc/sys/net/ipv6/conf")
-        .join(&br)
+        .join(br)
         .join("disable_ipv6");
     if v6.exists() {
         std::fs::write(&v6, b"1").map_err(io("write", &v6))?;
@@ -195,14 +243,46 @@ pub fn ensure_bridge(net: &Subnet) -> Result<(), LinkError> {
     )
 }
 
-/// Remove the project's bridge and its firewall rule.
-pub fn remove_bridge(net: &Subnet) -> Result<(), LinkError> {
-    let br = net.bridge();
+/// Remove the project's bridge `br` (with the machines' links on it, which
+/// are its ports) and its firewall rule.
+pub fn remove_bridge(br: &str) -> Result<(), LinkError> {
     let rule = format!("-A {FORWARD_CHAIN} -i {br} -o {br} -j ACCEPT");
     if filter_rules()?.lines().any(|l| l == rule) {
         iptables_batch(&[rule.replacen("-A", "-D", 1)])?;
     }
-    remove_link(&br)
+    for port in ports(br) {
+        remove_link(&port)?;
+    }
+    remove_link(br)
+}
+
+/// Remove the bridge `br` if it is there and nothing is attached to it.
+pub fn remove_unused_bridge(br: &str) -> Result<(), LinkError> {
+    if exists(br) && ports(br).is_empty() {
+        let rule = format!("-A {FORWARD_CHAIN} -i {br} -o {br} -j ACCEPT");
+        if filter_rules()?.lines().any(|l| l == rule) {
+            iptables_batch(&[rule.replacen("-A", "-D", 1)])?;
+        }
+        remove_link(br)?;
+    }
+    Ok(())
+}
+
+/// The links attached to bridge `br`.
+fn ports(br: &str) -> Vec<String> {
+    std::fs::read_dir(Path::new("/sys/class/net").join(br).join("brif"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The bridge `link` is attached to, if any.
+fn master(link: &str) -> Option<String> {
+    let m = std::fs::read_link(Path::new("/sys/class/net").join(link).join("master")).ok()?;
+    Some(m.file_name()?.to_string_lossy().into_owned())
 }
 
 /// Remove a host link envup made, if it is there.
@@ -217,16 +297,27 @@ pub fn remove_link(name: &str) -> Result<(), LinkError> {
     }
 }
 
+/// Remove a machine's host-side link `name` if it is on the project's
+/// bridge `br`: a link of the same name on another bridge is another
+/// project's (a record edited to name its address), and stays.
+pub fn remove_port(name: &str, br: &str) -> Result<(), LinkError> {
+    if master(name).as_deref() == Some(br) {
+        remove_link(name)
+    } else {
+        Ok(())
+    }
+}
+
 /// Put the machine whose network namespace is that of process `pid` on
 /// its network: a veth pair, `ve…` on the bridge and `envup0` inside with
 /// the machine's address.
 pub fn join_namespace(pid: i32, at: &Attachment) -> Result<(), LinkError> {
     let host = super::host_link("ve", at.address);
-    let br = at.subnet.bridge();
+    let br = &at.bridge;
     let ns_path = format!("/proc/{pid}/ns/net");
     let ns = std::fs::File::open(&ns_path).map_err(io("open", Path::new(&ns_path)))?;
     // A pair left from this machine's earlier run goes first.
-    remove_link(&host)?;
+    remove_port(&host, br)?;
     ip_batch(
         &[
             // The machine's end keeps one MAC address from run to run, so
@@ -257,7 +348,7 @@ pub fn join_namespace(pid: i32, at: &Attachment) -> Result<(), LinkError> {
 /// missing (it stays from one run of the VM to the next).
 pub fn ensure_tap(at: &Attachment) -> Result<String, LinkError> {
     let tap = super::host_link("vt", at.address);
-    let br = at.subnet.bridge();
+    let br = &at.bridge;
     if !exists(&tap) {
         ip_batch(&[format!("tuntap add dev {tap} mode tap")], None)?;
     }
@@ -296,57 +387,88 @@ fn iptables_batch(lines: &[String]) -> Result<(), LinkError> {
     run("iptables-restore", &["-w", "--noflush"], Some(&input), None)
 }
 
-/// What makes envup's chains whole, given the filter table's rules: each
-/// chain with its fixed rules where missing, jumped to first.
-fn firewall_lines(rules: &str) -> Vec<String> {
-    let has = |line: &str| rules.lines().any(|l| l == line);
+/// envup's chains: each with where it is jumped to from, and its fixed
+/// rules.
+fn chains() -> Vec<(&'static str, &'static str, Vec<String>)> {
     let gid = HELPER_GID;
-    let mut lines = Vec::new();
-    let chains = [
+    let mut confine = vec![
+        format!("-A {CONFINE_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"),
+        format!("-A {CONFINE_CHAIN} -o {BRIDGES} -j DROP"),
+        format!("-A {CONFINE_CHAIN} -o {ENGINE_NETS} -j DROP"),
+    ];
+    confine.extend(
+        ENGINE_BRIDGES
+            .iter()
+            .map(|b| format!("-A {CONFINE_CHAIN} -o {b} -j DROP")),
+    );
+    confine.extend([
+        format!(
+            "-A {CONFINE_CHAIN} -p udp -m addrtype --dst-type LOCAL -m udp --dport 53 -j RETURN"
+        ),
+        format!(
+            "-A {CONFINE_CHAIN} -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 53 -j RETURN"
+        ),
+        format!("-A {CONFINE_CHAIN} -m addrtype --dst-type LOCAL -j DROP"),
+    ]);
+    vec![
+        (CONFINE_CHAIN, "", confine),
         (
             FORWARD_CHAIN,
             "FORWARD",
             vec![
                 format!("-A {FORWARD_CHAIN} -i {BRIDGES} -j DROP"),
                 format!("-A {FORWARD_CHAIN} -o {BRIDGES} -j DROP"),
+                format!("-A {FORWARD_CHAIN} -i {ENGINE_NETS} -o {ENGINE_NETS} -j DROP"),
+            ],
+        ),
+        (
+            INPUT_CHAIN,
+            "INPUT",
+            vec![
+                format!("-A {INPUT_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+                format!("-A {INPUT_CHAIN} -i {BRIDGES} -j DROP"),
+                format!("-A {INPUT_CHAIN} -i {ENGINE_NETS} -p udp -m udp --dport 53 -j RETURN"),
+                format!("-A {INPUT_CHAIN} -i {ENGINE_NETS} -p tcp -m tcp --dport 53 -j RETURN"),
+                format!("-A {INPUT_CHAIN} -i {ENGINE_NETS} -j DROP"),
             ],
         ),
         (
             OUTPUT_CHAIN,
             "OUTPUT",
-            vec![format!(
-                "-A {OUTPUT_CHAIN} -o {BRIDGES} -m owner --gid-owner {gid} -j DROP"
-            )],
+            vec![
+                format!("-A {OUTPUT_CHAIN} -m owner --gid-owner {gid} -j {CONFINE_CHAIN}"),
+                format!("-A {OUTPUT_CHAIN} -m owner --uid-owner {MACHINE_IDS} -j {CONFINE_CHAIN}"),
+            ],
         ),
-    ];
-    for (chain, from, fixed) in chains {
+    ]
+}
+
+/// What makes envup's chains whole, given the filter table's rules: each
+/// chain with its fixed rules where missing or changed, jumped to first
+/// (and from Docker's `DOCKER-USER`, where Docker runs).
+fn firewall_lines(rules: &str) -> Vec<String> {
+    let has = |line: &str| rules.lines().any(|l| l == line);
+    let mut lines = Vec::new();
+    for (chain, from, fixed) in chains() {
         if !has(&format!("-N {chain}")) {
             lines.push(format!("-N {chain}"));
             lines.extend(fixed);
+        } else {
+            // Made by an earlier envup: what it lacks is added after what
+            // is there (a project's own rules stay first).
+            lines.extend(fixed.into_iter().filter(|l| !has(l)));
         }
-        if !has(&format!("-A {from} -j {chain}")) {
-            lines.push(format!("-I {from} 1 -j {chain}"));
+        let mut froms = vec![from];
+        if chain == FORWARD_CHAIN && has("-N DOCKER-USER") {
+            froms.push("DOCKER-USER");
+        }
+        for from in froms.into_iter().filter(|f| !f.is_empty()) {
+            if !has(&format!("-A {from} -j {chain}")) {
+                lines.push(format!("-I {from} 1 -j {chain}"));
+            }
         }
     }
     lines
-}
-
-/// Remove envup's chains (no project network is left).
-pub fn remove_firewall() -> Result<(), LinkError> {
-    let rules = filter_rules()?;
-    let has = |line: &str| rules.lines().any(|l| l == line);
-    let mut lines = Vec::new();
-    for (chain, from) in [(FORWARD_CHAIN, "FORWARD"), (OUTPUT_CHAIN, "OUTPUT")] {
-        let jump = format!("-A {from} -j {chain}");
-        for _ in rules.lines().filter(|l| *l == jump) {
-            lines.push(format!("-D {from} -j {chain}"));
-        }
-        if has(&format!("-N {chain}")) {
-            lines.push(format!("-F {chain}"));
-            lines.push(format!("-X {chain}"));
-        }
-    }
-    iptables_batch(&lines)
 }
 
 /// What a helper process runs with: no supplementary groups, and the

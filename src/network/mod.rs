@@ -64,7 +64,34 @@ impl Subnet {
                 Ipv4Addr::from(b & mask)
             ));
         }
-        Ok(Subnet { base, prefix })
+        let s = Subnet { base, prefix };
+        if let Some(what) = s.reserved() {
+            return Err(format!("{s} is {what}, not a network machines can have"));
+        }
+        Ok(s)
+    }
+
+    /// The special range `self` overlaps, if any: where no project network
+    /// may be (the host's own loopback, "this network", link-local
+    /// addresses, multicast and the reserved block with the broadcast
+    /// address).
+    pub fn reserved(&self) -> Option<&'static str> {
+        const SPECIAL: [(u32, u8, &str); 5] = [
+            (0x0000_0000, 8, "in 0.0.0.0/8 (this network)"),
+            (0x7f00_0000, 8, "in 127.0.0.0/8 (the host's loopback)"),
+            (0xa9fe_0000, 16, "in 169.254.0.0/16 (link-local)"),
+            (0xe000_0000, 4, "in 224.0.0.0/4 (multicast)"),
+            (0xf000_0000, 4, "in 240.0.0.0/4 (reserved)"),
+        ];
+        SPECIAL
+            .iter()
+            .find(|(b, p, _)| {
+                self.overlaps(&Subnet {
+                    base: Ipv4Addr::from(*b),
+                    prefix: *p,
+                })
+            })
+            .map(|(_, _, what)| *what)
     }
 
     /// The /24 holding `addr` (a network the Envfile implies by giving
@@ -125,9 +152,10 @@ impl Subnet {
         (2..self.size() - 1).map(|n| Ipv4Addr::from(u32::from(self.base) + n))
     }
 
-    /// The bridge on the host: `envup` and the base address in hex (13
-    /// characters; a link name has at most 15).
-    pub fn bridge(&self) -> String {
+    /// The name earlier envups gave a project's bridge: `envup` and the
+    /// base address in hex. Taken away when this envup makes the project's
+    /// own ([`bridge_of`]) and nothing is attached to it any more.
+    pub fn legacy_bridge(&self) -> String {
         format!("envup{:08x}", u32::from(self.base))
     }
 }
@@ -167,6 +195,16 @@ impl From<Subnet> for String {
     fn from(s: Subnet) -> String {
         s.to_string()
     }
+}
+
+/// The bridge of the project whose state directory is `state_dir`: `envup`
+/// and 8 hex digits of a hash of that directory (13 characters; a link
+/// name has at most 15). Made from the project, not from its subnet, so
+/// two projects never share one, whatever networks they ask for.
+pub fn bridge_of(state_dir: &Path) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    format!("envup{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
 }
 
 /// The host-side link of the machine at `addr`: `ve` (a veth) or `vt` (a
@@ -216,13 +254,23 @@ fn parse_routes(text: &str) -> Vec<(Subnet, String)> {
     out
 }
 
-/// A host route `net` would overlap (one not on `net`'s own bridge).
+/// A host route `net` would overlap, other than a project bridge's (those
+/// are told apart by their projects' claims).
 pub fn route_overlapping(net: &Subnet, routes: &[(Subnet, String)]) -> Option<String> {
-    let own = net.bridge();
     routes
         .iter()
-        .find(|(r, dev)| *dev != own && r.overlaps(net))
+        .find(|(r, dev)| !dev.starts_with("envup") && r.overlaps(net))
         .map(|(r, dev)| format!("{r} on {dev}"))
+}
+
+/// An address of the host's own inside `net` (one on any interface, a
+/// /32 without a route of its own among them).
+pub fn local_address_in(net: &Subnet) -> Option<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter(|i| !i.interface_name.starts_with("envup"))
+        .filter_map(|i| i.address?.as_sockaddr_in().map(|a| a.ip()))
+        .find(|a| net.contains(*a))
 }
 
 /// What can go wrong with the project network.
@@ -247,8 +295,14 @@ pub enum NetworkError {
         wanted: Subnet,
         path: PathBuf,
     },
-    #[error("the project network {net} is another project's ({})", .holder.display())]
-    Taken { net: Subnet, holder: PathBuf },
+    #[error("the project network {net} overlaps {theirs}, another project's ({})", .holder.display())]
+    Taken {
+        net: Subnet,
+        theirs: Subnet,
+        holder: PathBuf,
+    },
+    #[error("the project network {net} takes in the host's own address {addr}")]
+    LocalAddress { net: Subnet, addr: Ipv4Addr },
     #[error("the project network {net} overlaps the host's route {route}")]
     Overlaps { net: Subnet, route: String },
     #[error("no free /24 is left in {POOL_TEXT} for a project network; set `[project] network`")]
@@ -265,6 +319,8 @@ pub enum NetworkError {
     Full(Subnet),
     #[error(transparent)]
     Link(#[from] link::LinkError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 impl crate::backend::OwnError for NetworkError {}
@@ -338,19 +394,17 @@ impl Record {
     fn save(&self, state_dir: &Path) -> Result<(), NetworkError> {
         let path = Self::path(state_dir);
         let bytes = serde_json::to_vec_pretty(self).expect("a record serializes");
-        crate::state::write_atomic(&path, &bytes).map_err(|e| NetworkError::Io {
-            op: "write",
-            path,
-            source: std::io::Error::other(e.to_string()),
-        })
+        crate::state::write_atomic(&path, &bytes).map_err(NetworkError::from)
     }
 }
 
 /// A machine's place on the project network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
     pub address: Ipv4Addr,
     pub subnet: Subnet,
+    /// The project's bridge ([`bridge_of`]).
+    pub bridge: String,
 }
 
 impl Attachment {
@@ -361,6 +415,7 @@ impl Attachment {
             r.machines.get(name).map(|a| Attachment {
                 address: *a,
                 subnet: r.subnet,
+                bridge: bridge_of(state_dir),
             })
         }))
     }
@@ -403,6 +458,8 @@ impl Bridge {
 
 pub struct Net {
     state_dir: PathBuf,
+    /// The project's bridge ([`bridge_of`]).
+    bridge: String,
     /// The Envfile's `[project] network`, or the network its addresses imply.
     wanted: Option<Subnet>,
     /// The Envfile's `address` of each machine that has one.
@@ -431,6 +488,7 @@ impl Net {
     pub fn new(config: &crate::envfile::Config, state_dir: &Path) -> Net {
         Net {
             state_dir: state_dir.to_owned(),
+            bridge: bridge_of(state_dir),
             wanted: match config.network {
                 ProjectNetwork::Subnet(s) => Some(s),
                 _ => None,
@@ -444,6 +502,16 @@ impl Net {
             lock: Mutex::new(Bridge::Unchecked),
             names: Mutex::new(()),
         }
+    }
+
+    /// envup's firewall in place before a machine starts, as root: it keeps
+    /// every machine's way out from the host's services and from other
+    /// projects, with a project network or without.
+    pub fn confine(&self) -> Result<(), NetworkError> {
+        if nix::unistd::geteuid().is_root() {
+            link::ensure_firewall()?;
+        }
+        Ok(())
     }
 
     /// Held while writing names into machines.
@@ -479,7 +547,7 @@ impl Net {
                     && w != r.subnet
                 {
                     if r.machines.is_empty() {
-                        self.remove(&r)?;
+                        self.remove(Some(&r))?;
                         self.claim_new(Some(w))?
                     } else {
                         return Err(NetworkError::Changed {
@@ -534,11 +602,13 @@ impl Net {
             Bridge::Making(_) if beside => {}
             Bridge::Making(_) => bridge.settle()?,
             Bridge::Unchecked if beside => {
-                let subnet = record.subnet;
-                *bridge = Bridge::Making(std::thread::spawn(move || link::ensure_bridge(&subnet)));
+                let (subnet, name) = (record.subnet, self.bridge.clone());
+                *bridge = Bridge::Making(std::thread::spawn(move || {
+                    link::ensure_bridge(&subnet, &name)
+                }));
             }
             Bridge::Unchecked => {
-                link::ensure_bridge(&record.subnet)?;
+                link::ensure_bridge(&record.subnet, &self.bridge)?;
                 *bridge = Bridge::Ready;
             }
         }
@@ -546,6 +616,7 @@ impl Net {
             Attachment {
                 address,
                 subnet: record.subnet,
+                bridge: self.bridge.clone(),
             },
             changed,
         ))
@@ -562,6 +633,9 @@ impl Net {
                 if let Some(route) = route_overlapping(&w, &routes) {
                     return Err(NetworkError::Overlaps { net: w, route });
                 }
+                if let Some(addr) = local_address_in(&w) {
+                    return Err(NetworkError::LocalAddress { net: w, addr });
+                }
                 claim(w, &self.state_dir)?;
                 w
             }
@@ -577,7 +651,7 @@ impl Net {
                 for i in 0..n {
                     let base = Ipv4Addr::from(POOL.start + (((start + i) % n) << 8));
                     let s = Subnet { base, prefix: 24 };
-                    if route_overlapping(&s, &routes).is_some() {
+                    if route_overlapping(&s, &routes).is_some() || local_address_in(&s).is_some() {
                         continue;
                     }
                     if claim(s, &self.state_dir).is_ok() {
@@ -597,47 +671,97 @@ impl Net {
         Ok(r)
     }
 
-    /// Machine `name` leaves: its host-side link goes, and its address;
-    /// after the last machine, the whole network. Returns whether the
-    /// project's names changed.
     /// The bridge of `at`'s network is there: made by this command, or
     /// checked now.
     pub fn bridge_ready(&self, at: &Attachment) -> Result<(), NetworkError> {
         let mut bridge = self.lock.lock().expect("network lock");
         if let Bridge::Unchecked = *bridge {
-            link::ensure_bridge(&at.subnet)?;
+            link::ensure_bridge(&at.subnet, &self.bridge)?;
             *bridge = Bridge::Ready;
         }
         bridge.settle()
     }
 
-    pub fn detach(&self, name: &str) -> Result<bool, NetworkError> {
+    /// Machine `name` leaves: its host-side links go (only from this
+    /// project's bridge), and its address; after the last machine, the
+    /// whole network. Returns whether the project's names changed, and what
+    /// the user should know: a record that could not be read is not
+    /// followed (the network is taken away with the project's last
+    /// machine, found by the project, not by the record).
+    pub fn detach(&self, name: &str) -> Result<(bool, Option<String>), NetworkError> {
         let mut bridge = self.lock.lock().expect("network lock");
         // Nothing is removed while a thread still makes it.
         let _ = bridge.settle();
-        let Some(mut record) = self.record()? else {
-            return Ok(false);
+        let mut record = match self.record() {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                if !self.others_remain(name) {
+                    self.remove(None)?;
+                }
+                return Ok((false, None));
+            }
+            Err(e) => {
+                let last = !self.others_remain(name);
+                if last {
+                    self.remove(None)?;
+                }
+                return Ok((
+                    false,
+                    Some(format!(
+                        "{e}; {}",
+                        if last {
+                            "envup removed this project's bridge and claims, found by the project, and the record"
+                        } else {
+                            "envup leaves the project network as it is until the project's last machine goes"
+                        }
+                    )),
+                ));
+            }
         };
         let gone = record.machines.remove(name);
         if let Some(a) = gone {
-            link::remove_link(&host_link("ve", a))?;
-            link::remove_link(&host_link("vt", a))?;
+            link::remove_port(&host_link("ve", a), &self.bridge)?;
+            link::remove_port(&host_link("vt", a), &self.bridge)?;
         }
         if record.machines.is_empty() {
-            self.remove(&record)?;
+            self.remove(Some(&record))?;
         } else if gone.is_some() {
             record.save(&self.state_dir)?;
         }
-        Ok(gone.is_some())
+        Ok((gone.is_some(), None))
     }
 
-    /// Remove the network: only what this project's claim says is its own.
-    fn remove(&self, record: &Record) -> Result<(), NetworkError> {
-        let _host = link::HostLock::take()?;
-        let path = claim_path(record.subnet);
-        if holder(&path).as_deref() == Some(self.state_dir.as_path()) {
-            link::remove_bridge(&record.subnet)?;
-            let _ = std::fs::remove_file(&path);
+    /// Whether the project has machines other than `name`.
+    fn others_remain(&self, name: &str) -> bool {
+        std::fs::read_dir(self.state_dir.join("machines")).is_ok_and(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.file_name().to_str() != Some(name))
+        })
+    }
+
+    /// Remove the network: the project's own bridge (with the machines'
+    /// links on it), the claims that name the project, the record; the
+    /// bridge an earlier envup named after the subnet, when the record
+    /// (checked) names one and nothing is attached to it.
+    fn remove(&self, record: Option<&Record>) -> Result<(), NetworkError> {
+        let ours: Vec<PathBuf> = claims()
+            .into_iter()
+            .map(|(path, _)| path)
+            .filter(|path| holder(path).as_deref() == Some(self.state_dir.as_path()))
+            .collect();
+        let made = link::exists(&self.bridge) || !ours.is_empty();
+        if made {
+            let _host = link::HostLock::take()?;
+            link::remove_bridge(&self.bridge)?;
+            if let Some(r) = record {
+                let legacy = r.subnet.legacy_bridge();
+                if holder(&claim_path(r.subnet)).as_deref() == Some(self.state_dir.as_path()) {
+                    link::remove_unused_bridge(&legacy)?;
+                }
+            }
+            for path in &ours {
+                let _ = std::fs::remove_file(path);
+            }
         }
         let rp = Record::path(&self.state_dir);
         match std::fs::remove_file(&rp) {
@@ -650,9 +774,6 @@ impl Net {
                     source,
                 });
             }
-        }
-        if !any_claims() {
-            link::remove_firewall()?;
         }
         Ok(())
     }
@@ -709,23 +830,68 @@ fn claim_path(s: Subnet) -> PathBuf {
     Path::new(CLAIMS_DIR).join(format!("{}_{}", s.base, s.prefix))
 }
 
+/// Every claim on the host: its file and its subnet (a file whose name is
+/// not a subnet's is not a claim).
+fn claims() -> Vec<(PathBuf, Subnet)> {
+    let Ok(d) = std::fs::read_dir(CLAIMS_DIR) else {
+        return Vec::new();
+    };
+    d.filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let (base, prefix) = name.split_once('_')?;
+            let s = Subnet::new(base.parse().ok()?, prefix.parse().ok()?).ok()?;
+            Some((e.path(), s))
+        })
+        .collect()
+}
+
+/// Whether the project at `holder` still holds `s`: its state directory is
+/// there and its record names `s`, or cannot be read (a damaged record
+/// frees nothing), or is gone while the project still has machines.
+fn live(holder: &Path, s: Subnet) -> bool {
+    if !holder.is_dir() {
+        return false;
+    }
+    match Record::load(holder) {
+        Ok(Some(r)) => r.subnet == s,
+        Err(_) => true,
+        Ok(None) => {
+            std::fs::read_dir(holder.join("machines")).is_ok_and(|mut d| d.next().is_some())
+        }
+    }
+}
+
 fn holder(path: &Path) -> Option<PathBuf> {
     use std::os::unix::ffi::OsStrExt;
     let b = std::fs::read(path).ok()?;
     Some(PathBuf::from(std::ffi::OsStr::from_bytes(&b)))
 }
 
-/// Whether any project holds a network.
-fn any_claims() -> bool {
-    std::fs::read_dir(CLAIMS_DIR).is_ok_and(|mut d| {
-        d.any(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.')))
-    })
+/// Subnet claims that name the project state directory `from` name `to`
+/// (the project's state moved, `relocate`).
+pub fn rehome_claims(from: &Path, to: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(_host) = link::HostLock::take() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(CLAIMS_DIR) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        if e.file_name().as_bytes().starts_with(b".") {
+            continue;
+        }
+        if holder(&e.path()).as_deref() == Some(from) {
+            let _ = crate::state::write_atomic(&e.path(), to.as_os_str().as_bytes());
+        }
+    }
 }
 
 /// Claim `s` for the project at `state_dir` (held under the host lock). A
-/// claim another project holds is refused, unless that project no longer
-/// records the subnet (its directory is gone, or its network was removed
-/// by an envup killed midway).
+/// subnet that overlaps another project's live claim is refused; a claim
+/// whose project no longer holds it (its directory is gone, or its network
+/// was removed by an envup killed midway) is taken away first.
 fn claim(s: Subnet, state_dir: &Path) -> Result<(), NetworkError> {
     use std::os::unix::ffi::OsStrExt;
     let path = claim_path(s);
@@ -735,25 +901,27 @@ fn claim(s: Subnet, state_dir: &Path) -> Result<(), NetworkError> {
         path: dir.to_owned(),
         source,
     })?;
-    if let Some(h) = holder(&path) {
+    for (other, theirs) in claims() {
+        if !theirs.overlaps(&s) {
+            continue;
+        }
+        let Some(h) = holder(&other) else { continue };
         if h == state_dir {
-            return Ok(());
+            if theirs == s {
+                return Ok(());
+            }
+            continue;
         }
-        let live = Record::load(&h)
-            .ok()
-            .flatten()
-            .is_some_and(|r| r.subnet == s);
-        if live {
-            return Err(NetworkError::Taken { net: s, holder: h });
+        if live(&h, theirs) {
+            return Err(NetworkError::Taken {
+                net: s,
+                theirs,
+                holder: h,
+            });
         }
+        let _ = std::fs::remove_file(&other);
     }
-    crate::state::write_atomic(&path, state_dir.as_os_str().as_bytes()).map_err(|e| {
-        NetworkError::Io {
-            op: "write",
-            path,
-            source: std::io::Error::other(e.to_string()),
-        }
-    })
+    crate::state::write_atomic(&path, state_dir.as_os_str().as_bytes()).map_err(NetworkError::from)
 }
 
 #[cfg(test)]
@@ -768,7 +936,19 @@ mod tests {
         assert!(!s.usable(Ipv4Addr::new(10, 20, 30, 1)));
         assert!(!s.usable(Ipv4Addr::new(10, 20, 30, 255)));
         assert!(!s.usable(Ipv4Addr::new(10, 20, 31, 5)));
-        assert_eq!(s.bridge(), "envup0a141e00");
+        assert_eq!(s.legacy_bridge(), "envup0a141e00");
+        for special in [
+            "127.0.0.0/16",
+            "0.0.0.0/16",
+            "169.254.3.0/24",
+            "224.1.0.0/16",
+            "239.0.0.0/24",
+            "255.255.255.0/24",
+        ] {
+            assert!(special.parse::<Subnet>().is_err(), "{special}");
+        }
+        assert!(bridge_of(Path::new("/a")).len() <= 15);
+        assert_ne!(bridge_of(Path::new("/a")), bridge_of(Path::new("/b")));
         assert!(s.overlaps(&"10.20.0.0/16".parse().unwrap()));
         assert!(!s.overlaps(&"10.20.31.0/24".parse().unwrap()));
         assert!(

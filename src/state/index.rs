@@ -78,6 +78,21 @@ impl Index {
         self.update(|list| list.retain(|e| !(e.root == root && e.machine == machine)))
     }
 
+    /// Entries whose state directory is under `from` have it under `to`
+    /// (a project's state moved, `relocate`).
+    pub fn rehome(&self, from: &Path, to: &Path) -> Result<(), StateError> {
+        if !self.path.exists() {
+            return Ok(());
+        }
+        self.update(|list| {
+            for e in list.iter_mut() {
+                if let Ok(rest) = e.state_dir.strip_prefix(from) {
+                    e.state_dir = to.join(rest);
+                }
+            }
+        })
+    }
+
     /// Drop the entries for which `gone` says true; return them.
     pub fn prune(&self, gone: impl Fn(&Entry) -> bool) -> Result<Vec<Entry>, StateError> {
         self.update(|list| {

@@ -154,6 +154,10 @@ pub struct MachineState {
     /// known from where the state was read, not stored in it.
     #[serde(skip)]
     pub dir: Option<std::path::PathBuf>,
+    /// The machine's identity on the host (`ProjectState::identity`),
+    /// from which its host resources are named; not stored either.
+    #[serde(skip)]
+    pub identity: Option<std::path::PathBuf>,
 }
 
 impl MachineState {
@@ -172,6 +176,7 @@ impl MachineState {
             provisioned: BTreeMap::new(),
             updated: 0,
             dir: None,
+            identity: None,
         }
     }
 

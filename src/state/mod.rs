@@ -47,6 +47,8 @@ pub enum StateError {
     },
     #[error("cannot find a home directory for envup's data; set ENVUP_HOME")]
     NoHome,
+    #[error("{} holds the state of project {}, not of this one", .dir.display(), .other.display())]
+    OtherProject { dir: PathBuf, other: PathBuf },
 }
 
 /// envup's data directory: `ENVUP_HOME`, or the platform's data directory.
@@ -110,19 +112,103 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateErr
     }
 }
 
-/// The `.envup/` directory of one project.
+/// Where one project's state lives: `$ENVUP_HOME/projects/KEY/`, outside
+/// the project, so that no share of the project's directory shows a
+/// machine its keys or lets it edit the records of its next start.
 #[derive(Debug, Clone)]
 pub struct ProjectState {
     dir: PathBuf,
+    /// The directory holding the project's Envfile.
+    root: PathBuf,
+    /// The state is still in the project's `.envup/` (`relocate` could not
+    /// move it yet).
+    legacy: bool,
 }
 
+/// The file in a project's state directory that names the project.
+const PROJECT_FILE: &str = "project";
+
 impl ProjectState {
-    pub fn new(dir: PathBuf) -> Self {
-        Self { dir }
+    /// The state of the project whose Envfile is in `root`, under `home`
+    /// (`ENVUP_HOME`).
+    pub fn of(home: &Path, root: &Path) -> Self {
+        Self {
+            dir: home.join("projects").join(project_key(root)),
+            root: root.to_owned(),
+            legacy: false,
+        }
+    }
+
+    /// The state an earlier envup kept in the project's `.envup/`, used
+    /// where it is until it can be moved.
+    pub fn in_project(root: &Path) -> Self {
+        Self {
+            dir: Self::legacy_dir(root),
+            root: root.to_owned(),
+            legacy: true,
+        }
+    }
+
+    /// Whether the state is still inside the project (see [`Self::in_project`]).
+    pub fn is_legacy(&self) -> bool {
+        self.legacy
+    }
+
+    /// The state directory earlier envups kept inside the project.
+    pub fn legacy_dir(root: &Path) -> PathBuf {
+        root.join(".envup")
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A machine's identity on the host, from which its host resources are
+    /// named (`backend::host_name`): the path `ROOT/.envup/machines/NAME`,
+    /// where earlier envups kept the machine's state, so that a machine
+    /// made by one of them keeps its names. Only a name is made from it.
+    pub fn identity(&self, name: &str) -> PathBuf {
+        Self::legacy_dir(&self.root).join("machines").join(name)
+    }
+
+    /// Fill in where `state`'s machine keeps its files and its identity.
+    pub fn locate(&self, state: &mut MachineState) {
+        state.dir = Some(self.machine_dir(&state.name));
+        state.identity = Some(self.identity(&state.name));
+    }
+
+    /// The project a state directory belongs to, as its `project` file
+    /// names it.
+    pub fn recorded_root(dir: &Path) -> Option<PathBuf> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = std::fs::read(dir.join(PROJECT_FILE)).ok()?;
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(&bytes)))
+    }
+
+    /// Make the state directory (0700) and name the project in it; a
+    /// directory that names another project is refused (two project paths
+    /// whose hashes met, or a damaged file).
+    pub fn ensure(&self) -> Result<(), StateError> {
+        use std::os::unix::ffi::OsStrExt;
+        ensure_private_dir(&self.dir).map_err(|e| StateError::Write(self.dir.clone(), e))?;
+        if self.legacy {
+            return Ok(());
+        }
+        match Self::recorded_root(&self.dir) {
+            Some(r) if r == self.root => Ok(()),
+            Some(r) => Err(StateError::OtherProject {
+                dir: self.dir.clone(),
+                other: r,
+            }),
+            None => write_atomic(
+                &self.dir.join(PROJECT_FILE),
+                self.root.as_os_str().as_bytes(),
+            ),
+        }
     }
 
     pub fn machine_dir(&self, name: &str) -> PathBuf {
@@ -138,7 +224,9 @@ impl ProjectState {
         let path = self.state_file(name);
         let mut state: Option<MachineState> = read_json(&path)?;
         if let Some(s) = &mut state {
-            s.dir = Some(self.machine_dir(name));
+            // The record's own name is evidence only: it is the file's.
+            s.name = name.to_owned();
+            self.locate(s);
         }
         if let Some(s) = &state
             && s.format > machine::FORMAT
@@ -171,7 +259,7 @@ impl ProjectState {
         timeout: std::time::Duration,
         on_wait: &dyn Fn(Option<u32>),
     ) -> Result<lock::FileLock, StateError> {
-        ensure_private_dir(&self.dir).map_err(|e| StateError::Write(self.dir.clone(), e))?;
+        self.ensure()?;
         lock::FileLock::acquire(&self.dir.join("lock"), timeout, on_wait).map_err(|e| match e {
             lock::LockError::Io(p, e) => StateError::Write(p, e),
             lock::LockError::Timeout { holder, waited } => StateError::LockTimeout {
@@ -180,6 +268,29 @@ impl ProjectState {
                 waited_secs: waited.as_secs(),
             },
         })
+    }
+}
+
+/// A project's state directory name: its directory's last part (letters,
+/// digits, `.`, `-` and `_`, at most 32) for people, and 16 hex digits of
+/// a hash of the whole path, so that two projects never share one.
+pub fn project_key(root: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(root.as_os_str().as_encoded_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let base: String = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .take(32)
+        .collect();
+    let base = base.trim_start_matches('.');
+    if base.is_empty() {
+        hex[..16].to_owned()
+    } else {
+        format!("{base}-{}", &hex[..16])
     }
 }
 
@@ -205,7 +316,7 @@ mod tests {
     #[test]
     fn newer_format_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let ps = ProjectState::new(dir.path().to_owned());
+        let ps = ProjectState::of(dir.path(), Path::new("/p"));
         let mut st = MachineState::new("web", crate::backend::BackendName::new("fake").unwrap());
         st.format = machine::FORMAT + 1;
         ps.save(&st).unwrap();

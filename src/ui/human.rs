@@ -72,8 +72,10 @@ impl Reporter for Human {
             return;
         }
         let dim = style::DIM;
+        // What a machine printed: it cannot drive the terminal.
+        let text = crate::ident::shown(text);
         let body = match stream {
-            Stream::Stdout => text.to_owned(),
+            Stream::Stdout => text,
             Stream::Stderr => format!("{dim}{text}{dim:#}"),
         };
         self.emit(format!("{} | {body}", Self::tag(machine)));
@@ -92,7 +94,11 @@ impl Reporter for Human {
             }
             Outcome::Done { .. } => return,
             Outcome::Failed { error } => {
-                format!("{err}✗{err:#} {}: {error}", Self::tag(machine))
+                format!(
+                    "{err}✗{err:#} {}: {}",
+                    Self::tag(machine),
+                    crate::ident::shown(error)
+                )
             }
             Outcome::Skipped { reason } => {
                 format!("{warn}-{warn:#} {}: skipped: {reason}", Self::tag(machine))
@@ -103,7 +109,7 @@ impl Reporter for Human {
 
     fn note(&self, text: &str) {
         if !self.quiet {
-            self.emit(text.to_owned());
+            self.emit(crate::ident::shown(text));
         }
     }
 

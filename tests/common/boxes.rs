@@ -248,6 +248,7 @@ pub fn built_box(recipe: &str) -> PathBuf {
 /// An ENVUP_HOME holding these built boxes.
 pub fn home_with(recipes: &[&str]) -> tempfile::TempDir {
     let home = tempfile::tempdir().unwrap();
+    super::register_home(home.path());
     for r in recipes {
         let b = built_box(r);
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_envup"))

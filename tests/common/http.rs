@@ -25,6 +25,9 @@ pub enum Mode {
     Endless,
     /// Announces this length, sends zeros until the client hangs up.
     Announces(u64),
+    /// Announces the whole file, then sends one byte of it every this
+    /// many milliseconds.
+    Trickle(u64),
 }
 
 #[derive(Default)]
@@ -132,6 +135,20 @@ fn serve(stream: TcpStream, routes: &Mutex<Routes>) {
                 let _ = out.write_all(&body[..n.min(body.len())]);
                 let _ = out.flush();
                 std::thread::sleep(std::time::Duration::from_secs(60));
+                return;
+            }
+            Mode::Trickle(every) => {
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                for b in body {
+                    if out.write_all(&[b]).and_then(|()| out.flush()).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(every));
+                }
                 return;
             }
             Mode::Endless | Mode::Announces(_) => {

@@ -63,6 +63,59 @@ impl Project {
     }
 }
 
+/// The ENVUP_HOMEs tests share between projects (`boxes::home_with`).
+static HOMES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+pub fn register_home(home: &Path) {
+    HOMES.lock().unwrap().push(home.to_owned());
+}
+
+/// The project's state directory (under `$ENVUP_HOME/projects/`): in the
+/// shared home it was used with, or in its own.
+pub fn state(p: &Project) -> PathBuf {
+    let key = envup::state::project_key(p.path());
+    let homes = HOMES.lock().unwrap().clone();
+    homes
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([p.home.path()])
+        .map(|h| h.join("projects").join(&key))
+        .find(|d| d.exists())
+        .unwrap_or_else(|| p.home.path().join("projects").join(&key))
+}
+
+/// Where envup may run the plugin programs of `dir` from: `dir` itself
+/// when it and every directory above it are root's (or the user's) and
+/// closed to others, as envup requires of a plugin's; otherwise a copy of
+/// them in such a place (a checkout in /tmp, say), made once per `dir`.
+pub fn trusted_plugins(dir: &Path) -> PathBuf {
+    if envup::backend::plugin::strict_modes(dir).is_ok() {
+        return dir.to_owned();
+    }
+    static COPIES: std::sync::Mutex<Vec<(PathBuf, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut copies = COPIES.lock().unwrap();
+    if let Some((_, copy)) = copies.iter().find(|(d, _)| d == dir) {
+        return copy.clone();
+    }
+    let base = if nix::unistd::geteuid().is_root() {
+        PathBuf::from("/run/envup-tests")
+    } else {
+        PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/envup-tests")
+    };
+    let copy = base.join(format!("{}-{}", std::process::id(), copies.len()));
+    std::fs::create_dir_all(&copy).unwrap();
+    for d in [&base, &copy] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+        }
+    }
+    copies.push((dir.to_owned(), copy.clone()));
+    copy
+}
+
 pub struct Run(pub Command);
 
 impl Run {
@@ -176,6 +229,7 @@ pub const NO_ENGINES: (&str, &str) = ("PATH", "/nonexistent");
 
 pub mod boxes;
 pub mod http;
+pub mod libvirt;
 pub mod qemu;
 
 /// Why jails cannot run on this host, if they cannot.
@@ -234,7 +288,7 @@ pub fn engine_unavailable(engine: &str) -> Option<String> {
 /// from the machine's `container.json`, LXC's from the container
 /// directories under its `lxc/` (those with a `config`).
 pub fn containers(p: &Project) -> Vec<String> {
-    let dir = p.path().join(".envup/machines");
+    let dir = state(p).join("machines");
     let names = |machine: std::path::PathBuf| -> Vec<String> {
         if let Ok(b) = std::fs::read(machine.join("container.json")) {
             let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
@@ -250,7 +304,7 @@ pub fn containers(p: &Project) -> Vec<String> {
 /// The host names (cgroup, netns) of the project's jails and LXC
 /// containers.
 pub fn jail_ids(p: &Project) -> Vec<String> {
-    let dir = p.path().join(".envup/machines");
+    let dir = state(p).join("machines");
     let ids = |machine: PathBuf| -> Vec<String> {
         if let Ok(b) = std::fs::read(machine.join("jail/jail.json")) {
             let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
@@ -356,7 +410,7 @@ pub fn keyctl_refused(exec: &dyn Fn(&str) -> String) -> Result<(), libtest_mimic
 
 /// Nothing of the machines is left on the host.
 pub fn nothing_left(p: &Project, ids: &[String]) -> Result<(), libtest_mimic::Failed> {
-    let dir = p.path().join(".envup/machines");
+    let dir = state(p).join("machines");
     for m in ["web", "a", "b", "many"] {
         check(
             !dir.join(m).exists(),
@@ -364,7 +418,7 @@ pub fn nothing_left(p: &Project, ids: &[String]) -> Result<(), libtest_mimic::Fa
         )?;
     }
     check(!mounted_below(p.path()), "a mount is left")?;
-    let procs = processes_naming(p.path().as_os_str().as_encoded_bytes());
+    let procs = processes_naming(state(p).as_os_str().as_encoded_bytes());
     check(procs.is_empty(), format!("processes left: {procs:?}"))?;
     for id in ids {
         check(
@@ -409,7 +463,8 @@ pub fn nothing_left(p: &Project, ids: &[String]) -> Result<(), libtest_mimic::Fa
         }
     }
     // No block of ids stays claimed for the project's machines.
-    let project = p.path().as_os_str().as_encoded_bytes();
+    let state_dir = state(p);
+    let project = state_dir.as_os_str().as_encoded_bytes();
     for claim in std::fs::read_dir("/var/lib/envup/ids")
         .into_iter()
         .flatten()
@@ -428,11 +483,9 @@ pub fn nothing_left(p: &Project, ids: &[String]) -> Result<(), libtest_mimic::Fa
 /// the project, and no project bridge on the host whose subnet no project
 /// claims (one envup lost track of).
 pub fn network_gone(p: &Project) -> Result<(), libtest_mimic::Failed> {
-    check(
-        !p.path().join(".envup/network.json").exists(),
-        "network.json left",
-    )?;
-    let project = p.path().as_os_str().as_encoded_bytes();
+    check(!state(p).join("network.json").exists(), "network.json left")?;
+    let state_dir = state(p);
+    let project = state_dir.as_os_str().as_encoded_bytes();
     let claims: Vec<(String, Vec<u8>)> = std::fs::read_dir(envup::network::CLAIMS_DIR)
         .into_iter()
         .flatten()
@@ -453,10 +506,9 @@ pub fn network_gone(p: &Project) -> Result<(), libtest_mimic::Failed> {
     }
     let claimed: Vec<String> = claims
         .iter()
-        .filter_map(|(name, _)| {
-            let (base, prefix) = name.split_once('_')?;
-            let s: envup::network::Subnet = format!("{base}/{prefix}").parse().ok()?;
-            Some(s.bridge())
+        .map(|(_, holder)| {
+            use std::os::unix::ffi::OsStrExt;
+            envup::network::bridge_of(Path::new(std::ffi::OsStr::from_bytes(holder)))
         })
         .collect();
     for link in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
@@ -616,3 +668,4 @@ pub fn host_lacks(program: &str) -> bool {
     envup::host::which(program).is_none()
 }
 pub mod sshd;
+pub mod victim;

@@ -89,10 +89,12 @@ impl Sshd {
     }
 }
 
-/// Record machine `name` of the project at `root` as running behind `port`,
-/// and return its keys (made by envup, as for any machine).
-pub fn running_machine(root: &Path, name: &str, port: u16) -> MachineKeys {
-    let project = ProjectState::new(root.join(".envup"));
+/// Record machine `name` of the project at `root` (its state under `home`)
+/// as running behind `port`, and return its keys (made by envup, as for
+/// any machine).
+pub fn running_machine(home: &Path, root: &Path, name: &str, port: u16) -> MachineKeys {
+    let project = ProjectState::of(home, root);
+    project.ensure().unwrap();
     let dir = project.machine_dir(name);
     std::fs::create_dir_all(&dir).unwrap();
     let keys = MachineKeys::ensure(&dir, name).unwrap();
@@ -112,6 +114,6 @@ pub fn running_machine(root: &Path, name: &str, port: u16) -> MachineKeys {
     keys
 }
 
-pub fn machine_dir(root: &Path, name: &str) -> PathBuf {
-    root.join(".envup/machines").join(name)
+pub fn machine_dir(home: &Path, root: &Path, name: &str) -> PathBuf {
+    ProjectState::of(home, root).machine_dir(name)
 }

@@ -183,13 +183,17 @@ impl EngineCli {
             version: String,
             args: Vec<String>,
         }
+        let candidates = host_arg_candidates(which("runc").is_some(), which("crun").is_some());
+        // Used only when it is one of the candidates: a damaged or edited
+        // file adds nothing to a container's command line.
         if let Ok(Some(f)) = crate::state::read_json::<Found>(&cache)
             && f.version == version
+            && candidates.contains(&f.args)
         {
             return Ok(f.args);
         }
         let mut tried = Vec::new();
-        for args in host_arg_candidates(which("runc").is_some(), which("crun").is_some()) {
+        for args in candidates {
             let mut cmd: Vec<&str> = vec!["run", "--rm"];
             cmd.extend(args.iter().map(String::as_str));
             cmd.extend([image, "/bin/true"]);

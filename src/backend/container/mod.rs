@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{Backend, BackendError, HandOver, OwnError, io_err};
+use crate::backend::rootfs::net;
 use crate::boxes::StoredBox;
 use crate::envfile::Machine;
 use crate::ssh::MachineKeys;
@@ -111,18 +112,14 @@ fn lxc_there() -> bool {
     crate::host::which("lxc-start").is_some()
 }
 
-/// What a container was created with, kept so that `snapshot restore` can
-/// make it again from another image.
+/// What a container was created on, kept as a record: the engine, and its
+/// name (checked to be the machine's). What it is created with is made
+/// again from the Envfile whenever it is needed (older envups kept their
+/// `create` arguments here, which are ignored).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Created {
     engine: Kind,
     name: String,
-    /// `create` arguments, without the image.
-    args: Vec<String>,
-    /// The paths the container sees through links of envup's (those that
-    /// are not UTF-8): link N in [`links_dir`] names the Nth.
-    #[serde(default, with = "crate::state::bytes::args")]
-    links: Vec<std::ffi::OsString>,
 }
 
 /// Where a container's links live: Docker and Podman take paths as UTF-8
@@ -204,7 +201,7 @@ fn record(state: &MachineState) -> Result<Created, BackendError> {
     let p = record_path(state)?;
     let c: Created =
         crate::state::read_json(&p)?.ok_or_else(|| BackendError::Missing(p.clone()))?;
-    super::own_host_name(&super::machine_dir(state)?, &c.name)?;
+    super::own_host_name(&p, &super::host_name(state, "")?, &c.name)?;
     Ok(c)
 }
 
@@ -240,6 +237,17 @@ fn ensure_image(e: &EngineCli, stored: &StoredBox) -> Result<String, BackendErro
     Ok(image)
 }
 
+/// Whether envup gives containers their network itself (as root): no
+/// engine network at all (`--network none`), and slirp4netns in the
+/// container's namespace for its way out, its SSH port and its forwards,
+/// as for an LXC container. A container then shares no network with any
+/// other container, of another project or of no project. Rootless, the
+/// engine's own network stays (the user's engine keeps the user's
+/// containers to themselves).
+fn own_network() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
 /// The `create` arguments for a machine (everything but the image).
 fn create_args(
     m: &Machine,
@@ -247,6 +255,7 @@ fn create_args(
     ssh_port: u16,
     host_args: &[String],
     cgroup_v1: bool,
+    kind: Kind,
     paths: &mut EnginePaths,
 ) -> Result<Vec<String>, BackendError> {
     let mut a: Vec<String> = vec![
@@ -256,8 +265,6 @@ fn create_args(
         m.hostname.clone(),
         "--label".into(),
         format!("envup.machine={}", m.name),
-        "--publish".into(),
-        format!("127.0.0.1:{ssh_port}:22/tcp"),
         "--cpus".into(),
         m.cpus.to_string(),
         "--memory".into(),
@@ -271,27 +278,65 @@ fn create_args(
         "/run/lock".into(),
         "--env".into(),
         "container=envup".into(),
+        // No device nodes: one made in a read-write share would be a way
+        // into the host's devices for any host user (Docker's default
+        // keeps the capability; Podman's drops it).
+        "--cap-drop".into(),
+        "MKNOD".into(),
     ];
     if cgroup_v1 {
         a.extend(["--volume".into(), "/sys/fs/cgroup:/sys/fs/cgroup:ro".into()]);
     }
-    for f in &m.forwards {
-        let proto = f.protocol.name();
-        let ip = if f.host_ip.is_unspecified() {
-            String::new()
-        } else {
-            format!("{}:", f.host_ip)
-        };
-        a.extend([
-            "--publish".into(),
-            format!("{ip}{}:{}/{proto}", f.host, f.guest),
-        ]);
+    if own_network() {
+        a.extend(["--network".into(), "none".into()]);
+        // Podman keeps the host's resolver for a container with no
+        // network, and takes no `--dns` there; envup writes it at start.
+        if kind == Kind::Docker {
+            a.extend(["--dns".into(), crate::backend::rootfs::net::DNS_ADDR.into()]);
+        }
+    } else {
+        a.extend(["--publish".into(), format!("127.0.0.1:{ssh_port}:22/tcp")]);
+        for f in &m.forwards {
+            let proto = f.protocol.name();
+            let ip = if f.host_ip.is_unspecified() {
+                String::new()
+            } else {
+                format!("{}:", f.host_ip)
+            };
+            a.extend([
+                "--publish".into(),
+                format!("{ip}{}:{}/{proto}", f.host, f.guest),
+            ]);
+        }
     }
     for s in &m.shares {
         a.extend(bind_mount(&paths.of(&s.host)?, &s.guest, s.read_only));
     }
     a.extend(host_args.iter().cloned());
     Ok(a)
+}
+
+/// The container's network helper (see [`own_network`]): its runtime
+/// directory is root's, beside the container's links.
+fn served<'a>(dir: &Path, runtime: &'a Path, name: &'a str) -> net::Served<'a> {
+    net::Served {
+        name,
+        runtime,
+        log: dir.join("net.log"),
+        lock: dir.join("net.lock"),
+    }
+}
+
+/// The root-only runtime directory of container `name`, made when missing.
+fn runtime_dir(name: &str) -> Result<PathBuf, BackendError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = Path::new("/run/envup/container").join(name);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io_err("make", &dir))?;
+    Ok(dir)
 }
 
 /// A bind mount as `--mount`, which Docker and Podman both read as CSV:
@@ -309,6 +354,55 @@ fn bind_mount(host: &str, guest: &str, read_only: bool) -> [String; 2] {
         spec.push_str(",readonly");
     }
     ["--mount".into(), spec]
+}
+
+/// Everything `create` is given for the machine but the image, made from
+/// the Envfile's machine, the engine's host quirks for the image, the
+/// machine's SSH port and its key files; and the links its mounts go
+/// through ([`links_dir`]).
+fn all_create_args(
+    m: &Machine,
+    e: &EngineCli,
+    image: &str,
+    name: &str,
+    port: u16,
+    dir: &Path,
+    keys: &MachineKeys,
+) -> Result<(Vec<String>, Vec<std::ffi::OsString>), BackendError> {
+    let host_args = e.host_args(image)?;
+    let mut paths = EnginePaths {
+        container: name,
+        links: Vec::new(),
+    };
+    let mut args = create_args(
+        m,
+        name,
+        port,
+        &host_args,
+        crate::host::cgroup_v1(),
+        e.kind,
+        &mut paths,
+    )?;
+    args.extend(key_mounts(dir, keys, &mut paths)?);
+    Ok((args, paths.links))
+}
+
+/// The links a container's mounts go through, made again from the
+/// Envfile's shares and the machine's key files (never from a record:
+/// a link is a mount's source).
+fn links_for(m: &Machine, name: &str, dir: &Path) -> Result<(), BackendError> {
+    let mut paths = EnginePaths {
+        container: name,
+        links: Vec::new(),
+    };
+    for s in &m.shares {
+        paths.of(&s.host)?;
+    }
+    let kdir = dir.join("container");
+    for file in ["authorized_keys", "ssh_host_ed25519_key"] {
+        paths.of(&kdir.join(file))?;
+    }
+    make_links(name, &paths.links)
 }
 
 /// What the machine finds on first start, as read-only bind mounts from
@@ -341,6 +435,40 @@ fn key_mounts(
         args.extend(bind_mount(&paths.of(&path)?, guest, true));
     }
     Ok(args)
+}
+
+/// Stop container `name`: asked to power off (unless `force`), then ended.
+fn stop_container(e: &EngineCli, name: &str, force: bool) -> Result<(), BackendError> {
+    if engine_status(e, name).as_deref() != Some("running") {
+        return Ok(());
+    }
+    if !force {
+        // Power off: busybox init on SIGUSR2, systemd on SIGRTMIN+4.
+        let _ = e.run(&["kill", "--signal", "USR2", name]);
+        let _ = e.run(&["kill", "--signal", "RTMIN+4", name]);
+        let deadline = Instant::now() + HALT_DEADLINE;
+        while Instant::now() < deadline {
+            if engine_status(e, name).as_deref() != Some("running") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    e.run(&["stop", "--time", "0", name]).map(|_| ())
+}
+
+/// The container's resolver: slirp4netns's DNS forwarder, written through
+/// its root (its `/etc/resolv.conf`, resolved inside it).
+fn write_resolver(pid: i32) -> Result<(), BackendError> {
+    let root = format!("/proc/{pid}/root");
+    let text = format!("nameserver {}\n", net::DNS_ADDR);
+    crate::contained::Root::open(Path::new(&root))
+        .and_then(|r| {
+            r.rewrite_file(Path::new("etc/resolv.conf"), 1 << 20, 0o644, &|_| {
+                text.clone().into_bytes()
+            })
+        })
+        .map_err(io_err("write the resolver of", Path::new(&root)))
 }
 
 /// Wait (up to 5 s) until nothing listens on 127.0.0.1:`port`: an engine
@@ -413,6 +541,28 @@ impl Backend for ContainerBackend {
         remove_box_images(gone)
     }
 
+    /// Docker's and Podman's root, run by root, is host root: what a
+    /// machine writes through a read-write share is root's on the host,
+    /// set-uid bits included (docs/security.md).
+    fn warnings(&self, m: &Machine) -> Vec<String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Vec::new();
+        }
+        m.shares
+            .iter()
+            .filter(|s| !s.read_only)
+            .map(|s| {
+                format!(
+                    "share {} is read-write, and root in a Docker or Podman container is root on \
+                     the host: what the machine writes there is root's, set-uid files included; \
+                     share it read-only, or use the jail or lxc backend, which write as the \
+                     directory's owner",
+                    s.host.display()
+                )
+            })
+            .collect()
+    }
+
     fn check(&self, m: &Machine) -> Result<(), BackendError> {
         match super::options::<Options>(m, "container")?.engine {
             // New machines with it go to the lxc backend; one still here
@@ -431,7 +581,7 @@ impl Backend for ContainerBackend {
         state: &mut MachineState,
     ) -> Result<(), BackendError> {
         let dir = super::machine_dir(state)?;
-        let name = super::host_name(&dir);
+        let name = super::host_name(state, "")?;
         let opts: Options = super::options(m, "container")?;
         let e = EngineCli::choose(opts.engine)?;
         if stored.manifest.ssh_user != "root" {
@@ -442,26 +592,11 @@ impl Backend for ContainerBackend {
             .into());
         }
         let image = ensure_image(&e, stored)?;
-        let host_args = e.host_args(&image)?;
         let port = super::ssh_port()?;
-        let mut paths = EnginePaths {
-            container: &name,
-            links: Vec::new(),
-        };
-        let mut args = create_args(
-            m,
-            &name,
-            port,
-            &host_args,
-            crate::host::cgroup_v1(),
-            &mut paths,
-        )?;
-        args.extend(key_mounts(&dir, keys, &mut paths)?);
+        let (args, _links) = all_create_args(m, &e, &image, &name, port, &dir, keys)?;
         let created = Created {
             engine: e.kind,
             name: name.clone(),
-            args: args.clone(),
-            links: paths.links,
         };
         crate::state::write_json(&record_path(state)?, &created)?;
         let mut cmd: Vec<&str> = vec!["create"];
@@ -486,12 +621,15 @@ impl Backend for ContainerBackend {
         let (e, c) = load(state)?;
         // Starting a running container does nothing, in both engines.
         let was_running = engine_status(&e, &c.name).as_deref() == Some("running");
-        if let Some(ep) = &state.ssh
-            && !was_running
-        {
-            wait_port_free(ep.port);
+        if !was_running {
+            if own_network() {
+                // A container that powered itself off left its helper.
+                net::end(&c.name);
+            } else if let Some(ep) = &state.ssh {
+                wait_port_free(ep.port);
+            }
         }
-        make_links(&c.name, &c.links)?;
+        links_for(m, &c.name, &super::machine_dir(state)?)?;
         e.run(&["start", &c.name]).map(|_| ()).map_err(|err| {
             if engine_status(&e, &c.name).is_none() {
                 ContainerError::Gone {
@@ -523,6 +661,35 @@ impl Backend for ContainerBackend {
                 .lock()
                 .expect("started lock")
                 .insert(c.name.clone(), (pid, start));
+        }
+        if own_network() {
+            let pid = has
+                .get(2)
+                .and_then(|p| p.parse::<i32>().ok())
+                .filter(|p| *p > 0)
+                .ok_or(BackendError::NotRunning)?;
+            let port = state
+                .ssh
+                .as_ref()
+                .map(|e| e.port)
+                .ok_or(BackendError::NotRunning)?;
+            let dir = super::machine_dir(state)?;
+            let runtime = runtime_dir(&c.name)?;
+            let connected = served(&dir, &runtime, &c.name)
+                .serve(pid, &net::host_fwds(port, &m.forwards))
+                .map_err(BackendError::from)
+                .and_then(|()| {
+                    if e.kind == Kind::Podman {
+                        write_resolver(pid)?;
+                    }
+                    Ok(())
+                });
+            if let Err(err) = connected {
+                let _ = e.run(&["stop", "--time", "0", &c.name]);
+                net::end(&c.name);
+                return Err(err);
+            }
+            state.forwards = m.forwards.clone();
         }
         let (memory, nanos) = (m.memory.bytes(), u64::from(m.cpus) * 1_000_000_000);
         if has.get(..2) != Some(&[memory.to_string().as_str(), nanos.to_string().as_str()]) {
@@ -566,44 +733,49 @@ impl Backend for ContainerBackend {
 
     fn stop(&self, state: &MachineState, force: bool) -> Result<(), BackendError> {
         let (e, c) = load(state)?;
-        if engine_status(&e, &c.name).as_deref() != Some("running") {
-            return Ok(());
-        }
-        if !force {
-            // Power off: busybox init on SIGUSR2, systemd on SIGRTMIN+4.
-            let _ = e.run(&["kill", "--signal", "USR2", &c.name]);
-            let _ = e.run(&["kill", "--signal", "RTMIN+4", &c.name]);
-            let deadline = Instant::now() + HALT_DEADLINE;
-            while Instant::now() < deadline {
-                if engine_status(&e, &c.name).as_deref() != Some("running") {
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        e.run(&["stop", "--time", "0", &c.name]).map(|_| ())
+        let stopped = stop_container(&e, &c.name, force);
+        net::end(&c.name);
+        stopped
     }
 
+    /// The container named as envup names the machine is removed, with its
+    /// snapshots, on the engine the record names or, with no usable
+    /// record, on each engine installed here: a damaged or edited record
+    /// neither stops envup from removing its own container nor points it
+    /// at another.
     fn destroy(&self, state: &MachineState) -> Result<(), BackendError> {
-        let (e, c) = match load(state) {
-            Ok(found) => found,
-            Err(e @ BackendError::NotOurs(_)) => return Err(e),
-            // Never created on an engine: nothing outside the state directory.
-            Err(_) => return Ok(()),
+        let name = super::host_name(state, "")?;
+        let recorded = record(state);
+        let engines: Vec<EngineCli> = match &recorded {
+            Ok(c) => vec![EngineCli::named(c.engine.name())?],
+            Err(_) => [Kind::Docker, Kind::Podman]
+                .into_iter()
+                .filter_map(|k| EngineCli::named(k.name()).ok())
+                .collect(),
         };
-        let _ = e.remove_container(&c.name);
-        remove_links(&c.name);
-        if engine_status(&e, &c.name).is_some() {
-            return Err(ContainerError::NotRemoved {
-                container: c.name,
-                engine: e.kind.name(),
+        net::end(&name);
+        let _ = std::fs::remove_dir_all(Path::new("/run/envup/container").join(&name));
+        for e in &engines {
+            if engine_status(e, &name).is_some() {
+                let _ = e.remove_container(&name);
+                if engine_status(e, &name).is_some() {
+                    return Err(ContainerError::NotRemoved {
+                        container: name,
+                        engine: e.kind.name(),
+                    }
+                    .into());
+                }
             }
-            .into());
+            for s in snapshot_tags(e, &name)? {
+                e.run(&["rmi", &format!("{}:{s}", snapshot_repo(&name))])?;
+            }
         }
-        for s in self.snapshot_list(state)? {
-            self.snapshot_delete(state, &s)?;
+        remove_links(&name);
+        match recorded {
+            // What the record named instead is left alone, and said so.
+            Err(e @ BackendError::NotOurs(_)) => Err(e),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn status(&self, state: &MachineState) -> Result<Status, BackendError> {
@@ -612,7 +784,13 @@ impl Backend for ContainerBackend {
         }
         let (e, c) = load(state)?;
         Ok(match engine_status(&e, &c.name).as_deref() {
-            Some("running") => Status::Running,
+            Some("running") => {
+                if own_network() {
+                    let dir = super::machine_dir(state)?;
+                    served(&dir, &runtime_dir(&c.name)?, &c.name).reconnect_if_gone()?;
+                }
+                Status::Running
+            }
             _ => Status::Stopped,
         })
     }
@@ -623,58 +801,46 @@ impl Backend for ContainerBackend {
         e.run(&["commit", &c.name, &image]).map(|_| ())
     }
 
+    /// The container is made again from the snapshot's image, with what
+    /// the Envfile says now (never with arguments read back from a file).
     fn snapshot_restore(
         &self,
-        _m: &Machine,
+        m: &Machine,
         state: &mut MachineState,
         name: &str,
     ) -> Result<(), BackendError> {
-        let (e, mut c) = load(state)?;
+        let (e, c) = load(state)?;
         let image = format!("{}:{name}", snapshot_repo(&c.name));
         if !e.has_image(&image) {
             return Err(BackendError::NoSnapshot(name.to_owned()));
         }
+        let dir = super::machine_dir(state)?;
+        let keys =
+            MachineKeys::ensure(&dir, &state.name).map_err(|e| BackendError::Own(Box::new(e)))?;
         let was_running = state.status == Status::Running;
         e.remove_container(&c.name)?;
+        net::end(&c.name);
         // The engine lets go of the old container's ports some time after
         // removing it (seconds, with Podman): publish SSH on a new port.
+        let port = super::ssh_port()?;
         if let Some(ep) = state.ssh.as_mut() {
-            let old = format!("127.0.0.1:{}:22/tcp", ep.port);
-            ep.port = super::ssh_port()?;
-            for a in c.args.iter_mut().filter(|a| **a == old) {
-                *a = format!("127.0.0.1:{}:22/tcp", ep.port);
-            }
-            crate::state::write_json(&record_path(state)?, &c)?;
+            ep.port = port;
         }
-        make_links(&c.name, &c.links)?;
+        let (args, _links) = all_create_args(m, &e, &image, &c.name, port, &dir, &keys)?;
+        state.forwards = m.forwards.clone();
         let mut cmd: Vec<&str> = vec!["create"];
-        cmd.extend(c.args.iter().map(String::as_str));
+        cmd.extend(args.iter().map(String::as_str));
         cmd.push(&image);
         e.run(&cmd)?;
         if was_running {
-            e.run(&["start", &c.name])?;
+            self.start(m, state)?;
         }
         Ok(())
     }
 
     fn snapshot_list(&self, state: &MachineState) -> Result<Vec<String>, BackendError> {
         let (e, c) = load(state)?;
-        let out = e.run(&[
-            "images",
-            "--format",
-            "{{.Tag}}",
-            "--filter",
-            &format!("reference={}", snapshot_repo(&c.name)),
-        ])?;
-        let mut tags: Vec<String> = out
-            .lines()
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && *t != "<none>")
-            .map(str::to_owned)
-            .collect();
-        tags.sort();
-        tags.dedup();
-        Ok(tags)
+        snapshot_tags(&e, &c.name)
     }
 
     fn snapshot_delete(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
@@ -685,6 +851,27 @@ impl Backend for ContainerBackend {
         }
         e.run(&["rmi", &image]).map(|_| ())
     }
+}
+
+/// The snapshots an engine holds of container `name`: its snapshot
+/// images' tags.
+fn snapshot_tags(e: &EngineCli, name: &str) -> Result<Vec<String>, BackendError> {
+    let out = e.run(&[
+        "images",
+        "--format",
+        "{{.Tag}}",
+        "--filter",
+        &format!("reference={}", snapshot_repo(name)),
+    ])?;
+    let mut tags: Vec<String> = out
+        .lines()
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && *t != "<none>")
+        .map(str::to_owned)
+        .collect();
+    tags.sort();
+    tags.dedup();
+    Ok(tags)
 }
 
 /// How old an image of a box no store here holds must be before `box
@@ -847,30 +1034,39 @@ mod tests {
             2200,
             &["--ulimit".into(), "nofile=1:1".into()],
             true,
+            Kind::Docker,
             &mut paths,
         )
         .unwrap();
         let s = a.join(" ");
-        for want in [
+        let mut wanted = vec![
             "--name envup-x",
             "--hostname web",
-            "--publish 127.0.0.1:2200:22/tcp",
             "--cpus 2",
             "--memory 536870912b",
             "--pids-limit 1024",
             "--volume /sys/fs/cgroup:/sys/fs/cgroup:ro",
-            "--publish 127.0.0.1:8080:80/tcp",
             "--mount type=bind,\"source=/src\",\"target=/srv/src\",readonly",
             "--ulimit nofile=1:1",
-        ] {
+        ];
+        // As root, no engine network: envup connects the container itself.
+        if own_network() {
+            wanted.extend(["--network none", "--dns 10.0.2.3"]);
+            assert!(!s.contains("--publish"), "{s}");
+        } else {
+            wanted.extend([
+                "--publish 127.0.0.1:2200:22/tcp",
+                "--publish 127.0.0.1:8080:80/tcp",
+            ]);
+        }
+        for want in wanted {
             assert!(s.contains(want), "{want} missing from {s}");
         }
-        assert!(
-            !create_args(&m, "envup-x", 2200, &[], false, &mut paths)
-                .unwrap()
-                .join(" ")
-                .contains("/sys/fs/cgroup")
-        );
+        let podman = create_args(&m, "envup-x", 2200, &[], false, Kind::Podman, &mut paths)
+            .unwrap()
+            .join(" ");
+        assert!(!podman.contains("/sys/fs/cgroup"));
+        assert!(!podman.contains("--dns"), "{podman}");
     }
 
     #[test]

@@ -214,6 +214,7 @@ mod tests {
             ],
             id: "envup-0123456789ab".into(),
             privileged: false,
+            login: (0, 0),
         }
     }
 

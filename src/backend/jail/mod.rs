@@ -65,6 +65,10 @@ pub struct JailConfig {
     /// `privileged = true` in the Envfile (taken from there at every start).
     #[serde(default)]
     pub privileged: bool,
+    /// The uid and gid of the user envup logs in as, in the jail: a share's
+    /// files are that user's there (`IdMap::share_map`).
+    #[serde(default)]
+    pub login: (u32, u32),
 }
 
 pub struct JailBackend;
@@ -267,7 +271,7 @@ impl Backend for JailBackend {
         let layer = Layer::new(&lower, &upper)?;
         let opts: Options = super::options(m, "jail")?;
         first_boot_files(&layer, keys, &login, &m.hostname, opts.network, port)?;
-        let id = super::host_name(&dir);
+        let id = super::host_name(state, "jail")?;
         let cfg = JailConfig {
             lower,
             upper,
@@ -283,6 +287,7 @@ impl Backend for JailBackend {
             shares: m.shares.clone(),
             id,
             privileged: opts.privileged,
+            login: (login.uid, login.gid),
         };
         crate::state::write_json(&dir.join("jail.json"), &cfg)?;
         state.ssh = Some(SshEndpoint {
@@ -295,10 +300,11 @@ impl Backend for JailBackend {
     }
 
     fn start(&self, m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
-        if live_supervisor(state).is_none() {
-            refresh_config(m, state)?;
+        if live_supervisor(state).is_some() {
+            return Ok(());
         }
-        launch(state)
+        let cfg = refresh_config(m, state)?;
+        launch(state, &cfg)
     }
 
     /// See [`refresh_config`].
@@ -409,14 +415,21 @@ impl Backend for JailBackend {
     }
 }
 
-/// What the jail is started with comes from the Envfile, not from the
-/// state: a `jail.json` edited to add a share of a host directory, a
-/// forward on another address or the host's network grants nothing.
-/// (It also means a restart applies changed limits, shares and forwards.)
-fn refresh_config(m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
+/// What the jail is started with comes from the Envfile and the store,
+/// not from the state: a `jail.json` edited to add a share of a host
+/// directory, a forward on another address, another lower layer or the
+/// host's network grants nothing. (It also means a restart applies changed
+/// limits, shares and forwards.) The config is handed to the supervisor
+/// on its standard input; `jail.json` keeps it as a record.
+fn refresh_config(m: &Machine, state: &mut MachineState) -> Result<JailConfig, BackendError> {
     let dir = jail_dir(&super::machine_dir(state)?);
-    let recorded = JailConfig::load(&dir)?;
+    let recorded = read_config(state)?;
     let mut cfg = recorded.clone();
+    cfg.lower = lower_dir(&super::stored_box(state)?)?;
+    if let Some(ep) = &state.ssh {
+        let login = Login::of(&cfg.lower, &ep.user)?;
+        cfg.login = (login.uid, login.gid);
+    }
     let opts: Options = super::options(m, "jail")?;
     if cfg.network != opts.network {
         return Err(JailError::NetworkChanged {
@@ -439,16 +452,12 @@ fn refresh_config(m: &Machine, state: &mut MachineState) -> Result<(), BackendEr
         crate::state::write_json(&dir.join("jail.json"), &cfg)?;
     }
     state.forwards = m.forwards.clone();
-    Ok(())
+    Ok(cfg)
 }
 
-/// Start the jail's supervisor (unless it runs) and record it in `state`.
-fn launch(state: &mut MachineState) -> Result<(), BackendError> {
-    if live_supervisor(state).is_some() {
-        return Ok(());
-    }
+/// Start the jail's supervisor with `cfg` and record it in `state`.
+fn launch(state: &mut MachineState, cfg: &JailConfig) -> Result<(), BackendError> {
     let dir = jail_dir(&super::machine_dir(state)?);
-    let cfg = JailConfig::load(&dir)?;
     // Rootless, the layer is the user's and its ids the user's map.
     if !crate::userns::rootless() {
         Claims::host().settle(&dir, &cfg.upper, cfg.privileged)?;
@@ -469,10 +478,12 @@ fn launch(state: &mut MachineState) -> Result<(), BackendError> {
         .map_err(io_err("open", &log))?;
     let mut cmd = Command::new(exe);
     cmd.arg(&dir)
+        .arg(&cfg.id)
         // A fault the tests inject is envup's, not the supervisor's.
         .env_remove(crate::fault::VAR)
-        .stdin(Stdio::null())
-        .stdout(logf.try_clone().map_err(io_err("open again", &log))?)
+        .stdin(Stdio::piped())
+        // It says on its standard output when the jail has started.
+        .stdout(Stdio::piped())
         .stderr(logf);
     // SAFETY: setsid is async-signal-safe; the supervisor leaves the
     // command's session so it outlives it and its terminal.
@@ -484,32 +495,91 @@ fn launch(state: &mut MachineState) -> Result<(), BackendError> {
         });
     }
     let mut child = cmd.spawn().map_err(JailError::Spawn)?;
-    crate::fault::point("jail:spawned");
-    let started = Instant::now();
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&pidfile)
-            && let Some((pid, start)) = text.trim().split_once(' ')
-        {
-            state.id = Some(format!("{pid}:{start}"));
-            // The supervisor lives on; nobody waits for it here.
-            std::mem::forget(child);
-            return Ok(());
-        }
-        if let Ok(Some(st)) = child.try_wait() {
-            let tail = std::fs::read_to_string(&log).unwrap_or_default();
-            let last: Vec<&str> = tail.lines().rev().take(5).collect();
-            return Err(JailError::SupervisorStopped {
-                status: st.to_string(),
-                last: last.into_iter().rev().collect::<Vec<_>>().join(" / "),
-            }
-            .into());
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            return Err(JailError::SupervisorSlow(log).into());
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped");
+        // A supervisor that died at once says why below.
+        let _ = stdin.write_all(&serde_json::to_vec(cfg).expect("configs serialize"));
     }
+    crate::fault::point("jail:spawned");
+    let out = child.stdout.take().expect("piped");
+    let said = said_within(&out, Duration::from_secs(20));
+    if let Some((pid, start)) = said.trim().split_once(' ') {
+        state.id = Some(format!("{pid}:{start}"));
+        // The supervisor lives on; nobody waits for it here.
+        std::mem::forget(child);
+        return Ok(());
+    }
+    // Nothing said: it stopped (its stdout closed as it ended), or it is
+    // too slow.
+    let mut ended = child.try_wait();
+    let until = Instant::now() + Duration::from_secs(2);
+    while matches!(ended, Ok(None)) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+        ended = child.try_wait();
+    }
+    match ended {
+        Ok(Some(st)) => {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let mut last: Vec<&str> = tail.lines().rev().take(5).collect();
+            last.reverse();
+            let mut last = last.join(" / ");
+            // Its log could not be written either on a full disk.
+            if crate::host::free_bytes(&dir).is_some_and(|b| b < 1 << 20) {
+                last.push_str(&format!(
+                    "{}the disk of {} is full (No space left on device)",
+                    if last.is_empty() { "" } else { "; " },
+                    dir.display()
+                ));
+            }
+            Err(JailError::SupervisorStopped {
+                status: st.to_string(),
+                last,
+            }
+            .into())
+        }
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(JailError::SupervisorSlow(log).into())
+        }
+    }
+}
+
+/// What the supervisor says on its standard output before it closes it or
+/// `limit` passes (a line with its pid and start time once the jail has
+/// started; nothing when it stopped first).
+fn said_within(out: &std::process::ChildStdout, limit: Duration) -> String {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let until = Instant::now() + limit;
+    let mut text = Vec::new();
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let mut fds = [PollFd::new(out.as_fd(), PollFlags::POLLIN)];
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => break,
+            Ok(_) => {
+                let mut buf = [0u8; 128];
+                match nix::unistd::read(out.as_fd(), &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        text.extend_from_slice(&buf[..n]);
+                        if text.contains(&b'\n') {
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// Stop the jail: its supervisor asks init to power off (or kills it, with
@@ -559,18 +629,39 @@ fn thaw_if_left_frozen(state: &MachineState) -> Result<(), BackendError> {
 }
 
 fn read_config(state: &MachineState) -> Result<JailConfig, BackendError> {
-    JailConfig::load(&jail_dir(&super::machine_dir(state)?))
+    JailConfig::load(
+        &jail_dir(&super::machine_dir(state)?),
+        &super::host_name(state, "jail")?,
+    )
 }
 
 impl JailConfig {
     /// The jail's config from its directory `dir`, checked against what
     /// envup writes there: its own layer directories, a box rootfs in a
-    /// store as the lower layer, and the host name that belongs to `dir`.
-    pub fn load(dir: &Path) -> Result<JailConfig, BackendError> {
+    /// store as the lower layer, and `id`, the jail's name on the host.
+    pub fn load(dir: &Path, id: &str) -> Result<JailConfig, BackendError> {
         let p = dir.join("jail.json");
         let cfg: JailConfig =
             crate::state::read_json(&p)?.ok_or_else(|| BackendError::Missing(p.clone()))?;
-        super::own_host_name(dir, &cfg.id)?;
+        cfg.check(&p, dir, id)
+    }
+
+    /// The config a supervisor is started with, read from `r`, checked as
+    /// [`JailConfig::load`] checks the file.
+    pub fn from_reader(
+        r: impl std::io::Read,
+        dir: &Path,
+        id: &str,
+    ) -> Result<JailConfig, BackendError> {
+        let what = Path::new("the supervisor's standard input");
+        let cfg: JailConfig = serde_json::from_reader(r)
+            .map_err(|e| crate::state::StateError::Parse(what.to_owned(), e))?;
+        cfg.check(what, dir, id)
+    }
+
+    fn check(self, p: &Path, dir: &Path, id: &str) -> Result<JailConfig, BackendError> {
+        let cfg = self;
+        super::own_host_name(p, id, &cfg.id)?;
         let own = [
             (&cfg.upper, "upper"),
             (&cfg.work, "work"),

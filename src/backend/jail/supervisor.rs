@@ -15,7 +15,7 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sig
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 
@@ -87,57 +87,20 @@ pub fn clean_up(cfg: &JailConfig) {
     Cgroup::remove_dirs(&cfg.id);
 }
 
-/// The most shares a jail takes (they travel to it in one message).
-pub const MAX_SHARES: usize = 60;
-
-/// The detached mounts the supervisor hands the jail, in this order in
-/// one message: its root (the overlay), the host's /sys when the jail
-/// shares the host's network, its shares. The root is attached on the
-/// jail's working directory, which is the machine's `merged` directory
-/// (the supervisor's when it cloned the jail, seen in the jail's own mount
-/// namespace; the jail's root may not be able to reach it by path).
+/// The detached mounts a jail's root is put together from: its root (the
+/// overlay), the host's /sys when a rootless jail shares the host's
+/// network, its shares.
 struct Handed {
     root: OwnedFd,
     sys: Option<OwnedFd>,
     shares: Vec<OwnedFd>,
 }
 
-/// Receive the jail's mounts (none when the jail makes its own); no message
-/// (the supervisor died) means do not start.
-fn receive(sock: &OwnedFd) -> Option<Vec<OwnedFd>> {
+/// Wait for the supervisor's word to go on; none (the supervisor died)
+/// means do not start.
+fn wait_for_go(sock: &OwnedFd) -> bool {
     let mut byte = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; MAX_SHARES + 3]);
-    let msg = nix::sys::socket::recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .ok()?;
-    let mut fds = Vec::new();
-    for c in msg.cmsgs().ok()? {
-        if let nix::sys::socket::ControlMessageOwned::ScmRights(raw) = c {
-            // SAFETY: SCM_RIGHTS installed these descriptors in this
-            // process for it alone; each is owned once.
-            fds.extend(
-                raw.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
-    }
-    Some(fds)
-}
-
-impl Handed {
-    fn from_fds(fds: Vec<OwnedFd>, host_sys: bool) -> Option<Handed> {
-        let mut fds = fds.into_iter();
-        Some(Handed {
-            root: fds.next()?,
-            sys: if host_sys { Some(fds.next()?) } else { None },
-            shares: fds.collect(),
-        })
-    }
+    matches!(nix::unistd::read(sock, &mut byte), Ok(1))
 }
 
 /// The jail's user namespace.
@@ -152,6 +115,15 @@ enum Userns {
 }
 
 /// Inside the new namespaces: the root filesystem, then init.
+///
+/// As root (the jail's own ids or, privileged, the host's), the supervisor
+/// has put the jail's root together in the mount namespace the jail was
+/// cloned into, which belongs to the host's user namespace; the jail takes
+/// a mount namespace of its own, owned by its user namespace, which copies
+/// every mount locked (the kernel's `MNT_LOCK_*`): root in the jail can
+/// neither remount a read-only share or mask writable nor unmount or move
+/// one. Rootless, only root of the jail's user namespace can make its
+/// mounts: it makes them itself, and they are not locked.
 fn enter(
     cfg: &JailConfig,
     sock: OwnedFd,
@@ -160,43 +132,56 @@ fn enter(
 ) -> isize {
     // If the supervisor dies, so does the jail: no orphaned jails.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // The supervisor's standard output is envup's pipe; the jail writes to
+    // its log, as on its standard error.
+    // SAFETY: dup2 on descriptors this process holds.
+    unsafe {
+        nix::libc::dup2(2, 1);
+    }
     // Wait until the supervisor has mapped our ids and put us in the
-    // cgroup and the network, and has our mounts ready.
-    let Some(fds) = receive(&sock) else {
+    // cgroup and the network, and has our root ready.
+    if !wait_for_go(&sock) {
         return 125;
-    };
+    }
     drop(sock);
-    let rootless = matches!(userns, Userns::Rootless(_));
-    let set_up = become_root(!matches!(userns, Userns::None))
-        .and_then(|()| {
-            // Rootless, only root of the jail's user namespace can make
-            // its mounts: it makes them itself.
-            if rootless {
-                prepare_mounts(cfg, None, true)
-            } else {
-                Handed::from_fds(fds, cfg.network == JailNetwork::Host).ok_or(SetupError::Io {
-                    what: "the jail's mounts did not arrive".into(),
-                    source: std::io::ErrorKind::InvalidData.into(),
-                })
-            }
+    let set_up = match userns {
+        Userns::Rootless(_) => become_root(true).and_then(|()| {
+            let e = |step: &'static str| move |source: nix::Error| SetupError::Sys { step, source };
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(e("making mounts private"))?;
+            let handed = prepare_mounts(cfg, None, true)?;
+            let root = assemble(cfg, handed, None)?;
+            pivot_into(root)
+        }),
+        Userns::Claimed(_) => lock_and_enter(cfg).and_then(|()| become_root(true)),
+        Userns::None => lock_and_enter(cfg),
+    }
+    .and_then(|()| {
+        // A cgroup namespace rooted at the jail's own cgroup.
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|source| SetupError::Sys {
+            step: "making the cgroup namespace",
+            source,
         })
-        .and_then(|handed| {
-            // A cgroup namespace rooted at the jail's own cgroup.
-            nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
-                .map(|()| handed)
-                .map_err(|source| SetupError::Sys {
-                    step: "making the cgroup namespace",
-                    source,
-                })
+    })
+    .and_then(|()| {
+        nix::unistd::sethostname(&cfg.hostname).map_err(|source| SetupError::Sys {
+            step: "setting the hostname",
+            source,
         })
-        .and_then(|handed| setup_root(cfg, handed))
-        .and_then(|()| drop_capabilities(cfg.network))
-        .and_then(|()| {
-            if cfg.privileged {
-                return Ok(());
-            }
-            crate::backend::rootfs::seccomp::install(filter).map_err(SetupError::from)
-        });
+    })
+    .and_then(|()| drop_capabilities(cfg.network))
+    .and_then(|()| {
+        if cfg.privileged {
+            return Ok(());
+        }
+        crate::backend::rootfs::seccomp::install(filter).map_err(SetupError::from)
+    });
     match set_up {
         Ok(()) => {
             let init = ["/sbin/init", "/usr/sbin/init", "/lib/systemd/systemd"]
@@ -221,6 +206,69 @@ fn enter(
             126
         }
     }
+}
+
+/// Take a mount namespace of the jail's own, a copy of the one the
+/// supervisor put the jail's root together in (every mount in it locked,
+/// as the jail's user namespace is not that namespace's), and make the
+/// jail's root its root. Run before the jail takes its root's ids, while
+/// it can still pass through the host's directories to its root.
+fn lock_and_enter(cfg: &JailConfig) -> Result<(), SetupError> {
+    let e = |step: &'static str| move |source: nix::Error| SetupError::Sys { step, source };
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(e("making the mount namespace"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(e("making mounts private"))?;
+    // pivot_root takes no locked mount as the new root: a recursive bind
+    // of the root onto itself is one that is not, with everything below it
+    // still locked.
+    mount(
+        Some(&cfg.merged),
+        &cfg.merged,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(e("binding the jail's root"))?;
+    let root = nix::fcntl::open(
+        &cfg.merged,
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(e("opening the jail's root"))?;
+    pivot_into(root)
+}
+
+/// Make the directory `root` the root, and let go of the old one.
+fn pivot_into(root: OwnedFd) -> Result<(), SetupError> {
+    let e = |step: &'static str| move |source: nix::Error| SetupError::Sys { step, source };
+    let old = nix::fcntl::open(
+        "/",
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(e("opening the old root"))?;
+    nix::unistd::fchdir(&root).map_err(e("entering the root"))?;
+    nix::unistd::pivot_root(".", ".").map_err(e("pivot_root"))?;
+    // The old root is now stacked on the new one: detach it, and nothing
+    // of the host stays in the jail's mount namespace.
+    nix::unistd::fchdir(&old).map_err(e("entering the old root"))?;
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(e("keeping the old root's mounts"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(e("detaching the host's root"))?;
+    nix::unistd::chdir("/").map_err(e("chdir /"))?;
+    Ok(())
 }
 
 /// In a user namespace, take the namespace's uid and gid 0 (the host ids
@@ -377,23 +425,26 @@ fn mask_kernel_paths(root: &Root) -> Result<(), SetupError> {
     Ok(())
 }
 
-fn setup_root(cfg: &JailConfig, handed: Handed) -> Result<(), SetupError> {
+/// Put the jail's root together on the working directory (the machine's
+/// `merged` directory): the overlay, the shares, a fresh /proc and /sys
+/// with what runc hides hidden, a small /dev. Returns the root. `base`:
+/// the host ids of the jail's root, when the mounts are made by the
+/// host's root for a jail in a user namespace (the owners of /dev and the
+/// tty group of /dev/pts are the jail's).
+fn assemble(
+    cfg: &JailConfig,
+    handed: Handed,
+    base: Option<(u32, u32)>,
+) -> Result<OwnedFd, SetupError> {
     let e = |step: &'static str| move |source: nix::Error| SetupError::Sys { step, source };
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(e("making mounts private"))?;
     detached::attach_here(&handed.root).map_err(io("cannot attach the jail's root"))?;
     // From here on every path in the jail's root is the machine's to
     // choose (the box's and its root user's symlinks): each mount target
     // is resolved inside the root and mounted through its descriptor.
     let root = Root::from_fd(handed.root);
+    let owner = base.unwrap_or((0, 0));
     let dir = |rel: &str| {
-        root.mkdir_all(Path::new(rel), 0o755, Some((0, 0)))
+        root.mkdir_all(Path::new(rel), 0o755, Some(owner))
             .map_err(io(format!("cannot make /{rel} in the jail")))
     };
     for (s, tree) in cfg.shares.iter().zip(&handed.shares) {
@@ -413,7 +464,8 @@ fn setup_root(cfg: &JailConfig, handed: Handed) -> Result<(), SetupError> {
     )
     .map_err(e("mounting /proc"))?;
     match &handed.sys {
-        // The host's network's /sys: only the supervisor could mount it.
+        // A rootless jail on the host's network: the host's /sys, which
+        // only the supervisor could mount.
         Some(sys) => detached::attach(sys, &dir("sys")?).map_err(io("cannot attach /sys"))?,
         None => mount(
             Some("sysfs"),
@@ -427,12 +479,16 @@ fn setup_root(cfg: &JailConfig, handed: Handed) -> Result<(), SetupError> {
     if !cfg.privileged {
         mask_kernel_paths(&root)?;
     }
+    let ids = |opts: &str| match base {
+        Some((u, g)) => format!("{opts},uid={u},gid={g}"),
+        None => opts.to_owned(),
+    };
     mount(
         Some("tmpfs"),
         &fd_path(&dir("dev")?),
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("mode=755,size=65536k"),
+        Some(ids("mode=755,size=65536k").as_str()),
     )
     .map_err(e("mounting /dev"))?;
     // The fresh tmpfs now on /dev holds nothing the machine made: paths
@@ -454,12 +510,13 @@ fn setup_root(cfg: &JailConfig, handed: Handed) -> Result<(), SetupError> {
         .map_err(e("binding a device"))?;
     }
     std::fs::create_dir_all(dev.join("pts")).map_err(io("cannot make /dev/pts"))?;
+    let tty = base.map_or(5, |(_, g)| g + 5);
     mount(
         Some("devpts"),
         &dev.join("pts"),
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=620,gid=5"),
+        Some(format!("newinstance,ptmxmode=0666,mode=620,gid={tty}").as_str()),
     )
     .map_err(e("mounting /dev/pts"))?;
     std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx"))
@@ -470,23 +527,123 @@ fn setup_root(cfg: &JailConfig, handed: Handed) -> Result<(), SetupError> {
         &dev.join("shm"),
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
+        Some(ids("mode=1777").as_str()),
     )
     .map_err(e("mounting /dev/shm"))?;
-    nix::unistd::sethostname(&cfg.hostname).map_err(e("setting the hostname"))?;
-    nix::unistd::fchdir(root.fd()).map_err(e("entering the root"))?;
-    dir(".envup-oldroot")?;
-    if !std::fs::symlink_metadata(".envup-oldroot").is_ok_and(|md| md.is_dir()) {
-        return Err(SetupError::Io {
-            what: "/.envup-oldroot in the jail is not a directory".into(),
-            source: std::io::ErrorKind::NotADirectory.into(),
-        });
+    if let Some((u, g)) = base {
+        for d in [&dev.join("pts"), &dev.join("shm")] {
+            let _ = std::os::unix::fs::lchown(d, Some(u), Some(g));
+        }
     }
-    nix::unistd::pivot_root(".", ".envup-oldroot").map_err(e("pivot_root"))?;
-    nix::unistd::chdir("/").map_err(e("chdir /"))?;
-    umount2("/.envup-oldroot", MntFlags::MNT_DETACH).map_err(e("detaching the host's root"))?;
-    let _ = std::fs::remove_dir("/.envup-oldroot");
-    Ok(())
+    root.fd()
+        .try_clone_to_owned()
+        .map_err(io("cannot keep the jail's root open"))
+}
+
+/// The mount namespace a jail's root is put together in, as root: the
+/// supervisor's own, unshared from the host's (whose mounts still reach
+/// it; none of its own reach the host), which the jail is cloned into.
+/// The supervisor itself goes back to the host's namespace at once (it
+/// names network namespaces there).
+struct Assembly {
+    host: OwnedFd,
+    jail: OwnedFd,
+}
+
+impl Assembly {
+    fn make() -> nix::Result<Assembly> {
+        let open = |p: &str| {
+            nix::fcntl::open(
+                p,
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+        };
+        let host = open("/proc/self/ns/mnt")?;
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        )?;
+        let jail = open("/proc/self/ns/mnt")?;
+        Ok(Assembly { host, jail })
+    }
+
+    /// Back to the host's mount namespace.
+    fn leave(&self) -> nix::Result<()> {
+        nix::sched::setns(&self.host, CloneFlags::CLONE_NEWNS)
+    }
+
+    /// Put the jail's root together (see [`assemble`]) in the assembly
+    /// namespace, as root, from a process in the jail's pid namespace (its
+    /// /proc is the jail's) and network namespace (its /sys too).
+    fn assemble(
+        &self,
+        cfg: &JailConfig,
+        child: Pid,
+        handed: Handed,
+        base: Option<(u32, u32)>,
+    ) -> Result<(), SetupError> {
+        let e = |step: &'static str| move |source: nix::Error| SetupError::Sys { step, source };
+        let open = |p: String| {
+            nix::fcntl::open(
+                p.as_str(),
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+        };
+        let own_pid = open("/proc/self/ns/pid".into()).map_err(e("opening the pid namespace"))?;
+        let jail_pid =
+            open(format!("/proc/{child}/ns/pid")).map_err(e("opening the jail's pid namespace"))?;
+        let jail_net = if cfg.network == JailNetwork::Private {
+            Some(open(format!("/proc/{child}/ns/net")).map_err(e("opening the jail's network"))?)
+        } else {
+            None
+        };
+        nix::sched::setns(&jail_pid, CloneFlags::CLONE_NEWPID)
+            .map_err(e("entering the jail's pid namespace"))?;
+        // SAFETY: the supervisor has no other threads; the child only makes
+        // system calls and ends with _exit.
+        let forked = unsafe { nix::unistd::fork() };
+        let back = nix::sched::setns(&own_pid, CloneFlags::CLONE_NEWPID);
+        match forked.map_err(e("forking"))? {
+            nix::unistd::ForkResult::Child => {
+                let done = (|| {
+                    nix::sched::setns(&self.jail, CloneFlags::CLONE_NEWNS)
+                        .map_err(e("entering the jail's mount namespace"))?;
+                    if let Some(net) = &jail_net {
+                        nix::sched::setns(net, CloneFlags::CLONE_NEWNET)
+                            .map_err(e("entering the jail's network"))?;
+                    }
+                    nix::unistd::chdir(&cfg.merged).map_err(e("entering the jail's root"))?;
+                    assemble(cfg, handed, base).map(drop)
+                })();
+                let code = match done {
+                    Ok(()) => 0,
+                    Err(err) => {
+                        say!("{}", crate::cli::error::chain(&err));
+                        1
+                    }
+                };
+                // SAFETY: ends this forked process without running the
+                // supervisor's exit handlers.
+                unsafe { nix::libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child: helper } => {
+                back.map_err(e("leaving the jail's pid namespace"))?;
+                match waitpid(helper, None) {
+                    Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+                    _ => Err(SetupError::Io {
+                        what: "cannot put the jail's root together".into(),
+                        source: std::io::ErrorKind::Other.into(),
+                    }),
+                }
+            }
+        }
+    }
 }
 
 /// The jail's network namespace as its helper joins it (and the user
@@ -526,19 +683,21 @@ fn connect_network(
 }
 
 /// The jail's root and shares as detached mounts, and the host's /sys when
-/// it shares the host's network. With a user namespace (`/proc/PID` of
-/// the jail's init), the box's rootfs and the shares are id-mapped into
-/// it: a file owned by host uid N is seen as the jail's uid N, and what the
-/// jail's root writes is owned by host root, as without the namespace.
-/// `rootless`: made by the jail's root in its own user namespace, where
-/// nothing is id-mapped (the files already have the user's ids).
+/// a rootless jail shares the host's network. `mapped`: the jail's user
+/// namespace (`/proc/PID` of its init) and its block of host ids, when the
+/// supervisor makes them for a jail in one: the box's rootfs is id-mapped
+/// into it (a file owned by host uid N is seen as the jail's uid N), and
+/// each share through [`detached::share_userns`] (the jail's login user is
+/// the shared directory's owner there, and nobody in the jail is host
+/// root). Rootless, the jail's root makes them in its own user namespace,
+/// where nothing is id-mapped (the files already have the user's ids).
 fn prepare_mounts(
     cfg: &JailConfig,
-    userns_of: Option<&Path>,
+    mapped: Option<(&Path, crate::backend::rootfs::ids::IdMap)>,
     rootless: bool,
 ) -> Result<Handed, SetupError> {
-    let userns = match userns_of {
-        Some(p) => Some(
+    let userns = match mapped {
+        Some((p, _)) => Some(
             nix::fcntl::open(
                 &p.join("ns/user"),
                 nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -553,38 +712,27 @@ fn prepare_mounts(
     };
     let lower = detached::tree(&cfg.lower, false, true, userns.as_ref())?;
     let root = detached::overlay(&lower, &cfg.upper, &cfg.work, rootless)?;
-    let sys = if cfg.network == JailNetwork::Host {
+    let sys = if rootless && cfg.network == JailNetwork::Host {
         // A user namespace may copy /sys only with the mounts below it.
-        Some(detached::tree(Path::new("/sys"), rootless, true, None)?)
+        Some(detached::tree(Path::new("/sys"), true, true, None)?)
     } else {
         None
     };
-    let shares = cfg
-        .shares
-        .iter()
-        .map(|s| detached::tree(&s.host, true, s.read_only, userns.as_ref()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut shares = Vec::new();
+    for s in &cfg.shares {
+        let map = match &mapped {
+            Some((_, ids)) => detached::share_userns(&s.host, ids, cfg.login)?,
+            None => None,
+        };
+        shares.push(detached::tree(&s.host, true, s.read_only, map.as_ref())?);
+    }
     Ok(Handed { root, sys, shares })
 }
 
-/// Send the jail its mounts (if it does not make its own), which also lets
-/// it start.
-fn hand_over(sock: &OwnedFd, h: Option<&Handed>) -> nix::Result<()> {
-    let fds: Vec<std::os::fd::RawFd> = h
-        .into_iter()
-        .flat_map(|h| std::iter::once(&h.root).chain(&h.sys).chain(&h.shares))
-        .map(AsRawFd::as_raw_fd)
-        .collect();
-    let rights = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
-    let cmsg: &[nix::sys::socket::ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-    nix::sys::socket::sendmsg::<()>(
-        sock.as_raw_fd(),
-        &[std::io::IoSlice::new(b"x")],
-        cmsg,
-        nix::sys::socket::MsgFlags::empty(),
-        None,
-    )
-    .map(drop)
+/// Let the jail go on: its ids are mapped, it is in its cgroup and network,
+/// and its root is ready (or, rootless, it makes its own).
+fn let_go(sock: &OwnedFd) -> nix::Result<()> {
+    nix::unistd::write(sock, b"x").map(drop)
 }
 
 /// The file a jail's supervisor holds locked from its first instant to its
@@ -613,8 +761,9 @@ fn hold_lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
     Ok(Some(f))
 }
 
-/// Run one jail until it ends. Returns the process exit code.
-pub fn supervise(dir: &Path) -> i32 {
+/// Run one jail until it ends, with the config on standard input. Returns
+/// the process exit code.
+pub fn supervise(dir: &Path, id: &str) -> i32 {
     // First of all: from here on the next envup finds this supervisor.
     let _lock = match hold_lock(dir) {
         Ok(Some(f)) => f,
@@ -627,10 +776,12 @@ pub fn supervise(dir: &Path) -> i32 {
             return 1;
         }
     };
-    let cfg = match JailConfig::load(dir) {
+    // The config comes from the envup that starts the jail, made from the
+    // Envfile for this start; no file is read for it.
+    let cfg = match JailConfig::from_reader(std::io::stdin().lock(), dir, id) {
         Ok(c) => c,
         Err(e) => {
-            say!("{e}");
+            say!("{}", crate::cli::error::chain(&e));
             return 1;
         }
     };
@@ -719,16 +870,30 @@ pub fn supervise(dir: &Path) -> i32 {
             return 1;
         }
     };
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC;
+    let rootless = matches!(ids, Userns::Rootless(_));
+    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if cfg.network == JailNetwork::Private {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     if !matches!(ids, Userns::None) {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
+    // As root, the jail is cloned into the namespace its root is put
+    // together in, and makes its own mount namespace from it once it is;
+    // rootless, it has one of its own from the start.
+    let assembly = if rootless {
+        flags |= CloneFlags::CLONE_NEWNS;
+        None
+    } else {
+        match Assembly::make() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                say!("cannot make a mount namespace for the jail's root: {e}");
+                clean_up(&cfg);
+                return 1;
+            }
+        }
+    };
     let filter = match crate::backend::rootfs::seccomp::program() {
         Ok(f) => f,
         Err(e) => {
@@ -762,6 +927,16 @@ pub fn supervise(dir: &Path) -> i32 {
         )
     };
     // (The parent's copy of the child's end went with the closure.)
+    if let Some(a) = &assembly
+        && let Err(e) = a.leave()
+    {
+        say!("cannot go back to the host's mount namespace: {e}");
+        if let Ok(c) = &child {
+            let _ = kill(*c, Signal::SIGKILL);
+        }
+        clean_up(&cfg);
+        return 1;
+    }
     let _ = nix::unistd::chdir("/");
     let child = match child {
         Ok(c) => c,
@@ -806,7 +981,6 @@ pub fn supervise(dir: &Path) -> i32 {
     {
         return fail(e.into());
     }
-    let rootless = matches!(ids, Userns::Rootless(_));
     let mut helper = None;
     if cfg.network == JailNetwork::Private {
         match netns_of(&cfg, child, rootless).and_then(|ns| {
@@ -817,26 +991,46 @@ pub fn supervise(dir: &Path) -> i32 {
             Err(e) => return fail(e.into()),
         }
     }
-    // Rootless, the jail makes its own mounts: the message only lets it go.
-    let handed = if rootless {
-        None
-    } else {
-        let mapped = matches!(ids, Userns::Claimed(_)).then_some(proc_dir.as_path());
-        match prepare_mounts(&cfg, mapped, false) {
-            Ok(h) => Some(h),
-            Err(e) => return fail(e),
+    // Rootless, the jail makes its own mounts; as root, they are made in
+    // the assembly namespace now.
+    if let Some(a) = &assembly {
+        let mapped = match ids {
+            Userns::Claimed(i) => Some((proc_dir.as_path(), i)),
+            _ => None,
+        };
+        let base = mapped.map(|(_, i)| (i.uid, i.gid));
+        let made = prepare_mounts(&cfg, mapped, false)
+            .and_then(|handed| a.assemble(&cfg, child, handed, base));
+        if let Err(e) = made {
+            return fail(e);
         }
-    };
-    if let Err(e) = hand_over(&sock, handed.as_ref()) {
+    }
+    drop(assembly);
+    if let Err(e) = let_go(&sock) {
         return fail(SetupError::Release(e));
     }
-    drop(handed);
     let me = std::process::id() as i32;
     let started = crate::backend::start_time(me).unwrap_or(0);
-    let pidfile = dir.join("supervisor.pid");
-    if let Err(e) = crate::state::write_atomic(&pidfile, format!("{me} {started}\n").as_bytes()) {
-        return fail(e.into());
+    // Ready: said to the envup that started it on standard output (a
+    // pipe), which needs no disk; the pid file is for people and tools.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let told = writeln!(out, "{me} {started}").and_then(|()| out.flush());
+        if let Err(e) = told {
+            return fail(SetupError::Io {
+                what: "cannot tell envup the jail started".into(),
+                source: e,
+            });
+        }
     }
+    // Nothing more goes to the pipe, whose reader is gone with envup.
+    // SAFETY: dup2 on descriptors this process holds.
+    unsafe {
+        nix::libc::dup2(2, 1);
+    }
+    let pidfile = dir.join("supervisor.pid");
+    let _ = crate::state::write_atomic(&pidfile, format!("{me} {started}\n").as_bytes());
 
     // Wait for init; pass halt requests on; start the network helper
     // again if it dies under the jail (its SSH and forwards with it).

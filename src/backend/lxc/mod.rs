@@ -16,15 +16,13 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::backend::rootfs::detached;
 use crate::backend::rootfs::ids::{self, BLOCK, Claims, IdMap};
-use crate::backend::rootfs::net::{self, forget_netns, name_netns};
-use crate::backend::rootfs::{
-    Layer, Login, Network, first_boot_files, is_store_rootfs, lower_dir, snapshots,
-};
+use crate::backend::rootfs::net;
+use crate::backend::rootfs::{Layer, Login, Network, first_boot_files, lower_dir, snapshots};
 use crate::backend::{Backend, BackendError, Check, Dial, OwnError, io_err, run_tool};
 use crate::boxes::StoredBox;
 use crate::contained::Root;
 use crate::envfile::Machine;
-use crate::envfile::config::{Forward, Share};
+use crate::envfile::config::Share;
 use crate::ssh::MachineKeys;
 use crate::state::machine::SshEndpoint;
 use crate::state::{MachineState, Status};
@@ -60,9 +58,7 @@ impl OwnError for LxcError {}
 
 /// The container's name on the host.
 fn host_name(state: &MachineState) -> Result<String, BackendError> {
-    Ok(crate::backend::host_name(&crate::backend::machine_dir(
-        state,
-    )?))
+    crate::backend::host_name(state, "")
 }
 
 /// The container's directory tree: `DIR/NAME/config`, `DIR/upper`,
@@ -211,19 +207,20 @@ fn write_config(
 /// `lxc-start` takes it.
 const ROOTFS: &str = "rootfs";
 
-/// The box rootfs the container's `lower` link names, if it names one in
-/// a store.
-fn checked_lower(dir: &Path) -> Result<PathBuf, BackendError> {
-    let link = dir.join("lower");
-    std::fs::read_link(&link)
-        .ok()
-        .filter(|l| is_store_rootfs(l))
-        .ok_or_else(|| {
-            BackendError::NotOurs(format!(
-                "{} does not name a box rootfs in a store: it is damaged or was edited",
-                link.display()
-            ))
-        })
+/// The container's lower layer: the rootfs of the box the machine was made
+/// from, found in the store by the digest its state records (the `lower`
+/// link the container's directory keeps is a record, never followed), and
+/// the login user's ids in it.
+fn lower_of(state: &MachineState) -> Result<(PathBuf, (u32, u32)), BackendError> {
+    let lower = lower_dir(&crate::backend::stored_box(state)?)?;
+    let login = match &state.ssh {
+        Some(ep) => {
+            let l = Login::of(&lower, &ep.user)?;
+            (l.uid, l.gid)
+        }
+        None => (0, 0),
+    };
+    Ok((lower, login))
 }
 
 /// Mount the container's root at `rootfs` in [`lxc_path`] for `lxc-start` to take (it
@@ -234,12 +231,13 @@ fn checked_lower(dir: &Path) -> Result<PathBuf, BackendError> {
 /// needs no access to the paths they come from; taken away again as soon
 /// as the container runs (see `unmount_root`).
 fn mount_root(
-    dir: &Path,
+    state: &MachineState,
     name: &str,
     shares: &[Share],
     ids: Option<&IdMap>,
 ) -> Result<(), BackendError> {
-    let lower = checked_lower(dir)?;
+    let dir = &lxc_dir(state)?;
+    let (lower, login) = lower_of(state)?;
     let userns = ids.map(detached::userns_with).transpose()?;
     let tree = detached::tree(&lower, false, true, userns.as_ref())?;
     let work = dir.join("work");
@@ -261,7 +259,13 @@ fn mount_root(
         let inside = Root::from_fd(root);
         let owner = ids.map_or((0, 0), |i| (i.uid, i.gid));
         for s in shares {
-            let share = detached::tree(&s.host, true, s.read_only, userns.as_ref())?;
+            // Seen as the login user's where the directory is a user's;
+            // nobody in the container writes as host root.
+            let map = match ids {
+                Some(ids) => detached::share_userns(&s.host, ids, login)?,
+                None => None,
+            };
+            let share = detached::tree(&s.host, true, s.read_only, map.as_ref())?;
             let target = inside
                 .mkdir_all(Path::new(&s.guest), 0o755, Some(owner))
                 .map_err(io_err("make the share target", &s.guest))?;
@@ -340,7 +344,7 @@ fn refresh_config(
     state: &MachineState,
     name: &str,
 ) -> Result<Option<IdMap>, BackendError> {
-    checked_lower(&lxc_dir(state)?)?;
+    lower_of(state)?;
     write_config(m, state, name)
 }
 
@@ -365,15 +369,9 @@ fn boot(
 ) -> Result<(), BackendError> {
     let dir = lxc_path(name)?;
     let real = lxc_dir(state)?;
-    // Held until the network is connected: no other command takes the
-    // container for one whose helper died meanwhile.
-    let connecting = net_lock(&real)?;
-    connecting
-        .lock()
-        .map_err(io_err("lock", real.join(NET_LOCK)))?;
     // A container that powered itself off left its helper holding ports.
-    end_net(name);
-    mount_root(&real, name, shares, ids)?;
+    net::end(name);
+    mount_root(state, name, shares, ids)?;
     let log = dir.join("lxc.log");
     let started = lxc(
         "lxc-start",
@@ -384,104 +382,35 @@ fn boot(
     unmount_root(name);
     started?;
     let pid = init_pid(&dir, name).ok_or_else(|| LxcError::StoppedAtOnce(dir.join("lxc.log")))?;
-    let ns = name_netns(pid, name)?;
     let ep = state.ssh.as_ref().ok_or(LxcError::NoSshPort)?;
     // The helper outlives this command; halt finds it by the namespace it
     // serves (net::helpers_of), which is this container's alone.
     let fwds = net::host_fwds(ep.port, &state.forwards);
-    // Kept for a helper started again while the container runs, in the
-    // root-only runtime directory: the project's state file, which can be
-    // edited, never chooses what a helper opens on the host.
-    let helper = crate::state::write_json(&dir.join(FORWARDS), &fwds)
-        .map_err(BackendError::from)
-        .and_then(|()| {
-            net::connect(
-                &ns,
-                None,
-                name,
-                &real.join("net.log"),
-                &fwds,
-                net::Lifetime::Detached,
-            )
-            .map_err(|e| LxcError::Network(e).into())
-        });
-    if let Err(e) = helper {
+    if let Err(e) = served(&real, &dir, name).serve(pid, &fwds) {
         let _ = stop(state, name, true);
-        return Err(e);
+        return Err(LxcError::Network(e).into());
     }
     Ok(())
 }
 
-/// The forwards the container's helper serves, written by each start into
-/// its runtime directory.
-const FORWARDS: &str = "forwards.json";
-
-/// End the container's network helpers (found by the namespace they
-/// serve, so also one whose envup was killed as it started it), then take
-/// the namespace's name away.
-fn end_net(name: &str) {
-    let ns = net::netns_path(name);
-    for pid in net::helpers_of(&ns) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+/// The container's network helper: its runtime directory is the
+/// container's own under [`RUNTIME`], root's alone.
+fn served<'a>(real: &Path, runtime: &'a Path, name: &'a str) -> net::Served<'a> {
+    net::Served {
+        name,
+        runtime,
+        log: real.join("net.log"),
+        lock: real.join("net.lock"),
     }
-    // Gone before returning: a new helper will want the same ports.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !net::helpers_of(&ns).is_empty() {
-        if Instant::now() > deadline {
-            for pid in net::helpers_of(&ns) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    forget_netns(name);
 }
 
 /// A running container whose network helper died (or was killed) gets a
 /// new one, so SSH and its forwards answer again.
 fn reconnect_if_gone(state: &MachineState, name: &str) -> Result<(), BackendError> {
-    let ns = net::netns_path(name);
-    if !ns.exists() || !net::helpers_of(&ns).is_empty() {
-        return Ok(());
-    }
-    // A start connecting it now holds the lock: nothing is missing.
-    let lock = net_lock(&lxc_dir(state)?)?;
-    if lock.try_lock().is_err() || !net::helpers_of(&ns).is_empty() {
-        return Ok(());
-    }
-    // What the start that made the running container opened, and nothing
-    // else (none recorded: nothing to start again).
-    let Some(fwds) = crate::state::read_json::<Vec<Forward>>(&lxc_path(name)?.join(FORWARDS))
-        .ok()
-        .flatten()
-    else {
-        return Ok(());
-    };
-    net::connect(
-        &ns,
-        None,
-        name,
-        &lxc_dir(state)?.join("net.log"),
-        &fwds,
-        net::Lifetime::Detached,
-    )
-    .map(drop)
-    .map_err(|e| LxcError::Network(e).into())
-}
-
-/// The file a start holds locked while it connects the container's network.
-const NET_LOCK: &str = "net.lock";
-
-fn net_lock(dir: &Path) -> Result<std::fs::File, BackendError> {
-    let p = dir.join(NET_LOCK);
-    std::fs::File::create(&p).map_err(io_err("create", p))
+    let (real, runtime) = (lxc_dir(state)?, lxc_path(name)?);
+    served(&real, &runtime, name)
+        .reconnect_if_gone()
+        .map_err(|e| LxcError::Network(e).into())
 }
 
 /// A container that a killed `snapshot save` left frozen is thawed.
@@ -517,7 +446,7 @@ fn stop(state: &MachineState, name: &str, force: bool) -> Result<(), BackendErro
             lxc("lxc-stop", &dir, name, &["-k"])?;
         }
     }
-    end_net(name);
+    net::end(name);
     Ok(())
 }
 

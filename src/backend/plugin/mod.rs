@@ -87,6 +87,42 @@ pub struct Found {
     pub name: String,
     pub path: PathBuf,
     pub source: Source,
+    /// Why envup does not run it, when it does not ([`strict_modes`]).
+    pub refused: Option<String>,
+}
+
+/// Whether envup may run the program at `path`: it, and each directory
+/// above it (after its symlinks), belong to root or to the user running
+/// envup and can be written by nobody else. This is OpenSSH's StrictModes
+/// rule: a program that another user can replace would run with envup's
+/// privileges. Otherwise, why not.
+pub fn strict_modes(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let real = std::fs::canonicalize(path).map_err(|e| format!("cannot resolve it: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    for p in real.ancestors() {
+        let md = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        if md.uid() != 0 && md.uid() != me {
+            return Err(format!(
+                "{} belongs to uid {}, neither root nor the user running envup",
+                p.display(),
+                md.uid()
+            ));
+        }
+        if md.mode() & 0o022 != 0 {
+            return Err(format!(
+                "{} can be written by {} (mode {:o})",
+                p.display(),
+                if md.mode() & 0o002 != 0 {
+                    "every user"
+                } else {
+                    "its group"
+                },
+                md.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Every `envup-backend-NAME` executable on the search path, in search
@@ -106,6 +142,7 @@ pub fn discover() -> Vec<Found> {
                 let path = dir.join(&file);
                 is_executable(&path).then(|| Found {
                     name: name.to_owned(),
+                    refused: strict_modes(&path).err(),
                     path,
                     source,
                 })
@@ -295,10 +332,59 @@ impl Plugin {
         Ok(super::machine_dir(state)?.join("plugin"))
     }
 
-    /// What every call about an existing machine carries.
+    /// The box as the protocol describes it: its artifacts in the store,
+    /// and its rootfs unpacked by envup for a plugin that runs `rootfs`.
+    fn box_spec(
+        &self,
+        stored: &crate::boxes::StoredBox,
+    ) -> Result<protocol::BoxSpec, BackendError> {
+        let artifacts: std::collections::BTreeMap<String, PathBuf> = stored
+            .manifest
+            .artifacts
+            .keys()
+            .filter_map(|a| Some((a.clone(), stored.artifact(a)?)))
+            .collect();
+        let mut unpacked = std::collections::BTreeMap::new();
+        if self.artifacts().contains(&"rootfs") && artifacts.contains_key("rootfs") {
+            unpacked.insert("rootfs".to_owned(), super::rootfs::lower_dir(stored)?);
+        }
+        let formats = stored
+            .manifest
+            .artifacts
+            .iter()
+            .filter_map(|(a, art)| Some((a.clone(), art.format.clone()?)))
+            .collect();
+        Ok(protocol::BoxSpec {
+            unpacked,
+            formats,
+            name: stored.manifest.name.clone(),
+            version: stored.manifest.version.clone(),
+            digest: stored.digest.to_string(),
+            dir: stored.dir.clone(),
+            user: stored.manifest.ssh_user.clone(),
+            artifacts,
+            boot: stored
+                .manifest
+                .boot
+                .as_ref()
+                .and_then(|b| serde_json::to_value(b).ok()),
+        })
+    }
+
+    /// The box the machine was made from, from the store (never a path
+    /// the plugin kept): what `start` and `snapshot_restore` run on.
+    fn box_of(&self, state: &MachineState) -> Result<Value, BackendError> {
+        let spec = self.box_spec(&super::stored_box(state)?)?;
+        Ok(serde_json::to_value(spec).expect("JSON"))
+    }
+
+    /// What every call about an existing machine carries: among it the
+    /// name envup gives the machine on the host, which a plugin names
+    /// what it makes there with (the same for the machine's whole life).
     fn about(&self, state: &MachineState) -> Result<Map<String, Value>, BackendError> {
         Ok(into_map(json!({
             "name": state.name,
+            "host_name": super::host_name(state, "plugin")?,
             "dir": self.dir(state)?,
             "id": state.id,
             "ssh": state.ssh.as_ref().map(|s| json!({"host": s.host, "port": s.port, "user": s.user})),
@@ -480,37 +566,7 @@ impl Backend for Plugin {
     ) -> Result<(), BackendError> {
         let dir = self.dir(state)?;
         crate::state::create_private_dir(&dir).map_err(super::io_err("create", &dir))?;
-        let artifacts: std::collections::BTreeMap<String, PathBuf> = stored
-            .manifest
-            .artifacts
-            .keys()
-            .filter_map(|a| Some((a.clone(), stored.artifact(a)?)))
-            .collect();
-        let mut unpacked = std::collections::BTreeMap::new();
-        if self.artifacts().contains(&"rootfs") && artifacts.contains_key("rootfs") {
-            unpacked.insert("rootfs".to_owned(), super::rootfs::lower_dir(stored)?);
-        }
-        let formats = stored
-            .manifest
-            .artifacts
-            .iter()
-            .filter_map(|(a, art)| Some((a.clone(), art.format.clone()?)))
-            .collect();
-        let boxed = protocol::BoxSpec {
-            unpacked,
-            formats,
-            name: stored.manifest.name.clone(),
-            version: stored.manifest.version.clone(),
-            digest: stored.digest.to_string(),
-            dir: stored.dir.clone(),
-            user: stored.manifest.ssh_user.clone(),
-            artifacts,
-            boot: stored
-                .manifest
-                .boot
-                .as_ref()
-                .and_then(|b| serde_json::to_value(b).ok()),
-        };
+        let boxed = self.box_spec(stored)?;
         let keys = protocol::KeySpec {
             authorized_key: keys.authorized_key(),
             host_key: keys.host_private_pem(),
@@ -531,6 +587,7 @@ impl Backend for Plugin {
     fn start(&self, m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
         let mut request = self.about(state)?;
         request.insert("machine".into(), self.machine(m));
+        request.insert("box".into(), self.box_of(state)?);
         let v = self.call("start", Value::Object(request))?;
         self.take("start", v, state)
     }
@@ -584,6 +641,7 @@ impl Backend for Plugin {
         let mut request = self.about(state)?;
         request.insert("snapshot".into(), name.into());
         request.insert("machine".into(), self.machine(m));
+        request.insert("box".into(), self.box_of(state)?);
         let v = self.call("snapshot_restore", Value::Object(request))?;
         self.take("snapshot_restore", v, state)
     }

@@ -69,6 +69,17 @@ pub enum QemuError {
     DidNotEnd(i32),
     #[error("{0} is not qemu-img's JSON")]
     Info(String, #[source] serde_json::Error),
+    #[error(
+        "{} is not a layer over the box's disk {} (it names {found}): it is damaged or was \
+         edited, and envup does not start it", .overlay.display(), .base.display()
+    )]
+    NotOurLayer {
+        overlay: PathBuf,
+        base: PathBuf,
+        found: String,
+    },
+    #[error("{} names an accelerator `{accel}`, which is neither kvm nor tcg", .path.display())]
+    BadAccel { accel: String, path: PathBuf },
     #[error("the guest could not mount share {guest}, nor take a copy of it")]
     ShareCopy {
         guest: String,
@@ -79,12 +90,12 @@ pub enum QemuError {
 
 impl OwnError for QemuError {}
 
-/// What `start` runs, written at create.
+/// What `create` decided, kept as a record: facts checked when read, never
+/// a command line (qemu's is made again from the Envfile, the store and
+/// the machine's own paths at every start; older envups kept one here,
+/// which is ignored).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmConfig {
-    /// qemu-system-x86_64's arguments.
-    #[serde(with = "crate::state::bytes::args")]
-    pub args: Vec<OsString>,
     /// `kvm` or `tcg`.
     pub accel: String,
     pub name: String,
@@ -293,15 +304,6 @@ impl Args {
     }
 }
 
-/// Set the value after `flag` in a command line that has it.
-fn set_flag(args: &mut [OsString], flag: &str, value: &str) {
-    if let Some(i) = args.iter().position(|a| a == flag)
-        && let Some(v) = args.get_mut(i + 1)
-    {
-        *v = value.into();
-    }
-}
-
 /// qemu's arguments for a machine.
 #[allow(clippy::too_many_arguments)]
 pub fn qemu_args(
@@ -344,7 +346,9 @@ pub fn qemu_args(
         OsStr::new("-drive"),
         &opt_with_path("file=", &p.seed(), ",if=virtio,format=raw,readonly=on"),
     ]);
-    let mut net = format!("user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22");
+    // No IPv6 on the way out: the firewall that keeps machines from the
+    // host's own services and other projects is IPv4's.
+    let mut net = format!("user,id=net0,ipv6=off,hostfwd=tcp:127.0.0.1:{ssh_port}-:22");
     for f in &m.forwards {
         let proto = f.protocol.name();
         let ip = if f.host_ip.is_unspecified() {
@@ -358,13 +362,21 @@ pub fn qemu_args(
     a.add(&["-device", "virtio-net-pci,netdev=net0,romfile="]);
     a.add(&["-device", "virtio-rng-pci"]);
     for (i, s) in m.shares.iter().enumerate() {
-        let ro = if s.read_only { ",readonly=on" } else { "" };
+        // Read-only on qemu's side. Read-write, qemu (root) keeps the
+        // guest's owners and modes in extended attributes and gives the
+        // files it makes plain private modes: the guest makes no set-uid
+        // file or device node of root's on the host.
+        let model = if s.read_only {
+            "none,readonly=on"
+        } else {
+            "mapped-xattr"
+        };
         a.add(&[
             OsStr::new("-virtfs"),
             &opt_with_path(
                 "local,path=",
                 &s.host,
-                &format!(",mount_tag=envup{i},security_model=none,id=fs{i}{ro}"),
+                &format!(",mount_tag=envup{i},id=fs{i},security_model={model}"),
             ),
         ]);
     }
@@ -401,9 +413,110 @@ fn live_qemu(state: &MachineState) -> Option<i32> {
     super::live_process(recorded.as_deref(), &marker)
 }
 
+/// The machine's record, checked: an accelerator qemu knows, and the
+/// machine's own name on the host.
 fn read_config(state: &MachineState) -> Result<VmConfig, BackendError> {
     let p = Paths::of(state)?.config();
-    crate::state::read_json(&p)?.ok_or(BackendError::Missing(p))
+    let cfg: VmConfig = crate::state::read_json(&p)?.ok_or(BackendError::Missing(p.clone()))?;
+    super::own_host_name(&p, &super::host_name(state, "qemu")?, &cfg.name)?;
+    if !["kvm", "tcg"].contains(&cfg.accel.as_str()) {
+        return Err(QemuError::BadAccel {
+            accel: crate::ident::printable(&cfg.accel).into_owned(),
+            path: p,
+        }
+        .into());
+    }
+    Ok(cfg)
+}
+
+/// The machine's disk, checked to be a qcow2 layer whose backing file is
+/// the box's disk in the store, in the box's format (qemu-img reads the
+/// header only). qemu and qemu-img follow a layer's backing file: an
+/// edited header could point them at any file on the host.
+fn checked_overlay(state: &MachineState) -> Result<PathBuf, BackendError> {
+    let overlay = Paths::of(state)?.overlay();
+    let stored = super::stored_box(state)?;
+    let base = stored
+        .artifact("disk")
+        .ok_or_else(|| BackendError::NoArtifact {
+            name: stored.meta.name.clone(),
+            artifact: "disk",
+        })?;
+    let format = disk_format(&stored);
+    let info = qemu_img_on(&["info", "--output=json", "-U", "-f", "qcow2"], &overlay)?;
+    let v: serde_json::Value = serde_json::from_str(&info)
+        .map_err(|e| QemuError::Info(overlay.display().to_string(), e))?;
+    let named = v["full-backing-filename"]
+        .as_str()
+        .or(v["backing-filename"].as_str());
+    let named_format = v["backing-filename-format"].as_str();
+    if named.map(Path::new) != Some(base.as_path()) || named_format != Some(format.as_str()) {
+        return Err(QemuError::NotOurLayer {
+            overlay,
+            base,
+            found: format!(
+                "{} ({})",
+                crate::ident::printable(named.unwrap_or("no backing file")),
+                crate::ident::printable(named_format.unwrap_or("no format"))
+            ),
+        }
+        .into());
+    }
+    Ok(overlay)
+}
+
+/// The format of a box's disk.
+fn disk_format(stored: &StoredBox) -> String {
+    stored
+        .manifest
+        .artifacts
+        .get("disk")
+        .and_then(|a| a.format.clone())
+        .unwrap_or_else(|| "qcow2".into())
+}
+
+/// qemu's command line for the machine, made now from the Envfile's
+/// machine, the stored box (kernel, initrd, command line), what create
+/// decided (the accelerator, checked) and the machine's own paths and SSH
+/// port.
+fn command_line(m: &Machine, state: &MachineState) -> Result<Vec<OsString>, BackendError> {
+    let p = Paths::of(state)?;
+    let cfg = read_config(state)?;
+    let opts: Options = super::options(m, "qemu")?;
+    let accel = match opts.accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg",
+        Accel::Auto => cfg.accel.as_str(),
+    };
+    let stored = super::stored_box(state)?;
+    let kernel = stored.artifact("kernel");
+    let initrd = stored.artifact("initrd");
+    let cmdline = boot_cmdline(&stored);
+    let port = state
+        .ssh
+        .as_ref()
+        .map(|e| e.port)
+        .ok_or(BackendError::NotRunning)?;
+    Ok(qemu_args(
+        m,
+        &super::host_name(state, "qemu")?,
+        accel,
+        &p,
+        kernel
+            .as_deref()
+            .map(|k| (k, initrd.as_deref(), cmdline.as_str())),
+        port,
+    ))
+}
+
+/// The kernel command line a box boots with.
+fn boot_cmdline(stored: &StoredBox) -> String {
+    stored
+        .manifest
+        .boot
+        .as_ref()
+        .map(|b| b.cmdline.clone())
+        .unwrap_or_else(|| "root=/dev/vda rw console=ttyS0".into())
 }
 
 fn monitor(state: &MachineState) -> Result<qmp::Monitor, BackendError> {
@@ -462,17 +575,19 @@ fn human(state: &MachineState, command: &str) -> Result<(), BackendError> {
     }
 }
 
-/// Start the machine's qemu, unless it runs already.
-fn launch(state: &mut MachineState) -> Result<(), BackendError> {
+/// Start the machine's qemu with the command line made now for it, unless
+/// it runs already.
+fn launch(m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
     if live_qemu(state).is_some() {
         return Ok(());
     }
     let p = Paths::of(state)?;
-    let cfg = read_config(state)?;
+    checked_overlay(state)?;
+    let args = command_line(m, state)?;
     let _ = std::fs::remove_file(p.pidfile());
     let _ = std::fs::remove_file(p.qmp());
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(&cfg.args);
+    cmd.args(&args);
     if nix::unistd::geteuid().is_root() {
         // A second NIC on the project network, on the tap of the machine's
         // address; the guest gets its address over SSH.
@@ -568,15 +683,12 @@ impl Backend for QemuBackend {
                 name: stored.meta.name.clone(),
                 artifact: "disk",
             })?;
-        let format = stored.manifest.artifacts["disk"]
-            .format
-            .clone()
-            .unwrap_or_else(|| "qcow2".into());
+        let format = disk_format(stored);
         let p = Paths::of(state)?;
         std::fs::create_dir_all(&p.dir).map_err(io_err("make", &p.dir))?;
         let _ = std::fs::remove_file(p.overlay());
         make_overlay(&disk, &format, &p.overlay(), m.disk.bytes())?;
-        let name = super::host_name(&p.dir);
+        let name = super::host_name(state, "qemu")?;
         let user = stored.manifest.ssh_user.clone();
         seed::Seed {
             instance_id: &name,
@@ -597,26 +709,8 @@ impl Backend for QemuBackend {
             Accel::Auto if kvm_usable(kernel.as_deref()) => "kvm",
             Accel::Auto => "tcg",
         };
-        let initrd = stored.artifact("initrd");
-        let cmdline = stored
-            .manifest
-            .boot
-            .as_ref()
-            .map(|b| b.cmdline.clone())
-            .unwrap_or_else(|| "root=/dev/vda rw console=ttyS0".into());
         let port = super::ssh_port()?;
-        let args = qemu_args(
-            m,
-            &name,
-            accel,
-            &p,
-            kernel
-                .as_deref()
-                .map(|k| (k, initrd.as_deref(), cmdline.as_str())),
-            port,
-        );
         let cfg = VmConfig {
-            args,
             accel: accel.into(),
             name,
         };
@@ -630,23 +724,17 @@ impl Backend for QemuBackend {
         Ok(())
     }
 
-    /// A stopped VM starts with the Envfile's cpus and memory (the
-    /// recorded command line's `-smp` and `-m`, rewritten).
+    /// A stopped VM starts with the Envfile's cpus, memory, forwards and
+    /// shares: its command line is made again at every start.
     fn start(&self, m: &Machine, state: &mut MachineState) -> Result<(), BackendError> {
         if live_qemu(state).is_none() {
-            let mut cfg = read_config(state)?;
-            let before = cfg.args.clone();
-            set_flag(&mut cfg.args, "-smp", &m.cpus.to_string());
-            set_flag(&mut cfg.args, "-m", &format!("{}M", m.memory.bytes() >> 20));
-            if cfg.args != before {
-                crate::state::write_json(&Paths::of(state)?.config(), &cfg)?;
-            }
+            state.forwards = m.forwards.clone();
         }
-        launch(state)
+        launch(m, state)
     }
 
     fn restart_applies(&self) -> &'static [&'static str] {
-        &["cpus", "memory"]
+        &["cpus", "memory", "forwards", "shares"]
     }
 
     fn stop(&self, state: &MachineState, force: bool) -> Result<(), BackendError> {
@@ -752,26 +840,27 @@ impl Backend for QemuBackend {
     }
 
     fn snapshot_save(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
-        if live_qemu(state).is_some() {
+        if let Some(pid) = live_qemu(state) {
             // qemu refuses to save a VM with a virtio-9p device: say so
-            // from the command line envup gave it, before asking.
-            if read_config(state)?.args.iter().any(|a| a == "-virtfs") {
+            // from the running qemu's command line, before asking.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.split(|b| *b == 0).any(|a| a == b"-virtfs") {
                 return Err(QemuError::SaveWithShare.into());
             }
             human(state, &format!("savevm {name}"))
         } else {
-            let o = Paths::of(state)?.overlay();
+            let o = checked_overlay(state)?;
             qemu_img_on(&["snapshot", "-c", name], &o).map(|_| ())
         }
     }
 
     fn snapshot_restore(
         &self,
-        _m: &Machine,
+        m: &Machine,
         state: &mut MachineState,
         name: &str,
     ) -> Result<(), BackendError> {
-        let o = Paths::of(state)?.overlay();
+        let o = checked_overlay(state)?;
         let Some((_, with_vm)) = snapshots(&o)?.into_iter().find(|(n, _)| n == name) else {
             return Err(BackendError::NoSnapshot(name.to_owned()));
         };
@@ -784,7 +873,7 @@ impl Backend for QemuBackend {
         self.stop(state, true)?;
         qemu_img_on(&["snapshot", "-a", name], &o)?;
         if running {
-            launch(state)?;
+            launch(m, state)?;
         }
         Ok(())
     }
@@ -795,7 +884,7 @@ impl Backend for QemuBackend {
     }
 
     fn snapshot_delete(&self, state: &MachineState, name: &str) -> Result<(), BackendError> {
-        let o = Paths::of(state)?.overlay();
+        let o = checked_overlay(state)?;
         if !snapshots(&o)?.iter().any(|(n, _)| n == name) {
             return Err(BackendError::NoSnapshot(name.to_owned()));
         }

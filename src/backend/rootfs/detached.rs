@@ -194,10 +194,35 @@ pub fn attach(tree: &OwnedFd, onto: &OwnedFd) -> std::io::Result<()> {
     .map_err(Into::into)
 }
 
-/// A user namespace with `ids`'s map, to id-map mounts with: made by a
-/// short-lived helper process, which is gone when this returns (the
-/// namespace lives on through the descriptor).
+/// A user namespace with `ids`'s map, to id-map mounts with.
 pub fn userns_with(ids: &crate::backend::rootfs::ids::IdMap) -> Result<OwnedFd, MountError> {
+    userns_mapping(&ids.uid_line(), &ids.gid_line())
+}
+
+/// What a share of the directory `host` is seen through by a machine with
+/// the host ids `ids` whose login user has `login` (uid, gid) in it
+/// (`IdMap::share_map`): a user namespace to id-map it with, or `None`
+/// for a plain bind mount.
+pub fn share_userns(
+    host: &Path,
+    ids: &crate::backend::rootfs::ids::IdMap,
+    login: (u32, u32),
+) -> Result<Option<OwnedFd>, MountError> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(host).map_err(|source| MountError {
+        what: format!("cannot read the owner of {}", host.display()),
+        detail: String::new(),
+        source,
+    })?;
+    ids.share_map((md.uid(), md.gid()), login)
+        .map(|(u, g)| userns_mapping(&u, &g))
+        .transpose()
+}
+
+/// A user namespace with the given uid and gid maps, to id-map mounts
+/// with: made by a short-lived helper process, which is gone when this
+/// returns (the namespace lives on through the descriptor).
+fn userns_mapping(uid_map: &str, gid_map: &str) -> Result<OwnedFd, MountError> {
     use std::os::unix::process::CommandExt;
     let failed = |what: &str| {
         let what = what.to_owned();
@@ -232,8 +257,8 @@ pub fn userns_with(ids: &crate::backend::rootfs::ids::IdMap) -> Result<OwnedFd, 
             std::thread::sleep(std::time::Duration::from_millis(1));
             waited += 1;
         }
-        crate::backend::rootfs::ids::write_map(&proc_dir.join("uid_map"), &ids.uid_line())?;
-        crate::backend::rootfs::ids::write_map(&proc_dir.join("gid_map"), &ids.gid_line())?;
+        crate::backend::rootfs::ids::write_map(&proc_dir.join("uid_map"), uid_map)?;
+        crate::backend::rootfs::ids::write_map(&proc_dir.join("gid_map"), gid_map)?;
         nix::fcntl::open(
             &proc_dir.join("ns/user"),
             nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,

@@ -74,6 +74,43 @@ impl IdMap {
     pub fn gid_line(&self) -> String {
         format!("0 {} {BLOCK}\n", self.gid)
     }
+
+    /// The id map a share of a directory owned by `owner` (uid, gid) is
+    /// seen through by the machine whose login user is `login`: that user
+    /// reads and writes the directory's files as their owner; every other
+    /// id of the machine, root's among them, is one of the machine's own
+    /// host ids, as on its own files. So nothing the machine writes through
+    /// a share belongs to host root (a directory of root's stays root's:
+    /// the machine sees its files as nobody's). `None`: no mapping is
+    /// needed (a plain bind mount shows the same).
+    pub fn share_map(&self, owner: (u32, u32), login: (u32, u32)) -> Option<(String, String)> {
+        let lines = |base: u32, owner: u32, login: u32| -> Option<String> {
+            // Root's directory, or one of the machine's own: as they are.
+            if owner == 0 || owner.wrapping_sub(base) < BLOCK || login >= BLOCK {
+                return None;
+            }
+            let mut text = format!("{owner} {} 1\n", base + login);
+            if login > 0 {
+                text.push_str(&format!("{base} {base} {login}\n"));
+            }
+            if login + 1 < BLOCK {
+                let from = base + login + 1;
+                text.push_str(&format!("{from} {from} {}\n", BLOCK - login - 1));
+            }
+            Some(text)
+        };
+        let identity = |base: u32| format!("{base} {base} {BLOCK}\n");
+        match (
+            lines(self.uid, owner.0, login.0),
+            lines(self.gid, owner.1, login.1),
+        ) {
+            (None, None) => None,
+            (u, g) => Some((
+                u.unwrap_or_else(|| identity(self.uid)),
+                g.unwrap_or_else(|| identity(self.gid)),
+            )),
+        }
+    }
 }
 
 /// The host's range of ids for machines.
@@ -310,6 +347,23 @@ impl Claims {
         }
     }
 
+    /// Claims that name a directory under `from` name the same directory
+    /// under `to` (a project's state moved, `relocate`).
+    pub fn rehome(&self, from: &Path, to: &Path) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let Ok(text) = std::fs::read(e.path()) else {
+                continue;
+            };
+            let held = PathBuf::from(std::ffi::OsStr::from_bytes(&text));
+            if let Some(now) = crate::relocate::rehomed(&held, from, to) {
+                let _ = crate::state::write_atomic(&e.path(), now.as_os_str().as_bytes());
+            }
+        }
+    }
+
     /// The machine holding block `n`, if its claim is live: its directory
     /// still records that block.
     fn holder(&self, n: u32) -> Option<PathBuf> {
@@ -502,6 +556,36 @@ mod tests {
         std::fs::create_dir_all(&c).unwrap();
         assert_eq!(claims.ids_of(&c).unwrap().uid, ia.uid);
         assert_eq!(claims.ids_of(&b).unwrap().uid, ib.uid);
+    }
+
+    /// A share of a user's directory maps the machine's login user to that
+    /// user and every other id to the machine's own; root's directory, or
+    /// one the machine's own ids own, needs no map.
+    #[test]
+    fn share_maps_never_reach_host_root() {
+        let ids = IdMap {
+            uid: 1_073_741_824,
+            gid: 1_073_741_824,
+            shifted: true,
+        };
+        let (u, g) = ids.share_map((1000, 1000), (1000, 1000)).unwrap();
+        assert_eq!(
+            u,
+            "1000 1073742824 1\n1073741824 1073741824 1000\n1073742825 1073742825 64535\n"
+        );
+        assert_eq!(u, g);
+        // Root logs in: root writes as the directory's owner.
+        let (u, _) = ids.share_map((1000, 100), (0, 0)).unwrap();
+        assert_eq!(u, "1000 1073741824 1\n1073741825 1073741825 65535\n");
+        let (u, _) = ids.share_map((1000, 0), (0, 0)).unwrap();
+        assert!(!u.lines().any(|l| l.split(' ').nth(1) == Some("0")));
+        assert_eq!(ids.share_map((0, 0), (1000, 1000)), None);
+        assert_eq!(ids.share_map((1_073_741_900, 0), (0, 0)), None);
+        // No inside id is 0 (host root) in any map.
+        let (u, g) = ids.share_map((0, 1000), (1000, 1000)).unwrap();
+        for l in u.lines().chain(g.lines()) {
+            assert_ne!(l.split(' ').next(), Some("0"), "{l}");
+        }
     }
 
     #[test]

@@ -438,6 +438,104 @@ pub(crate) fn helpers_of(netns: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// A machine whose network namespace a detached helper serves (an LXC
+/// container, an engine's container): the helper outlives the command that
+/// starts it, and is found again by the namespace it serves, which is
+/// named after the machine (`name`). `runtime` is a root-only directory of
+/// envup's for the machine (what the helper serves is kept there, for a
+/// helper started again while the machine runs); `log` and `lock` are in
+/// the machine's own directory.
+pub struct Served<'a> {
+    pub name: &'a str,
+    pub runtime: &'a Path,
+    pub log: PathBuf,
+    pub lock: PathBuf,
+}
+
+/// The forwards a served machine's helper serves, in its runtime
+/// directory.
+const FORWARDS: &str = "forwards.json";
+
+impl Served<'_> {
+    /// Connect the network namespace of process `pid` (the machine's
+    /// init): a new helper serving `fwds` (SSH and the Envfile's forwards),
+    /// after any an earlier run left. Held under the machine's network
+    /// lock, so no other command takes the machine for one whose helper
+    /// died meanwhile.
+    pub fn serve(&self, pid: i32, fwds: &[Forward]) -> Result<(), NetError> {
+        let lock = self.lock()?;
+        lock.lock().map_err(io("lock", &self.lock))?;
+        end(self.name);
+        let ns = name_netns(pid, self.name)?;
+        let record = self.runtime.join(FORWARDS);
+        let text = serde_json::to_vec(fwds).expect("forwards serialize");
+        crate::state::write_atomic(&record, &text).map_err(|e| match e {
+            crate::state::StateError::Write(path, source) => NetError::Io {
+                op: "write",
+                path,
+                source,
+            },
+            other => io("write", &record)(std::io::Error::other(other.to_string())),
+        })?;
+        connect(&ns, None, self.name, &self.log, fwds, Lifetime::Detached).map(drop)
+    }
+
+    fn lock(&self) -> Result<std::fs::File, NetError> {
+        std::fs::File::create(&self.lock).map_err(io("create", &self.lock))
+    }
+
+    /// A running machine whose helper died (or was killed) gets a new
+    /// one, so SSH and its forwards answer again: with what the start that
+    /// made the running machine opened (kept in the root-only runtime
+    /// directory), and nothing else.
+    pub fn reconnect_if_gone(&self) -> Result<(), NetError> {
+        let ns = netns_path(self.name);
+        if !ns.exists() || !helpers_of(&ns).is_empty() {
+            return Ok(());
+        }
+        // A start connecting it now holds the lock: nothing is missing.
+        let lock = self.lock()?;
+        if lock.try_lock().is_err() || !helpers_of(&ns).is_empty() {
+            return Ok(());
+        }
+        let Some(fwds) = crate::state::read_json::<Vec<Forward>>(&self.runtime.join(FORWARDS))
+            .ok()
+            .flatten()
+        else {
+            return Ok(());
+        };
+        connect(&ns, None, self.name, &self.log, &fwds, Lifetime::Detached).map(drop)
+    }
+}
+
+/// End the helpers of the machine whose network namespace is named `name`
+/// (found by the namespace they serve, so also one whose envup was killed
+/// as it started it), then take the namespace's name away.
+pub fn end(name: &str) {
+    let ns = netns_path(name);
+    for pid in helpers_of(&ns) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    // Gone before returning: a new helper will want the same ports.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !helpers_of(&ns).is_empty() {
+        if std::time::Instant::now() > deadline {
+            for pid in helpers_of(&ns) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    forget_netns(name);
+}
+
 /// Take a network namespace's name away again.
 pub(crate) fn forget_netns(name: &str) {
     let ns = netns_path(name);

@@ -63,7 +63,7 @@ fn size_on_disk(b: &StoredBox) -> u64 {
 }
 
 fn describe(b: &StoredBox) -> String {
-    let backends: Vec<&str> = b.manifest.backends(crate::backend::Registry::builtin());
+    let backends: Vec<&str> = built_in_backends(b);
     format!(
         "{} {} (sha256:{}…, serves {})",
         b.meta.name,
@@ -133,7 +133,7 @@ fn list(app: &App) -> Result<ExitCode, CliError> {
             .iter()
             .map(|b| json!({
                 "name": b.meta.name, "version": b.meta.version, "sha256": b.digest,
-                "size": size_on_disk(b), "backends": b.manifest.backends(crate::backend::Registry::builtin()),
+                "size": size_on_disk(b), "backends": built_in_backends(b),
                 "source": b.meta.source, "machines": used.get(b.digest.as_str()).cloned().unwrap_or_default(),
             }))
             .collect();
@@ -166,7 +166,7 @@ fn list(app: &App) -> Result<ExitCode, CliError> {
         "backends"
     );
     for b in &boxes {
-        let backends: Vec<&str> = b.manifest.backends(crate::backend::Registry::builtin());
+        let backends: Vec<&str> = built_in_backends(b);
         let machines = used
             .get(b.digest.as_str())
             .map(|m| m.join(", "))
@@ -338,4 +338,15 @@ fn build(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The backends built into envup that run box `b`. Plugins are not asked
+/// (a command runs only the plugin it needs; `envup plugin list` shows
+/// what each plugin runs).
+fn built_in_backends(b: &crate::boxes::StoredBox) -> Vec<&'static str> {
+    crate::backend::Registry::builtin()
+        .built_ins()
+        .filter(|be| b.manifest.serves(*be))
+        .map(|be| be.name())
+        .collect()
 }

@@ -1,8 +1,5 @@
-use std::io::Write;
-
 use crate::cli::{App, CliError, ExitCode, InitArgs};
 use crate::envfile::{self, FILE_NAME};
-use std::os::unix::fs::OpenOptionsExt;
 
 use crate::state::write_atomic;
 
@@ -85,7 +82,6 @@ pub fn run(app: &App, args: &InitArgs) -> Result<ExitCode, CliError> {
         ))
     })?;
     write_atomic(&path, text.as_bytes())?;
-    ignore_state_dir(app)?;
     if !app.mode.quiet {
         anstream::println!(
             "wrote {} from template `{}` ({}); next: `envup up`",
@@ -104,44 +100,4 @@ fn backend_slot(text: &str) -> (&str, &str, &str) {
         .expect("every template has a backend slot");
     let (name, after) = rest.split_once('@').expect("the slot ends with @");
     (before, name, after)
-}
-
-/// Make sure `.envup/` is in the project's `.gitignore`.
-fn ignore_state_dir(app: &App) -> Result<(), CliError> {
-    let path = app.cwd.join(".gitignore");
-    let existing = match std::fs::read_to_string(&path) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(CliError::io(format!("read {}", path.display()))(e)),
-    };
-    if existing
-        .lines()
-        .any(|l| matches!(l.trim(), ".envup" | ".envup/" | "/.envup" | "/.envup/"))
-    {
-        return Ok(());
-    }
-    // Never through a symlink: it could point anywhere.
-    let mut f = match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
-            anstream::eprintln!(
-                "note: {} is a symlink; envup does not write through it. Add `.envup/` to it yourself",
-                path.display()
-            );
-            return Ok(());
-        }
-        Err(e) => return Err(CliError::io(format!("open {}", path.display()))(e)),
-    };
-    let sep = if existing.is_empty() || existing.ends_with('\n') {
-        ""
-    } else {
-        "\n"
-    };
-    writeln!(f, "{sep}.envup/").map_err(CliError::io(format!("write {}", path.display())))?;
-    Ok(())
 }

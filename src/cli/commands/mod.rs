@@ -46,7 +46,7 @@ pub(crate) fn run_machines<F>(
 where
     F: Fn(&Ops<'_>, &str) -> Result<String, crate::ops::OpError> + Sync,
 {
-    let project = app.project(config);
+    let project = app.project(config)?;
     let reporter = app.reporter();
     let _lock = app.lock(&project, &*reporter)?;
     let home = envup_home()?;
@@ -140,7 +140,7 @@ pub(crate) fn running_machine(
     name: &str,
 ) -> Result<(crate::state::MachineState, crate::ssh::MachineKeys), CliError> {
     super::context::check_machine(config, name)?;
-    let project = app.project(config);
+    let project = app.project(config)?;
     let state = created_machine(&project, name)?;
     // As the backend sees it: a machine whose processes died is not
     // running, whatever the state recorded.

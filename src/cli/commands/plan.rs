@@ -6,7 +6,7 @@ pub fn run(app: &App, args: &PlanArgs) -> Result<ExitCode, CliError> {
     let config = app.config()?;
     let selected = app.select_with_dependencies(&config, &args.machines)?;
     crate::cli::context::check_provisioners(&config, &selected, &args.provision_with)?;
-    let project = app.project(&config);
+    let project = app.project(&config)?;
     let choice = ProvisionChoice {
         skip_all: args.no_provision,
         only: args.provision_with.clone(),
@@ -18,7 +18,18 @@ pub fn run(app: &App, args: &PlanArgs) -> Result<ExitCode, CliError> {
             s.status = crate::backend::Registry::builtin().observed_status(&s);
             s
         });
-        plans.push(plan_up(&config.machines[name], state.as_ref(), &choice));
+        let m = &config.machines[name];
+        let mut plan = plan_up(m, state.as_ref(), &choice);
+        // What the machine's backend cannot ensure.
+        let registry = crate::backend::Registry::builtin();
+        let backend = match &state {
+            Some(s) if s.status != crate::state::Status::NotCreated => registry.for_state(s).ok(),
+            _ => registry.for_machine(m).ok().map(|(b, _)| b),
+        };
+        if let Some(b) = backend {
+            plan.notes.extend(b.warnings(m));
+        }
+        plans.push(plan);
     }
     if app.mode.json {
         print_json(&plans);

@@ -20,21 +20,47 @@ pub fn run(app: &App, cmd: &PluginCommand) -> Result<ExitCode, CliError> {
     }
 }
 
-/// One plugin program found, and what it is to envup.
-fn verdict(found: &plugin::Found, p: &Plugin, first: &mut Vec<String>) -> Value {
+/// What a plugin program found is to envup before it is run: refused (a
+/// program another user could change), shadowed (a backend or plugin of
+/// its name comes first), or the one used.
+fn standing(found: &[plugin::Found]) -> Vec<Option<(&'static str, String)>> {
+    let mut first: Vec<&str> = Vec::new();
+    found
+        .iter()
+        .map(|f| {
+            if let Some(why) = &f.refused {
+                Some(("refused", format!("envup does not run it: {why}")))
+            } else if Registry::is_built_in(&f.name) {
+                Some((
+                    "shadowed",
+                    "the built-in backend of that name is used instead".to_string(),
+                ))
+            } else if first.contains(&f.name.as_str()) {
+                Some((
+                    "shadowed",
+                    "a plugin of that name found earlier is used instead".to_string(),
+                ))
+            } else {
+                first.push(&f.name);
+                None
+            }
+        })
+        .collect()
+}
+
+/// One plugin program found, and what it is to envup: for the one used,
+/// what it says of itself (a refused or shadowed one is not run).
+fn verdict(found: &plugin::Found, p: &Plugin, standing: Option<(&str, String)>) -> Value {
     let mut row = json!({
         "name": found.name,
         "path": found.path,
         "source": found.source,
     });
-    let shadowed = if Registry::is_built_in(&found.name) {
-        Some("the built-in backend of that name is used instead".to_string())
-    } else if first.contains(&found.name) {
-        Some("a plugin of that name found earlier is used instead".to_string())
-    } else {
-        first.push(found.name.clone());
-        None
-    };
+    if let Some((status, why)) = standing {
+        row["status"] = json!(status);
+        row[status] = json!(why);
+        return row;
+    }
     match p.described() {
         Ok(d) => {
             row["version"] = json!(d.description.version);
@@ -42,11 +68,7 @@ fn verdict(found: &plugin::Found, p: &Plugin, first: &mut Vec<String>) -> Value 
             row["protocol"] = json!(d.protocol);
             row["artifacts"] = json!(d.description.artifacts);
             row["snapshots"] = json!(d.description.snapshots);
-            row["status"] = json!(if shadowed.is_some() {
-                "shadowed"
-            } else {
-                "usable"
-            });
+            row["status"] = json!("usable");
         }
         Err(e) => {
             let message = match e {
@@ -58,36 +80,32 @@ fn verdict(found: &plugin::Found, p: &Plugin, first: &mut Vec<String>) -> Value 
             } else {
                 "broken"
             };
-            row["status"] = json!(if shadowed.is_some() {
-                "shadowed"
-            } else {
-                status
-            });
+            row["status"] = json!(status);
             row["problem"] = json!(message);
         }
-    }
-    if let Some(s) = shadowed {
-        row["shadowed"] = json!(s);
     }
     row
 }
 
 fn list(app: &App) -> Result<ExitCode, CliError> {
     let found = plugin::discover();
-    let mut first = Vec::new();
-    // Each plugin is asked to describe itself, all at once.
+    let standing = standing(&found);
+    // The plugins used are asked to describe themselves, all at once.
     let described: Vec<Plugin> = found.iter().map(Plugin::new).collect();
     std::thread::scope(|s| {
-        for p in &described {
-            s.spawn(|| {
-                let _ = p.described();
-            });
+        for (p, st) in described.iter().zip(&standing) {
+            if st.is_none() {
+                s.spawn(|| {
+                    let _ = p.described();
+                });
+            }
         }
     });
     let rows: Vec<Value> = found
         .iter()
         .zip(&described)
-        .map(|(f, p)| verdict(f, p, &mut first))
+        .zip(standing)
+        .map(|((f, p), st)| verdict(f, p, st))
         .collect();
     if app.mode.json {
         print_json(&json!({
@@ -122,9 +140,9 @@ fn list(app: &App) -> Result<ExitCode, CliError> {
             f.path.display(),
             f.source.label()
         );
-        for k in ["shadowed", "problem"] {
+        for k in ["shadowed", "refused", "problem"] {
             if r[k].is_string() {
-                anstream::println!("  {}", s(k));
+                anstream::println!("  {}", crate::ident::printable(&s(k)));
             }
         }
     }
@@ -260,6 +278,12 @@ fn check(app: &App, name: &str, box_: &str, keep: bool) -> Result<ExitCode, CliE
     if Registry::is_built_in(name) {
         return Err(CliError::Usage(format!(
             "`{name}` is a built-in backend; a plugin of that name is never used"
+        )));
+    }
+    if let Some(why) = &found.refused {
+        return Err(CliError::Failed(format!(
+            "envup does not run {}: {why}",
+            found.path.display()
         )));
     }
     let p = Plugin::new(&found);

@@ -9,7 +9,7 @@ pub fn run(app: &App, args: &PortArgs) -> Result<ExitCode, CliError> {
     let config = app.config()?;
     let names: Vec<String> = args.machine.iter().cloned().collect();
     let selected = app.select(&config, &names)?;
-    let project = app.project(&config);
+    let project = app.project(&config)?;
     let mut out = Vec::new();
     for name in &selected {
         let m = &config.machines[name];

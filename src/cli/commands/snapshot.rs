@@ -26,7 +26,7 @@ pub fn run(app: &App, cmd: &SnapshotCommand) -> Result<ExitCode, CliError> {
         | SnapshotCommand::Delete { machine, .. } => machine,
     };
     crate::cli::context::check_machine(&config, machine)?;
-    let project = app.project(&config);
+    let project = app.project(&config)?;
     let reporter = app.reporter();
     let _lock = app.lock(&project, &*reporter)?;
     let mut state = super::created_machine(&project, machine)?;

@@ -8,7 +8,7 @@ use crate::ui::{print_json, style};
 pub fn run(app: &App, args: &MachinesArgs) -> Result<ExitCode, CliError> {
     let config = app.config()?;
     let selected = app.select(&config, &args.machines)?;
-    let project = app.project(&config);
+    let project = app.project(&config)?;
     // A damaged record shows no addresses here; `up` and `destroy` say
     // what is wrong with it.
     let network = crate::network::Record::load(project.dir()).ok().flatten();
@@ -50,6 +50,7 @@ pub fn run(app: &App, args: &MachinesArgs) -> Result<ExitCode, CliError> {
         print_json(&json!({
             "project": config.project,
             "root": config.root.to_string_lossy(),
+            "state": project.dir().to_string_lossy(),
             "network": network.as_ref().map(|r| r.subnet.to_string()),
             "machines": machines,
         }));
