@@ -28,6 +28,8 @@ trap cleanup EXIT
 digest=$(sha256sum "$work/tiny.box" | cut -d' ' -f1)
 ms() { python3 -c "import sys; print(f'{float(sys.argv[1])*1000:7.0f} ms')" "$1"; }
 now() { date +%s.%N; }
+# A project's state directory (envup keeps it under ENVUP_HOME).
+state_of() { (cd "$1" && "$bin" status --json) | python3 -c "import json,sys; print(json.load(sys.stdin)['state'])"; }
 
 # Baseline: the same rootfs, unshare + chroot, tiny's start-up, dropbear.
 mkdir -p "$work/raw"
@@ -98,7 +100,7 @@ echo "runs (s): raw ${raws[*]}; one ${ones[*]}; four ${fours[*]}; fifty ${fiftie
 echo "runs (s): network one ${nets1[*]}; none one ${nones1[*]}; network twenty ${nets20[*]}; none twenty ${nones20[*]}; made network ${made_net[*]}; made none ${made_none[*]}" >&2
 t_fifty=$(median "${fifties[@]}")
 raw=$(median "${raws[@]}"); t_one=$(median "${ones[@]}"); t_four=$(median "${fours[@]}")
-sup=$(cut -d' ' -f1 "$work/p4/.envup/machines/m1/jail/supervisor.pid")
+sup=$(cut -d' ' -f1 "$(state_of "$work/p4")/machines/m1/jail/supervisor.pid")
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$sup/status")
 
 echo "one jail, up to provisioned (tiny), median of $ROUNDS:"

@@ -21,6 +21,8 @@ cleanup() {
 trap cleanup EXIT
 "$bin" -q box build tiny -o "$work/tiny.box"
 now() { date +%s.%N; }
+# A project's state directory (envup keeps it under ENVUP_HOME).
+state_of() { (cd "$1" && "$bin" status --json) | python3 -c "import json,sys; print(json.load(sys.stdin)['state'])"; }
 median() { python3 -c "import sys, statistics; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
 ms() { python3 -c "import sys; print(f'{float(sys.argv[1])*1000:7.0f} ms')" "$1"; }
 envfile() { # $1: number of machines
@@ -31,15 +33,28 @@ envfile() { # $1: number of machines
 up() { mkdir -p "$work/p$1"; envfile "$2" > "$work/p$1/Envfile"; cd "$work/p$1"; t0=$(now); "$bin" -q up --jobs 2; t1=$(now); cd - >/dev/null; python3 -c "print($t1-$t0)"; }
 down() { (cd "$work/p$1" && "$bin" -q destroy -f >/dev/null); }
 
-# A machine to borrow the exact qemu command line, seed and key from.
+# A machine to borrow the exact qemu command line (from the running qemu:
+# envup makes it at every start and keeps none), seed and key from.
 up ref 1 >/dev/null
-m="$work/pref/.envup/machines/m1"
+m="$(state_of "$work/pref")/machines/m1"
 mkdir -p "$work/raw"
 cp "$m/qemu/seed.img" "$m/id_ed25519" "$work/raw/"
-python3 - "$m/qemu/vm.json" "$m" "$work/raw" > "$work/raw/args" <<'PY'
-import json, sys
-cfg, old, new = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
-print("\n".join(a.replace(old + "/qemu", new).replace(old, new) for a in cfg["args"]))
+pid=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['id'].split(':')[0])" "$m/state.json")
+python3 - "/proc/$pid/cmdline" "$m" "$work/raw" > "$work/raw/args" <<'PY'
+import sys
+args = open(sys.argv[1], "rb").read().split(b"\0")[1:-1]
+old, new = sys.argv[2].encode(), sys.argv[3].encode()
+out, skip = [], 0
+for i, a in enumerate(args):
+    if skip:
+        skip -= 1
+        continue
+    # The project network's tap is the machine's own: left out.
+    if a in (b"-netdev", b"-device") and i + 1 < len(args) and b"net1" in args[i + 1]:
+        skip = 1
+        continue
+    out.append(a.replace(old + b"/qemu", new).replace(old, new).decode())
+print("\n".join(out))
 PY
 port=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['ssh']['port'])" "$m/state.json")
 base=$(qemu-img info -U --output=json "$m/qemu/disk.qcow2" | python3 -c "import json,sys; print(json.load(sys.stdin)['backing-filename'])")
@@ -67,7 +82,7 @@ echo "runs (s): raw ${raws[*]}; one ${ones[*]}; two ${twos[*]}" >&2
 raw=$(median "${raws[@]}"); one=$(median "${ones[@]}"); two=$(median "${twos[@]}")
 fresh="$work/fresh.qcow2"
 qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$fresh"
-accel=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['accel'])" "$work/p2/.envup/machines/m2/qemu/vm.json")
+accel=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['accel'])" "$(state_of "$work/p2")/machines/m2/qemu/vm.json")
 echo "one VM, up to provisioned (tiny, $accel), median of $ROUNDS:"
 echo "  raw: qemu-system-x86_64, same command line, first SSH command $(ms "$raw")"
 echo "  envup up                                                      $(ms "$one")   ratio $(python3 -c "print(f'{$one/$raw:.2f}x')")   target <= 1.1x"
