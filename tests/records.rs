@@ -3,7 +3,7 @@
 //! rewritten with hostile values — a host path, a path that climbs out, a
 //! URI that names a program to run, an extra argument, shell
 //! metacharacters — and the next `status`, `up`, `snapshot restore`,
-//! `halt` and finally `destroy` must touch nothing outside the machine,
+//! `halt --force` and finally `destroy` must touch nothing outside the machine,
 //! run no process of the attacker's, and either do what the Envfile and
 //! the store say or refuse, naming the file.
 //!
@@ -46,37 +46,71 @@ fn envup(p: &Project, case: &Case, args: &[&str]) -> common::Done {
     run.out()
 }
 
-/// Every string in `v` replaced by `hostile`, and `hostile` added to every
-/// list of strings (one argument more).
-fn tamper(v: &mut Value, hostile: &str) {
+/// Where `v` holds strings, as JSON pointers: each string, and each list
+/// of strings (which a hostile value is added to, as one argument more).
+fn string_fields(v: &Value, at: String, out: &mut Vec<String>) {
     match v {
-        Value::String(s) => *s = hostile.to_owned(),
+        Value::String(_) => out.push(at),
         Value::Array(items) => {
-            let strings = !items.is_empty() && items.iter().all(Value::is_string);
-            items.iter_mut().for_each(|i| tamper(i, hostile));
-            if strings {
-                items.push(Value::String(hostile.to_owned()));
+            if !items.is_empty() && items.iter().all(Value::is_string) {
+                out.push(format!("{at}/+"));
+            }
+            for (i, item) in items.iter().enumerate() {
+                string_fields(item, format!("{at}/{i}"), out);
             }
         }
-        Value::Object(map) => map.values_mut().for_each(|i| tamper(i, hostile)),
+        Value::Object(map) => {
+            for (k, item) in map {
+                let k = k.replace('~', "~0").replace('/', "~1");
+                string_fields(item, format!("{at}/{k}"), out);
+            }
+        }
         _ => {}
     }
 }
 
-fn hostile_values(victim: &Path, slow: bool) -> Vec<String> {
-    let v = victim.display();
-    let mut values = vec![
-        v.to_string(),
-        format!("qemu+ext:///system?command=/bin/touch%20{v}/pwned"),
-        format!("--volume=/:/hostroot,{v}/pwned"),
-    ];
+/// `v` with the field at `pointer` set to `hostile` (or, for a list's
+/// `/+`, `hostile` added to the list).
+fn tamper(v: &mut Value, pointer: &str, hostile: &str) {
+    if let Some(list) = pointer.strip_suffix("/+") {
+        if let Some(Value::Array(items)) = v.pointer_mut(list) {
+            items.push(Value::String(hostile.to_owned()));
+        }
+    } else if let Some(field) = v.pointer_mut(pointer) {
+        *field = Value::String(hostile.to_owned());
+    }
+}
+
+/// The hostile values, some of which run `pwn` (a program that changes
+/// the victim) when something obeys them.
+fn hostile_values(victim: &Path, pwn: &Path, slow: bool) -> Vec<String> {
+    let (v, pwn) = (victim.display(), pwn.display());
+    let mut values = vec![v.to_string(), format!("qemu+ext:///system?command={pwn}")];
     if !slow {
         values.extend([
+            ARGV.to_owned(),
             format!("../../../../../../../../..{v}"),
-            format!("$(touch {v}/pwned);`touch {v}/pwned2`|touch {v}/pwned3"),
+            format!("$({pwn});`{pwn}`|{pwn}"),
         ]);
     }
     values
+}
+
+/// One argument more, which would give a container the host's root.
+const ARGV: &str = "--volume=/:/hostroot";
+
+/// A program that leaves a mark in the victim when run.
+fn pwn(victim: &Path) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pwn");
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\ntouch {}/pwned\n", victim.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, path)
 }
 
 /// The record files as they were, to put back between rounds.
@@ -112,68 +146,84 @@ fn attackers(victim: &Path) -> Vec<String> {
 
 fn records_are_not_commands(case: &Case) -> Result<(), Failed> {
     let v = Victim::new();
+    let (_pwn_dir, pwn) = pwn(v.path());
     let p = Project::with_envfile(&format!(
         "[machines.web]\nbox = \"tiny\"\nmemory = \"256MiB\"\n{}",
         case.table
     ));
     envup(&p, case, &["up"]).status(0);
     envup(&p, case, &["snapshot", "save", "web", "s1"]).status(0);
-    envup(&p, case, &["halt"]).status(0);
+    envup(&p, case, &["halt", "--force"]).status(0);
     let dir = common::state(&p).join("machines/web");
     let kept = keep(&dir, case.files);
     let mut problems = Vec::new();
-    let mut rounds: Vec<(&str, String)> = Vec::new();
+    // Each string field of each file, alone, with each hostile value (one
+    // for the state file, whose fields are many and plainly checked).
+    let mut rounds: Vec<(&str, String, String)> = Vec::new();
     for file in case.files {
-        if !dir.join(file).exists() {
+        let Ok(bytes) = std::fs::read(dir.join(file)) else {
             problems.push(format!("{file} was not written"));
             continue;
+        };
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        let mut fields = Vec::new();
+        string_fields(&value, String::new(), &mut fields);
+        // The state file's fields are read the same way whatever the
+        // backend (every one is tried on jails); on the others, those the
+        // backend itself uses.
+        if case.backend != "jail" && *file == "state.json" {
+            fields
+                .retain(|f| ["/id", "/ssh/host", "/ssh/user", "/box/sha256"].contains(&f.as_str()));
         }
-        // A state file whose every string is replaced is simply damaged:
-        // one value is enough.
-        let values = hostile_values(v.path(), case.slow || *file == "state.json");
+        let values = hostile_values(v.path(), &pwn, case.slow || *file == "state.json");
         let values = if *file == "state.json" {
             values[..1].to_vec()
         } else {
             values
         };
-        rounds.extend(values.into_iter().map(|h| (*file, h)));
+        for f in &fields {
+            if f.ends_with("/+") {
+                // A list takes one argument more.
+                rounds.push((*file, f.clone(), ARGV.to_owned()));
+            } else {
+                rounds.extend(values.iter().map(|h| (*file, f.clone(), h.clone())));
+            }
+        }
     }
-    for (file, hostile) in &rounds {
+    for (file, field, hostile) in &rounds {
         put_back(&kept);
         let path = dir.join(file);
         let mut value: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        tamper(&mut value, hostile);
+        tamper(&mut value, field, hostile);
         std::fs::write(&path, serde_json::to_vec(&value).unwrap()).unwrap();
         let name = Path::new(file).file_name().unwrap().to_string_lossy();
+        let what = format!("{file} {field} = {hostile:?}");
         for args in [
             &["status"][..],
             &["up"],
             &["snapshot", "restore", "web", "s1"],
-            &["halt"],
+            &["halt", "--force"],
         ] {
             let out = envup(&p, case, args);
             if out.code() != 0 && !out.stderr().contains(&*name) {
                 problems.push(format!(
-                    "{file} = {hostile:?}: `{}` failed without naming the file: {}",
+                    "{what}: `{}` failed without naming the file: {}",
                     args.join(" "),
                     out.stderr().trim()
                 ));
             }
             let running = attackers(v.path());
             if !running.is_empty() {
-                problems.push(format!(
-                    "{file} = {hostile:?}: `{}` left {running:?}",
-                    args.join(" ")
-                ));
+                problems.push(format!("{what}: `{}` left {running:?}", args.join(" ")));
             }
             if let Err(e) = v.untouched() {
-                problems.push(format!("{file} = {hostile:?}: `{}`: {e:?}", args.join(" ")));
+                problems.push(format!("{what}: `{}`: {e:?}", args.join(" ")));
             }
         }
         // Whatever the round did, the machine is halted with its own
         // records before the next.
         put_back(&kept);
-        let out = envup(&p, case, &["halt"]);
+        let out = envup(&p, case, &["halt", "--force"]);
         if out.code() != 0 {
             problems.push(format!("halt with the records put back: {}", out.stderr()));
         }
@@ -185,7 +235,11 @@ fn records_are_not_commands(case: &Case) -> Result<(), Failed> {
         let path = dir.join(file);
         if let Ok(bytes) = std::fs::read(&path) {
             let mut value: Value = serde_json::from_slice(&bytes).unwrap();
-            tamper(&mut value, &v.path().display().to_string());
+            let mut fields = Vec::new();
+            string_fields(&value, String::new(), &mut fields);
+            for f in &fields {
+                tamper(&mut value, f, &v.path().display().to_string());
+            }
             std::fs::write(&path, serde_json::to_vec(&value).unwrap()).unwrap();
         }
     }
@@ -208,7 +262,7 @@ fn qemu_layer_backing_file() -> Result<(), Failed> {
         case.table
     ));
     envup(&p, case, &["up"]).status(0);
-    envup(&p, case, &["halt"]).status(0);
+    envup(&p, case, &["halt", "--force"]).status(0);
     let layer = common::state(&p).join("machines/web/qemu/disk.qcow2");
     let target = v.path().join("x.part");
     let ok = std::process::Command::new("qemu-img")

@@ -113,11 +113,46 @@ pub struct BoxRef {
 }
 
 /// How envup reaches a machine over SSH.
+/// Checked where it is read: the host an IP address, the user a user name
+/// (a state file is evidence; an edited one names no host name to look up
+/// and no SSH option).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawSshEndpoint")]
 pub struct SshEndpoint {
     pub host: String,
     pub port: u16,
     pub user: String,
+}
+
+#[derive(Deserialize)]
+struct RawSshEndpoint {
+    host: String,
+    port: u16,
+    user: String,
+}
+
+impl TryFrom<RawSshEndpoint> for SshEndpoint {
+    type Error = String;
+
+    fn try_from(r: RawSshEndpoint) -> Result<Self, String> {
+        if r.host.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!(
+                "ssh.host `{}` is not an IP address",
+                crate::ident::printable(&r.host)
+            ));
+        }
+        if !crate::ident::is_user_name(&r.user) {
+            return Err(format!(
+                "ssh.user `{}` is not a user name",
+                crate::ident::printable(&r.user)
+            ));
+        }
+        Ok(SshEndpoint {
+            host: r.host,
+            port: r.port,
+            user: r.user,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
