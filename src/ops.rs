@@ -131,7 +131,12 @@ impl Ops<'_> {
         let keys_pending = recorded
             .as_ref()
             .is_some_and(|s| s.status == Status::Running && s.first_login.is_some());
-        if plan.is_noop() && !keys_pending {
+        // A running machine may still have to join its project network
+        // (an `up` killed between its start and its join): see below.
+        let running = recorded
+            .as_ref()
+            .is_some_and(|s| s.status == Status::Running);
+        if plan.is_noop() && !keys_pending && !(running && self.net.enabled()) {
             return Ok("already up; nothing to do".into());
         }
         // A machine made already stays with the backend that made it; a
@@ -157,6 +162,12 @@ impl Ops<'_> {
         } else {
             Joins::No
         };
+        let join_pending = running
+            && joins != Joins::No
+            && !recorded.as_ref().is_some_and(|s| self.on_network(s, joins));
+        if plan.is_noop() && !keys_pending && !join_pending {
+            return Ok("already up; nothing to do".into());
+        }
         // The machine's place on the project network, taken before it is
         // made or started; whether the project's names changed with it.
         let mut attached: Option<Attachment> = None;
@@ -270,8 +281,12 @@ impl Ops<'_> {
                 Action::Provision { name } => provision.push(name.clone()),
             }
         }
+        if join_pending && attached.is_none() {
+            self.reporter.step(name, "joining the project network");
+            attach(&mut attached)?;
+        }
         // `up` ends when the machine answers SSH, provisioners or not.
-        let booted = !done.is_empty() || state.first_login.is_some();
+        let booted = !done.is_empty() || state.first_login.is_some() || join_pending;
         let ssh = if booted {
             // The project network is joined once the machine answers, so
             // a machine that stops at once is reported by the wait, with
@@ -303,6 +318,10 @@ impl Ops<'_> {
                 }
                 Err(e) => return Err(e),
             };
+            if let Some(at) = attached.as_ref().filter(|_| joins != Joins::No) {
+                state.joined = Some(at.address);
+                self.save(&state)?;
+            }
             for note in backend.after_boot(m, &ssh)? {
                 self.reporter
                     .line(name, crate::ui::Stream::Stderr, &format!("note: {note}"));
@@ -319,6 +338,17 @@ impl Ops<'_> {
             done.push("provisioned");
         }
         Ok(done.join(", "))
+    }
+
+    /// Whether running machine `s` is on its project network as recorded:
+    /// it joined at its recorded address since it started, and (joined
+    /// through its namespace) its link is still on the project's bridge.
+    fn on_network(&self, s: &MachineState, joins: Joins) -> bool {
+        let Ok(Some(at)) = self.net.attachment(&s.name) else {
+            return false;
+        };
+        s.joined == Some(at.address)
+            && (joins != Joins::Namespace || crate::network::link::on_bridge(&at))
     }
 
     /// Stop a machine; a machine that is not running is left as it is.
@@ -724,9 +754,10 @@ pub fn rejoin(
     config: &Config,
     net: &crate::network::Net,
     backend: &dyn Backend,
-    state: &MachineState,
+    state: &mut MachineState,
     ssh: &Ssh,
 ) -> Result<(), OpError> {
+    state.joined = None;
     let Some(m) = config.machines.get(&state.name) else {
         return Ok(());
     };
@@ -739,8 +770,10 @@ pub fn rejoin(
         return Ok(());
     };
     match joins {
-        Joins::No => Ok(()),
-        Joins::Namespace => join(config, net, backend, state, &at),
-        Joins::Guest => join_guest(config, net, &m.name, ssh, &at),
+        Joins::No => return Ok(()),
+        Joins::Namespace => join(config, net, backend, state, &at)?,
+        Joins::Guest => join_guest(config, net, &m.name, ssh, &at)?,
     }
+    state.joined = Some(at.address);
+    Ok(())
 }

@@ -1,4 +1,5 @@
-//! Faults injected for real: `envup up` (and `snapshot save`, `box add`)
+//! Faults injected for real: `envup up` (and `snapshot save` and
+//! `restore`, `box add`)
 //! killed with SIGKILL at each step boundary (`ENVUP_FAULT=POINT` makes
 //! envup send itself the signal there), and helpers killed under running
 //! machines, on each backend this host runs. After each: the next `up`
@@ -78,6 +79,7 @@ fn converges(home: &Path, p: &Project, engine: Option<&str>) -> Result<(), Faile
         ran == "x\n",
         format!("the provisioner ran {ran:?} times, not once"),
     )?;
+    on_its_network(home, p)?;
     let names = host_names(p);
     let destroyed = envup_in(home, p, &["destroy", "-f"]);
     check(
@@ -94,6 +96,78 @@ fn converges(home: &Path, p: &Project, engine: Option<&str>) -> Result<(), Faile
             check(o.stdout.is_empty(), format!("{engine} container {n} left"))?;
         }
     }
+    Ok(())
+}
+
+/// The machine is on the project network as recorded: its names say its
+/// recorded address, and the host reaches it there.
+fn on_its_network(home: &Path, p: &Project) -> Result<(), Failed> {
+    let status = envup_in(home, p, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout()).unwrap();
+    let web = v["machines"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["name"] == "web"))
+        .cloned()
+        .unwrap_or_default();
+    let Some(addr) = web["address"].as_str() else {
+        return Err(format!("no address recorded: {}", status.stdout()).into());
+    };
+    let named = common::exec_in(home, p, "web", "grep -w web /etc/hosts || true");
+    check(
+        named.split_whitespace().next() == Some(addr),
+        format!("/etc/hosts names web {named:?}, its address is {addr}"),
+    )?;
+    common::exec_in(
+        home,
+        p,
+        "web",
+        "mkdir -p /www && echo here > /www/index.html && (busybox httpd -p 8000 -h /www || true)",
+    );
+    let o = std::process::Command::new("curl")
+        .args(["-s", "-m", "5", &format!("http://{addr}:8000/")])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    check(
+        body == "here",
+        format!("the host got {body:?} from web at {addr}"),
+    )
+}
+
+/// One machine of an `up -j 1` fails (its forwarded port is taken): the
+/// machine after it comes up on the project network all the same (the
+/// failed one's going takes the network, which the next one makes again),
+/// and once the port is free the next `up` brings up the first.
+fn neighbour_fails(backend: &'static str) -> Result<(), Failed> {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let (kind, table) = match backend {
+        "docker" | "podman" => (
+            "container",
+            format!("[machines.a.container]\nengine = \"{backend}\"\n"),
+        ),
+        b => (b, String::new()),
+    };
+    let p = Project::with_envfile(&format!(
+        "[machines.a]\nbox = \"tiny\"\nbackend = \"{kind}\"\n\
+         forward = [{{ guest = 80, host = {port} }}]\n{table}\n{}",
+        envfile(backend)
+    ));
+    let home = home().path();
+    let up = envup_in(home, &p, &["up", "-j", "1"]);
+    check(up.code() != 0, "up with a's port taken succeeded")?;
+    let status = envup_in(home, &p, &["status"]);
+    check(
+        status
+            .stdout()
+            .lines()
+            .any(|l| l.trim_start().starts_with("web ") && l.contains("running")),
+        format!("web is not running: {}{}", status.stdout(), up.stderr()),
+    )?;
+    on_its_network(home, &p)?;
+    drop(taken);
+    let engine = matches!(backend, "docker" | "podman").then_some(backend);
+    converges(home, &p, engine)?;
     Ok(())
 }
 
@@ -209,6 +283,42 @@ fn snapshot_killed(backend: &'static str) -> Result<(), Failed> {
     check(ran == "alive\n", format!("exec after the kill: {ran:?}"))?;
     envup_in(home().path(), &p, &["snapshot", "save", "web", "s1"]).status(0);
     converges(home().path(), &p, None)
+}
+
+/// `snapshot restore` killed once the snapshot's copy is made, and once it
+/// has taken the layer's place: the machine's files are whole (its own,
+/// or the snapshot's), `up` starts it, and a restore again works.
+fn restore_killed(backend: &'static str, point: &'static str) -> Result<(), Failed> {
+    let p = Project::with_envfile(&envfile(backend));
+    let home = home().path();
+    envup_in(home, &p, &["up"]).status(0);
+    common::exec_in(home, &p, "web", "echo saved > /root/mark");
+    envup_in(home, &p, &["snapshot", "save", "web", "s1"]).status(0);
+    common::exec_in(home, &p, "web", "echo changed > /root/mark");
+    killed_at(home, &p, &["snapshot", "restore", "web", "s1"], point)?;
+    let up = envup_in(home, &p, &["up"]);
+    check(
+        up.code() == 0,
+        format!("up after the kill: {}", up.stderr()),
+    )?;
+    let want = if point == "snapshot:copied" {
+        "changed\n"
+    } else {
+        "saved\n"
+    };
+    let mark = common::exec_in(home, &p, "web", "cat /root/mark");
+    check(
+        mark == want,
+        format!("after the kill the machine has {mark:?}"),
+    )?;
+    let again = envup_in(home, &p, &["snapshot", "restore", "web", "s1"]);
+    check(
+        again.code() == 0,
+        format!("restore again: {}", again.stderr()),
+    )?;
+    let mark = common::exec_in(home, &p, "web", "cat /root/mark");
+    check(mark == "saved\n", format!("restored: {mark:?}"))?;
+    converges(home, &p, None)
 }
 
 /// The memory limit of the cgroup process `pid` is in, as the host sees it.
@@ -656,6 +766,18 @@ fn main() {
         &jails,
         Box::new(|| snapshot_killed("jail")),
     );
+    for point in ["snapshot:copied", "snapshot:swapped"] {
+        add(
+            format!("jail_{point}"),
+            &jails,
+            Box::new(move || restore_killed("jail", point)),
+        );
+    }
+    add(
+        "jail_neighbour_fails".into(),
+        &jails,
+        Box::new(|| neighbour_fails("jail")),
+    );
     add("store_add_killed".into(), &jails, Box::new(killed_add));
     add(
         "store_add_disk_full".into(),
@@ -700,6 +822,13 @@ fn main() {
                 Box::new(move || kill_up(engine, point)),
             );
         }
+        if engine == "docker" {
+            add(
+                "docker_neighbour_fails".into(),
+                &skip,
+                Box::new(|| neighbour_fails("docker")),
+            );
+        }
         if engine != "lxc" {
             add(
                 format!("{engine}_reload_applies"),
@@ -723,6 +852,13 @@ fn main() {
                 &skip,
                 Box::new(|| snapshot_killed("lxc")),
             );
+            for point in ["snapshot:copied", "snapshot:swapped"] {
+                add(
+                    format!("lxc_{point}"),
+                    &skip,
+                    Box::new(move || restore_killed("lxc", point)),
+                );
+            }
         }
     }
     let qemu = common::qemu::unavailable();

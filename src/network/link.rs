@@ -308,6 +308,14 @@ pub fn remove_port(name: &str, br: &str) -> Result<(), LinkError> {
     }
 }
 
+/// Whether the machine attached at `at` that joins through its namespace
+/// is on its bridge: the bridge is there and the machine's host-side link
+/// is one of its ports.
+pub fn on_bridge(at: &Attachment) -> bool {
+    let host = super::host_link("ve", at.address);
+    exists(&at.bridge) && master(&host).as_deref() == Some(at.bridge.as_str())
+}
+
 /// Put the machine whose network namespace is that of process `pid` on
 /// its network: a veth pair, `ve…` on the bridge and `envup0` inside with
 /// the machine's address.

@@ -547,7 +547,7 @@ impl Net {
                     && w != r.subnet
                 {
                     if r.machines.is_empty() {
-                        self.remove(Some(&r))?;
+                        self.remove(&mut bridge, Some(&r))?;
                         self.claim_new(Some(w))?
                     } else {
                         return Err(NetworkError::Changed {
@@ -696,14 +696,14 @@ impl Net {
             Ok(Some(r)) => r,
             Ok(None) => {
                 if !self.others_remain(name) {
-                    self.remove(None)?;
+                    self.remove(&mut bridge, None)?;
                 }
                 return Ok((false, None));
             }
             Err(e) => {
                 let last = !self.others_remain(name);
                 if last {
-                    self.remove(None)?;
+                    self.remove(&mut bridge, None)?;
                 }
                 return Ok((
                     false,
@@ -724,7 +724,7 @@ impl Net {
             link::remove_port(&host_link("vt", a), &self.bridge)?;
         }
         if record.machines.is_empty() {
-            self.remove(Some(&record))?;
+            self.remove(&mut bridge, Some(&record))?;
         } else if gone.is_some() {
             record.save(&self.state_dir)?;
         }
@@ -743,7 +743,12 @@ impl Net {
     /// links on it), the claims that name the project, the record; the
     /// bridge an earlier envup named after the subnet, when the record
     /// (checked) names one and nothing is attached to it.
-    fn remove(&self, record: Option<&Record>) -> Result<(), NetworkError> {
+    fn remove(&self, bridge: &mut Bridge, record: Option<&Record>) -> Result<(), NetworkError> {
+        // Nothing is removed while a thread still makes it; whoever
+        // attaches next makes the bridge again (a machine of the same
+        // command after one that failed and went).
+        let _ = bridge.settle();
+        *bridge = Bridge::Unchecked;
         let ours: Vec<PathBuf> = claims()
             .into_iter()
             .map(|(path, _)| path)

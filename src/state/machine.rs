@@ -185,6 +185,11 @@ pub struct MachineState {
     /// Seconds since the epoch of the last change.
     #[serde(default)]
     pub updated: u64,
+    /// The address at which the machine joined its project network since
+    /// it last started: none until it has, so that an `up` killed between
+    /// the start and the join is finished by the next `up`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<std::net::Ipv4Addr>,
     /// The machine's state directory (where backends keep their files);
     /// known from where the state was read, not stored in it.
     #[serde(skip)]
@@ -210,6 +215,7 @@ impl MachineState {
             settings: serde_json::Value::Null,
             provisioned: BTreeMap::new(),
             updated: 0,
+            joined: None,
             dir: None,
             identity: None,
         }
@@ -226,6 +232,10 @@ impl MachineState {
                 event,
             })?;
         self.status = next;
+        // A machine that starts (again) or stops is on no network yet.
+        if event == Event::Started || next != Status::Running {
+            self.joined = None;
+        }
         self.updated = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

@@ -304,6 +304,7 @@ impl Backend for JailBackend {
             return Ok(());
         }
         let cfg = refresh_config(m, state)?;
+        snapshots::recover_layer(&jail_dir(&super::machine_dir(state)?))?;
         launch(state, &cfg)
     }
 
@@ -396,10 +397,12 @@ impl Backend for JailBackend {
         }
         let running = live_supervisor(state).is_some();
         halt(state, true)?;
-        snapshots::restore(&dir, name)?;
+        // Marked first: a kill after the swap must not leave a layer that
+        // the next start does not shift (shifting twice changes nothing).
         if !crate::userns::rootless() {
             ids::layer_replaced(&dir)?;
         }
+        snapshots::restore(&dir, name)?;
         if running {
             self.start(m, state)?;
         }

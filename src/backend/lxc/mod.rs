@@ -353,6 +353,7 @@ fn start(m: &Machine, state: &mut MachineState, name: &str) -> Result<(), Backen
     if lxc_state(&dir, name).as_deref() == Some("RUNNING") {
         return Ok(());
     }
+    snapshots::recover_layer(&lxc_dir(state)?)?;
     let ids = refresh_config(m, state, name)?;
     // The forwards too are the Envfile's, not the state's.
     state.forwards = m.forwards.clone();
@@ -508,8 +509,9 @@ fn snapshot_restore(
     }
     let running = lxc_state(&dir, host).as_deref() == Some("RUNNING");
     stop(state, host, true)?;
-    snapshots::restore(&real, snap)?;
+    // Marked first, as the jail's (a kill after the swap).
     ids::layer_replaced(&real)?;
+    snapshots::restore(&real, snap)?;
     if running {
         start(m, state, host)?;
     }

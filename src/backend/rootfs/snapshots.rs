@@ -3,7 +3,7 @@
 //! `DIR/snapshots/NAME`. The box's rootfs below never changes, so the
 //! layer is the whole difference. A running machine is frozen while its
 //! layer is copied, so the copy is consistent; a restore needs the machine
-//! stopped, and puts the copy in place with renames.
+//! stopped, and puts the copy in place with one atomic rename.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -95,20 +95,56 @@ pub(crate) fn save(
 
 /// Put snapshot `name` in place of the machine's layer. The machine must
 /// be stopped; its current layer is gone afterwards.
+///
+/// The copy is made beside the layer, then the two trade places in one
+/// atomic rename (`RENAME_EXCHANGE`): a kill at any instant leaves `upper`
+/// whole, the old layer or the new, and what is beside it is only ever a
+/// copy to throw away ([`recover_layer`] does, at the next start or
+/// restore).
 pub(crate) fn restore(dir: &Path, name: &str) -> Result<(), BackendError> {
     let snap = snapshot_dir(dir, name);
     if !snap.is_dir() {
         return Err(BackendError::NoSnapshot(name.to_owned()));
     }
+    recover_layer(dir)?;
     let upper = dir.join("upper");
-    let old = dir.join("upper.old");
-    let fresh = dir.join("upper.restoring");
-    let _ = remove_all(&old);
-    let _ = remove_all(&fresh);
+    let fresh = dir.join(RESTORING);
     copy_tree(&snap, &fresh)?;
-    std::fs::rename(&upper, &old).map_err(io_err("move aside", &upper))?;
-    std::fs::rename(&fresh, &upper).map_err(io_err("rename to its place", &fresh))?;
-    let _ = remove_all(&old);
+    crate::fault::point("snapshot:copied");
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        &fresh,
+        nix::fcntl::AT_FDCWD,
+        &upper,
+        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+    )
+    .map_err(|e| io_err("swap into place", &fresh)(e.into()))?;
+    crate::fault::point("snapshot:swapped");
+    remove_all(&fresh).map_err(io_err("remove", &fresh))
+}
+
+/// Where a restore puts the snapshot's copy, and where the layer it
+/// replaced is left until it is removed.
+const RESTORING: &str = "upper.restoring";
+/// Where an earlier envup's restore moved the layer aside.
+const MOVED_ASIDE: &str = "upper.old";
+
+/// Make the machine's layer whole after a restore that was cut short:
+/// an earlier envup's restore killed between its two renames left no
+/// `upper` and the layer in `upper.old`, which is put back; a copy left
+/// beside the layer (half a snapshot's, or the layer a restore replaced)
+/// is removed. The only copy of the machine's files is never removed.
+pub(crate) fn recover_layer(dir: &Path) -> Result<(), BackendError> {
+    let upper = dir.join("upper");
+    let aside = dir.join(MOVED_ASIDE);
+    if std::fs::symlink_metadata(&upper).is_err() && aside.is_dir() {
+        std::fs::rename(&aside, &upper).map_err(io_err("put back", &aside))?;
+    }
+    for left in [aside, dir.join(RESTORING)] {
+        if std::fs::symlink_metadata(&left).is_ok() {
+            remove_all(&left).map_err(io_err("remove", &left))?;
+        }
+    }
     Ok(())
 }
 
@@ -160,6 +196,31 @@ mod tests {
         assert!(restore(d.path(), "nope").is_err());
         delete(d.path(), "v1.2").unwrap();
         assert!(list(d.path()).is_empty());
+    }
+
+    #[test]
+    fn a_restore_cut_short_leaves_the_layer_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let upper = d.path().join("upper");
+        // An earlier envup killed between its two renames: no layer, the
+        // machine's files moved aside, a whole copy of the snapshot beside.
+        std::fs::create_dir_all(d.path().join(MOVED_ASIDE)).unwrap();
+        std::fs::write(d.path().join(MOVED_ASIDE).join("f"), "mine").unwrap();
+        std::fs::create_dir_all(d.path().join(RESTORING)).unwrap();
+        recover_layer(d.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(upper.join("f")).unwrap(), "mine");
+        assert!(!d.path().join(MOVED_ASIDE).exists());
+        assert!(!d.path().join(RESTORING).exists());
+        // A leftover beside a whole layer goes; the layer stays.
+        std::fs::create_dir_all(d.path().join(MOVED_ASIDE)).unwrap();
+        recover_layer(d.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(upper.join("f")).unwrap(), "mine");
+        // And a restore after it works.
+        save(d.path(), "s", false, |_| unreachable!("not running")).unwrap();
+        std::fs::write(upper.join("f"), "changed").unwrap();
+        restore(d.path(), "s").unwrap();
+        assert_eq!(std::fs::read_to_string(upper.join("f")).unwrap(), "mine");
+        assert!(!d.path().join(RESTORING).exists());
     }
 
     #[test]

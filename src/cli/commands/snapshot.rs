@@ -54,6 +54,9 @@ pub fn run(app: &App, cmd: &SnapshotCommand) -> Result<ExitCode, CliError> {
         }
         SnapshotCommand::Restore { name, .. } => {
             check_name(name)?;
+            // It joins its network again once it answers (below); until
+            // then, for an `up` after a kill, it has not.
+            state.joined = None;
             backend.snapshot_restore(&config.machines[machine.as_str()], &mut state, name)?;
             project.save(&state)?;
             // A running machine is back when it answers SSH again.
@@ -72,8 +75,9 @@ pub fn run(app: &App, cmd: &SnapshotCommand) -> Result<ExitCode, CliError> {
                 )?;
                 // Its network was made anew: it joins the project's again.
                 let net = crate::network::Net::new(&config, project.dir());
-                crate::ops::rejoin(&config, &net, backend, &state, &ssh)
+                crate::ops::rejoin(&config, &net, backend, &mut state, &ssh)
                     .map_err(|e| CliError::Failed(crate::cli::error::chain(&e)))?;
+                project.save(&state)?;
             }
             say(format!("restored {machine} to snapshot `{name}`"));
         }
