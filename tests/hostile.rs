@@ -1184,6 +1184,37 @@ fn damaged_state_still_destroys() -> Result<(), Failed> {
     common::nothing_left(&p, &ids)
 }
 
+/// An emptied host index (`machines.json`) is made again from the
+/// projects' states: `global-status`, `up` and `destroy -f` work, and
+/// the machine's going is recorded in the new index.
+fn damaged_index_is_made_again() -> Result<(), Failed> {
+    let p = envfile("[machines.web]\nbox = \"tiny\"\nbackend = \"jail\"\nmemory = \"128MiB\"\n");
+    in_jail_home(&p, &["up"]).status(0);
+    let ids = common::jail_ids(&p);
+    let index = tiny_home().path().join("machines.json");
+    std::fs::write(&index, "").unwrap();
+    let listed = |out: &common::Done| {
+        out.stdout()
+            .lines()
+            .any(|l| l.contains(&*p.path().to_string_lossy()) && l.contains("web"))
+    };
+    let global = in_jail_home(&p, &["global-status"]);
+    check(
+        global.code() == 0 && listed(&global),
+        format!("global-status: {} {}", global.stdout(), global.stderr()),
+    )?;
+    let up = in_jail_home(&p, &["up"]);
+    check(up.code() == 0, format!("up: {}", up.stderr()))?;
+    let out = in_jail_home(&p, &["destroy", "--force"]);
+    check(out.code() == 0, format!("destroy: {}", out.stderr()))?;
+    let global = in_jail_home(&p, &["global-status"]);
+    check(
+        global.code() == 0 && !listed(&global),
+        format!("global-status after destroy: {}", global.stdout()),
+    )?;
+    common::nothing_left(&p, &ids)
+}
+
 /// `ssh-config` in a project whose path has a space works with `ssh -F`;
 /// a state whose user carries an SSH option is refused, not written.
 fn ssh_config_is_quoted_and_checked() -> Result<(), Failed> {
@@ -1273,6 +1304,7 @@ fn main() {
             root_in_the_jail_plants_symlinks,
         ),
         ("damaged_state_still_destroys", damaged_state_still_destroys),
+        ("damaged_index_is_made_again", damaged_index_is_made_again),
         ("edited_state_grants_nothing", edited_state_grants_nothing),
         ("lxc_shares_and_config", lxc_shares_and_config),
         ("machine_output_is_escaped", machine_output_is_escaped),

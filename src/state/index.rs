@@ -29,6 +29,9 @@ struct IndexFile {
 pub struct Index {
     path: PathBuf,
     lock: PathBuf,
+    /// Where the projects' states are, from which a damaged index is made
+    /// again.
+    projects: PathBuf,
 }
 
 impl Index {
@@ -36,13 +39,66 @@ impl Index {
         Self {
             path: home.join("machines.json"),
             lock: home.join("machines.lock"),
+            projects: home.join("projects"),
         }
     }
 
     pub fn entries(&self) -> Result<Vec<Entry>, StateError> {
-        Ok(read_json::<IndexFile>(&self.path)?
-            .unwrap_or_default()
-            .machines)
+        Ok(self.load()?.0.machines)
+    }
+
+    /// The index, and whether it was made again: an index that cannot be
+    /// parsed (emptied, cut short by a full disk) is only a list of what
+    /// the projects' states hold, so it is made from them.
+    fn load(&self) -> Result<(IndexFile, bool), StateError> {
+        match read_json::<IndexFile>(&self.path) {
+            Ok(f) => Ok((f.unwrap_or_default(), false)),
+            Err(StateError::Parse(..)) => Ok((
+                IndexFile {
+                    machines: self.rebuilt(),
+                },
+                true,
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every machine a project state under `projects/` records.
+    fn rebuilt(&self) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let Ok(projects) = std::fs::read_dir(&self.projects) else {
+            return out;
+        };
+        for dir in projects.filter_map(Result::ok).map(|e| e.path()) {
+            let Some(root) = super::ProjectState::recorded_root(&dir) else {
+                continue;
+            };
+            let Ok(machines) = std::fs::read_dir(dir.join("machines")) else {
+                continue;
+            };
+            for m in machines.filter_map(Result::ok) {
+                let state_dir = m.path();
+                let Ok(Some(state)) =
+                    read_json::<super::MachineState>(&state_dir.join("state.json"))
+                else {
+                    continue;
+                };
+                if m.file_name().to_str() != Some(state.name.as_str()) {
+                    continue;
+                }
+                out.push(Entry {
+                    project: root
+                        .file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                    root: root.clone(),
+                    machine: state.name,
+                    backend: state.backend.to_string(),
+                    state_dir,
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.root, &a.machine).cmp(&(&b.root, &b.machine)));
+        out
     }
 
     /// Read, change and write the index under its lock.
@@ -60,7 +116,12 @@ impl Index {
                 },
             },
         )?;
-        let mut file = read_json::<IndexFile>(&self.path)?.unwrap_or_default();
+        let (mut file, rebuilt) = self.load()?;
+        if rebuilt {
+            // The damaged file is kept beside, for whoever wants to see it.
+            let aside = self.path.with_extension("json.damaged");
+            let _ = std::fs::rename(&self.path, aside);
+        }
         let out = f(&mut file.machines);
         write_json(&self.path, &file)?;
         Ok(out)
@@ -131,5 +192,37 @@ mod tests {
         let dropped = idx.prune(|e| !e.root.exists()).unwrap();
         assert_eq!(dropped.len(), 1);
         assert!(idx.entries().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_index_is_made_from_the_projects() {
+        let home = tempfile::tempdir().unwrap();
+        let root = home.path().join("proj");
+        std::fs::create_dir_all(&root).unwrap();
+        let project = crate::state::ProjectState::of(home.path(), &root);
+        project.ensure().unwrap();
+        for name in ["web", "db"] {
+            let st = crate::state::MachineState::new(
+                name,
+                crate::backend::BackendName::new("fake").unwrap(),
+            );
+            project.save(&st).unwrap();
+        }
+        let idx = Index::new(home.path());
+        std::fs::write(home.path().join("machines.json"), "").unwrap();
+        let names: Vec<String> = idx
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.machine)
+            .collect();
+        assert_eq!(names, ["db", "web"]);
+        // Changed, it is written whole again; the damaged file kept beside.
+        idx.forget(&root, "db").unwrap();
+        let left = idx.entries().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].root, root);
+        assert_eq!(left[0].backend, "fake");
+        assert!(home.path().join("machines.json.damaged").exists());
     }
 }

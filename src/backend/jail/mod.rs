@@ -535,6 +535,9 @@ fn launch(state: &mut MachineState, cfg: &JailConfig) -> Result<(), BackendError
                     dir.display()
                 ));
             }
+            if last.is_empty() {
+                last = format!("it wrote nothing to its log, {}", log.display());
+            }
             Err(JailError::SupervisorStopped {
                 status: st.to_string(),
                 last,
