@@ -68,6 +68,8 @@ pub struct Ops<'a> {
     pub lock: &'a Lockfile,
     /// Lock entries for the boxes this command resolved.
     pub resolved: Mutex<Vec<(String, LockEntry)>>,
+    /// A running machine could not be given the project's names.
+    pub names_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Ops<'_> {
@@ -431,6 +433,7 @@ impl Ops<'_> {
             state.apply(Event::Destroyed)?;
         }
         let (names_changed, note) = self.net.detach(&state.name)?;
+        crate::fault::point("net:detached");
         if let Some(note) = note {
             self.reporter.note(&note);
         }
@@ -584,9 +587,10 @@ impl Ops<'_> {
         Ok(names.len())
     }
 
-    /// Write the project's names into every running machine but `except`.
-    /// A machine that cannot be reached keeps its old names, with a note.
-    fn refresh_names(&self, except: &str) {
+    /// Write the project's names into every running machine but `except`
+    /// (`""`: all). A machine that cannot be reached keeps its old names,
+    /// with a note.
+    pub fn refresh_names(&self, except: &str) {
         let Ok(Some(record)) = self.net.record() else {
             return;
         };
@@ -597,6 +601,8 @@ impl Ops<'_> {
                 continue;
             };
             if let Err(e) = self.refresh_one(m, &block) {
+                self.names_failed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 self.reporter.line(
                     name,
                     crate::ui::Stream::Stderr,

@@ -114,7 +114,9 @@ fn on_its_network(home: &Path, p: &Project) -> Result<(), Failed> {
     };
     let named = common::exec_in(home, p, "web", "grep -w web /etc/hosts || true");
     check(
-        named.split_whitespace().next() == Some(addr),
+        named
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(addr)),
         format!("/etc/hosts names web {named:?}, its address is {addr}"),
     )?;
     common::exec_in(
@@ -169,6 +171,101 @@ fn neighbour_fails(backend: &'static str) -> Result<(), Failed> {
     let engine = matches!(backend, "docker" | "podman").then_some(backend);
     converges(home, &p, engine)?;
     Ok(())
+}
+
+/// `destroy peer` killed once peer has left the network's record, before
+/// the other machines' names say so: the next command (here `up web`,
+/// which has nothing else to do) writes them.
+fn names_after_killed_destroy() -> Result<(), Failed> {
+    let p = Project::with_envfile(&format!(
+        "{}\n[machines.peer]\nbox = \"tiny\"\nbackend = \"jail\"\nmemory = \"128MiB\"\n",
+        envfile("jail")
+    ));
+    let home = home().path();
+    envup_in(home, &p, &["up"]).status(0);
+    let hosts = |p: &Project| common::exec_in(home, p, "web", "cat /etc/hosts");
+    check(
+        hosts(&p).contains("peer"),
+        format!("web's names lack peer: {}", hosts(&p)),
+    )?;
+    killed_at(home, &p, &["destroy", "-f", "peer"], "net:detached")?;
+    let up = envup_in(home, &p, &["up", "web"]);
+    check(up.code() == 0, format!("up web: {}", up.stderr()))?;
+    check(
+        !hosts(&p).contains("peer"),
+        format!("web still names peer: {}", hosts(&p)),
+    )?;
+    converges(home, &p, None)
+}
+
+/// A project directory deleted under its running machine: `global-status`
+/// shows the machine running with no project, `global-status --prune`
+/// destroys it, and nothing of it is left (its network's claim neither).
+fn deleted_project(backend: &'static str) -> Result<(), Failed> {
+    let p = Project::with_envfile(&envfile(backend));
+    let home = home().path();
+    envup_in(home, &p, &["up"]).status(0);
+    let names = host_names(&p);
+    std::fs::remove_dir_all(p.path()).unwrap();
+    let global = |args: &[&str]| {
+        p.cmd(args)
+            .cwd(Path::new("/"))
+            .env("ENVUP_HOME", home.to_str().unwrap())
+            .out()
+    };
+    let shown = global(&["global-status"]);
+    check(
+        shown
+            .stdout()
+            .lines()
+            .any(|l| l.contains(&*p.path().to_string_lossy()) && l.contains("running, no project")),
+        format!("global-status: {}", shown.stdout()),
+    )?;
+    let pruned = global(&["global-status", "--prune"]);
+    check(
+        pruned.code() == 0,
+        format!("--prune: {} {}", pruned.stdout(), pruned.stderr()),
+    )?;
+    let shown = global(&["global-status"]);
+    check(
+        !shown.stdout().contains(&*p.path().to_string_lossy()),
+        format!("global-status after --prune: {}", shown.stdout()),
+    )?;
+    common::nothing_left(&p, &names)?;
+    if matches!(backend, "docker" | "podman") {
+        for n in &names {
+            let o = std::process::Command::new(backend)
+                .args(["ps", "-a", "-q", "--filter", &format!("name=^{n}$")])
+                .output()
+                .unwrap();
+            check(o.stdout.is_empty(), format!("{backend} container {n} left"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A halted machine's bridge gone (as after a reboot), and the `up` that
+/// makes it again killed once the bridge is there, down and without its
+/// address: the next `up` finishes the bridge, and the machine is on it.
+fn half_made_bridge() -> Result<(), Failed> {
+    let p = Project::with_envfile(&envfile("jail"));
+    let home = home().path();
+    envup_in(home, &p, &["up"]).status(0);
+    envup_in(home, &p, &["halt"]).status(0);
+    let br = envup::network::bridge_of(&common::state(&p));
+    let del = std::process::Command::new("ip")
+        .args(["link", "del", &br])
+        .status()
+        .unwrap();
+    check(del.success(), format!("ip link del {br}"))?;
+    killed_at(home, &p, &["up"], "net:bridged")?;
+    let up = envup_in(home, &p, &["up"]);
+    check(
+        up.code() == 0,
+        format!("up after the kill: {}", up.stderr()),
+    )?;
+    on_its_network(home, &p)?;
+    converges(home, &p, None)
 }
 
 /// `up` killed at `point`, then `up` and `destroy -f`.
@@ -745,9 +842,10 @@ fn main() {
     if let Some(why) = &jails {
         eprintln!("skipping the jail cases: {why}");
     }
-    for point in up_points
-        .into_iter()
-        .chain(["jail:spawned", "net:recorded", "net:linked"])
+    for point in
+        up_points
+            .into_iter()
+            .chain(["jail:spawned", "net:recorded", "net:bridged", "net:linked"])
     {
         add(
             format!("jail_{point}"),
@@ -773,6 +871,21 @@ fn main() {
             Box::new(move || restore_killed("jail", point)),
         );
     }
+    add(
+        "jail_half_made_bridge".into(),
+        &jails,
+        Box::new(half_made_bridge),
+    );
+    add(
+        "jail_deleted_project".into(),
+        &jails,
+        Box::new(|| deleted_project("jail")),
+    );
+    add(
+        "jail_names_after_killed_destroy".into(),
+        &jails,
+        Box::new(names_after_killed_destroy),
+    );
     add(
         "jail_neighbour_fails".into(),
         &jails,
@@ -813,7 +926,7 @@ fn main() {
         let extra: &[&'static str] = if engine == "lxc" {
             &["net:spawned", "net:linked"]
         } else {
-            &["net:linked"]
+            &["net:bridged", "net:linked"]
         };
         for &point in up_points.iter().chain(extra) {
             add(
@@ -827,6 +940,11 @@ fn main() {
                 "docker_neighbour_fails".into(),
                 &skip,
                 Box::new(|| neighbour_fails("docker")),
+            );
+            add(
+                "docker_deleted_project".into(),
+                &skip,
+                Box::new(|| deleted_project("docker")),
             );
         }
         if engine != "lxc" {

@@ -127,6 +127,7 @@ impl Lab {
             store: &store,
             lock: &lock,
             resolved: Default::default(),
+            names_failed: Default::default(),
         };
         f(&ops)
     }

@@ -210,22 +210,31 @@ fn mark_firewall() -> Result<(), LinkError> {
     std::fs::write(mark, b"").map_err(io("write", mark))
 }
 
-/// The project's bridge `br`, up, with the host's address on `net`; made,
+/// The project's bridge `br`, up, with the host's address on `net`: made,
 /// with its firewall rule, when missing (a new network, or a host that
-/// rebooted). The bridge an earlier envup named after the subnet goes
-/// first when nothing is attached to it (it holds the same address).
+/// rebooted), and finished when an envup killed midway left it without
+/// its address, down, or without its rule. The bridge an earlier envup
+/// named after the subnet goes first when nothing is attached to it (it
+/// holds the same address).
 pub fn ensure_bridge(net: &Subnet, br: &str) -> Result<(), LinkError> {
-    if exists(br) {
+    if bridge_whole(net, br) {
         return Ok(());
     }
     let _host = HostLock::take()?;
     remove_unused_bridge(&net.legacy_bridge())?;
-    // envup's chains where missing, and the project's rule, in one go.
-    let mut batch = firewall_lines(&filter_rules()?);
-    batch.push(format!("-I {FORWARD_CHAIN} 1 -i {br} -o {br} -j ACCEPT"));
+    // envup's chains where missing, and the project's rule where missing,
+    // in one go.
+    let rules = filter_rules()?;
+    let mut batch = firewall_lines(&rules);
+    if !rules.lines().any(|l| l == bridge_rule(br)) {
+        batch.push(format!("-I {FORWARD_CHAIN} 1 -i {br} -o {br} -j ACCEPT"));
+    }
     iptables_batch(&batch)?;
     mark_firewall()?;
-    ip_batch(&[format!("link add {br} type bridge")], None)?;
+    if !exists(br) {
+        ip_batch(&[format!("link add {br} type bridge")], None)?;
+    }
+    crate::fault::point("net:bridged");
     // No IPv6 on the bridge: no link-local address to reach the host or
     // another machine by.
     let v6 = Path::new("/proc/sys/net/ipv6/conf")
@@ -236,33 +245,66 @@ pub fn ensure_bridge(net: &Subnet, br: &str) -> Result<(), LinkError> {
     }
     ip_batch(
         &[
-            format!("addr add {}/{} dev {br}", net.gateway(), net.prefix()),
+            format!("addr replace {}/{} dev {br}", net.gateway(), net.prefix()),
             format!("link set {br} up"),
         ],
         None,
     )
 }
 
-/// Remove the project's bridge `br` (with the machines' links on it, which
-/// are its ports) and its firewall rule.
-pub fn remove_bridge(br: &str) -> Result<(), LinkError> {
-    let rule = format!("-A {FORWARD_CHAIN} -i {br} -o {br} -j ACCEPT");
-    if filter_rules()?.lines().any(|l| l == rule) {
-        iptables_batch(&[rule.replacen("-A", "-D", 1)])?;
+/// The rule that lets the machines on bridge `br` reach each other, as
+/// `iptables -S` shows it.
+fn bridge_rule(br: &str) -> String {
+    format!("-A {FORWARD_CHAIN} -i {br} -o {br} -j ACCEPT")
+}
+
+/// Whether bridge `br` is there, up, with the host's address on `net`
+/// (asked of the kernel, no program run) and envup's chains in place.
+fn bridge_whole(net: &Subnet, br: &str) -> bool {
+    use nix::net::if_::InterfaceFlags;
+    if !exists(br) || !Path::new(FIREWALL_MARK).exists() {
+        return false;
     }
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return false;
+    };
+    let mut up = false;
+    let mut addressed = false;
+    for a in addrs.filter(|a| a.interface_name == br) {
+        up |= a.flags.contains(InterfaceFlags::IFF_UP);
+        addressed |= a
+            .address
+            .as_ref()
+            .and_then(|s| s.as_sockaddr_in())
+            .is_some_and(|s| s.ip() == net.gateway());
+    }
+    up && addressed
+}
+
+/// Remove the project's bridge `br` (with the machines' links on it, which
+/// are its ports) and its firewall rule (each copy of it).
+pub fn remove_bridge(br: &str) -> Result<(), LinkError> {
+    remove_bridge_rule(br)?;
     for port in ports(br) {
         remove_link(&port)?;
     }
     remove_link(br)
 }
 
+/// Remove every copy of bridge `br`'s rule.
+fn remove_bridge_rule(br: &str) -> Result<(), LinkError> {
+    let rule = bridge_rule(br);
+    let copies = filter_rules()?.lines().filter(|l| *l == rule).count();
+    if copies > 0 {
+        iptables_batch(&vec![rule.replacen("-A", "-D", 1); copies])?;
+    }
+    Ok(())
+}
+
 /// Remove the bridge `br` if it is there and nothing is attached to it.
 pub fn remove_unused_bridge(br: &str) -> Result<(), LinkError> {
     if exists(br) && ports(br).is_empty() {
-        let rule = format!("-A {FORWARD_CHAIN} -i {br} -o {br} -j ACCEPT");
-        if filter_rules()?.lines().any(|l| l == rule) {
-            iptables_batch(&[rule.replacen("-A", "-D", 1)])?;
-        }
+        remove_bridge_rule(br)?;
         remove_link(br)?;
     }
     Ok(())

@@ -338,6 +338,15 @@ pub struct Record {
     pub version: u32,
     pub subnet: Subnet,
     pub machines: BTreeMap<String, Ipv4Addr>,
+    /// The version of the project's names, one more at every change of
+    /// `machines`.
+    #[serde(default)]
+    pub names: u64,
+    /// The version of the names every running machine was last given:
+    /// behind `names` when an envup was killed between a change and
+    /// writing the names, which the next command then writes.
+    #[serde(default)]
+    pub names_written: u64,
 }
 
 const RECORD_VERSION: u32 = 1;
@@ -504,6 +513,20 @@ impl Net {
         }
     }
 
+    /// The network of a project whose Envfile is gone, to take its
+    /// machines off it ([`Net::detach`]).
+    pub fn orphaned(state_dir: &Path) -> Net {
+        Net {
+            state_dir: state_dir.to_owned(),
+            bridge: bridge_of(state_dir),
+            wanted: None,
+            fixed: BTreeMap::new(),
+            enabled: nix::unistd::geteuid().is_root(),
+            lock: Mutex::new(Bridge::Unchecked),
+            names: Mutex::new(()),
+        }
+    }
+
     /// envup's firewall in place before a machine starts, as root: it keeps
     /// every machine's way out from the host's services and from other
     /// projects, with a project network or without.
@@ -594,6 +617,7 @@ impl Net {
         let changed = current != Some(address);
         if changed {
             record.machines.insert(name.to_owned(), address);
+            record.names += 1;
             record.save(&self.state_dir)?;
         }
         crate::fault::point("net:recorded");
@@ -666,6 +690,8 @@ impl Net {
             version: RECORD_VERSION,
             subnet,
             machines: BTreeMap::new(),
+            names: 0,
+            names_written: 0,
         };
         r.save(&self.state_dir)?;
         Ok(r)
@@ -680,6 +706,25 @@ impl Net {
             *bridge = Bridge::Ready;
         }
         bridge.settle()
+    }
+
+    /// The version of the project's names, when running machines may not
+    /// all have been given it yet.
+    pub fn names_behind(&self) -> Option<u64> {
+        let r = self.record().ok()??;
+        (r.names_written < r.names).then_some(r.names)
+    }
+
+    /// Every running machine has been given the names of version `v`.
+    pub fn names_written(&self, v: u64) -> Result<(), NetworkError> {
+        let _bridge = self.lock.lock().expect("network lock");
+        if let Some(mut r) = self.record()?
+            && r.names_written < v
+        {
+            r.names_written = v;
+            r.save(&self.state_dir)?;
+        }
+        Ok(())
     }
 
     /// Machine `name` leaves: its host-side links go (only from this
@@ -726,6 +771,7 @@ impl Net {
         if record.machines.is_empty() {
             self.remove(&mut bridge, Some(&record))?;
         } else if gone.is_some() {
+            record.names += 1;
             record.save(&self.state_dir)?;
         }
         Ok((gone.is_some(), None))

@@ -511,6 +511,18 @@ pub fn network_gone(p: &Project) -> Result<(), libtest_mimic::Failed> {
             envup::network::bridge_of(Path::new(std::ffi::OsStr::from_bytes(holder)))
         })
         .collect();
+    // No firewall rule for the project's bridge, not even a second copy.
+    let br = envup::network::bridge_of(&state_dir);
+    if let Ok(o) = std::process::Command::new("iptables")
+        .args(["-w", "-S", "ENVUP-FORWARD"])
+        .output()
+    {
+        let rules = String::from_utf8_lossy(&o.stdout);
+        check(
+            !rules.lines().any(|l| l.contains(&format!("-i {br} "))),
+            format!("a firewall rule for {br} left"),
+        )?;
+    }
     for link in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
         let name = link.file_name().to_string_lossy().into_owned();
         if name.starts_with("envup") && name != "envupprobe0" {

@@ -64,11 +64,28 @@ where
         store: &store,
         lock: &lock,
         resolved: Default::default(),
+        names_failed: Default::default(),
     };
+    // Names an envup killed midway did not give every running machine.
+    if net.names_behind().is_some() {
+        ops.refresh_names("");
+    }
     let graph = Graph::new(config, selected, order);
     let outcomes = orchestrate::run(&graph, jobs, &*reporter, |name| {
         action(&ops, name).map_err(|e| super::error::chain(&e))
     });
+    // Each change of the names was followed by writing them, unless a
+    // machine failed midway or could not be reached: then all again.
+    if let Some(v) = net.names_behind() {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !outcomes.iter().all(|(_, o)| o.is_done()) || ops.names_failed.swap(false, Relaxed) {
+            ops.refresh_names("");
+        }
+        if !ops.names_failed.load(Relaxed) {
+            net.names_written(v)
+                .map_err(|e| CliError::Failed(super::error::chain(&e)))?;
+        }
+    }
     // Pin what this command resolved.
     let resolved = ops.resolved.into_inner().expect("resolved lock");
     if !resolved.is_empty() {
