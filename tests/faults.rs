@@ -268,6 +268,48 @@ fn half_made_bridge() -> Result<(), Failed> {
     converges(home, &p, None)
 }
 
+/// An emptied `network.json`: no other project can take the subnet
+/// meanwhile, the next `up` makes the record again from the project's
+/// claim and its running machines (which stay on the network, at their
+/// addresses), and `destroy -f` leaves nothing.
+fn emptied_network_record() -> Result<(), Failed> {
+    let p = Project::with_envfile(&envfile("jail"));
+    let home = home().path();
+    envup_in(home, &p, &["up"]).status(0);
+    let status = envup_in(home, &p, &["status", "--json"]).status(0).stdout();
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let subnet = v["network"].as_str().unwrap_or_default().to_owned();
+    let addr = v["machines"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    std::fs::write(common::state(&p).join("network.json"), "").unwrap();
+    let other = Project::with_envfile(&format!(
+        "[project]\nnetwork = \"{subnet}\"\n\n{}",
+        envfile("jail")
+    ));
+    let taken = envup_in(home, &other, &["up"]);
+    if taken.code() == 0 {
+        envup_in(home, &other, &["destroy", "-f"]);
+    }
+    check(
+        taken.code() != 0,
+        format!("another project took {subnet}: {}", taken.stderr()),
+    )?;
+    let up = envup_in(home, &p, &["up"]);
+    check(
+        up.code() == 0,
+        format!("up after emptying: {}", up.stderr()),
+    )?;
+    let again = envup_in(home, &p, &["status", "--json"]).status(0).stdout();
+    check(
+        again.contains(&format!("\"{addr}\"")),
+        format!("web is no longer at {addr}: {again}"),
+    )?;
+    on_its_network(home, &p)?;
+    converges(home, &p, None)
+}
+
 /// `up` killed at `point`, then `up` and `destroy -f`.
 fn kill_up(backend: &'static str, point: &'static str) -> Result<(), Failed> {
     let p = Project::with_envfile(&envfile(backend));
@@ -871,6 +913,11 @@ fn main() {
             Box::new(move || restore_killed("jail", point)),
         );
     }
+    add(
+        "jail_emptied_network_record".into(),
+        &jails,
+        Box::new(emptied_network_record),
+    );
     add(
         "jail_half_made_bridge".into(),
         &jails,

@@ -276,7 +276,7 @@ pub fn local_address_in(net: &Subnet) -> Option<Ipv4Addr> {
 /// What can go wrong with the project network.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    #[error("{} is damaged ({reason}); `envup destroy` of every machine of the project removes it", .path.display())]
+    #[error("{} is damaged ({reason}); `envup up` makes it again from the project's claim and its running machines, and `envup destroy` of every machine of the project removes it", .path.display())]
     Damaged { path: PathBuf, reason: String },
     #[error("cannot {op} {}", .path.display())]
     Io {
@@ -564,7 +564,7 @@ impl Net {
     /// or, with `beside`, on a thread that [`Net::bridge_ready`] waits for.
     pub fn attach(&self, name: &str, beside: bool) -> Result<(Attachment, bool), NetworkError> {
         let mut bridge = self.lock.lock().expect("network lock");
-        let mut record = match self.record()? {
+        let mut record = match self.record_or_rebuilt()? {
             Some(r) => {
                 if let Some(w) = self.wanted
                     && w != r.subnet
@@ -706,6 +706,75 @@ impl Net {
             *bridge = Bridge::Ready;
         }
         bridge.settle()
+    }
+
+    /// The record, or, when it cannot be read, the record made again from
+    /// what is known elsewhere: the subnet the project claims host-wide and
+    /// the addresses its running machines joined at (`joined` in their
+    /// states). The damaged file is kept beside it; with no claim of the
+    /// project's, the network starts afresh.
+    fn record_or_rebuilt(&self) -> Result<Option<Record>, NetworkError> {
+        let damaged = match self.record() {
+            Err(e @ NetworkError::Damaged { .. }) => e,
+            other => return other,
+        };
+        let path = Record::path(&self.state_dir);
+        let ours: Vec<Subnet> = claims()
+            .into_iter()
+            .filter(|(p, _)| holder(p).as_deref() == Some(self.state_dir.as_path()))
+            .map(|(_, s)| s)
+            .collect();
+        let set_aside = || {
+            std::fs::rename(&path, path.with_extension("json.damaged")).map_err(|source| {
+                NetworkError::Io {
+                    op: "move aside",
+                    path: path.clone(),
+                    source,
+                }
+            })
+        };
+        let subnet = match ours[..] {
+            [s] => s,
+            // Nothing is claimed for the project: it starts afresh.
+            [] => {
+                set_aside()?;
+                return Ok(None);
+            }
+            // Claims of several subnets: which one was the record's?
+            _ => return Err(damaged),
+        };
+        let mut machines = BTreeMap::new();
+        let dirs = std::fs::read_dir(self.state_dir.join("machines"));
+        for e in dirs.into_iter().flatten().filter_map(Result::ok) {
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !crate::envfile::validate::valid_machine_name(&name) {
+                continue;
+            }
+            let Ok(Some(st)) =
+                crate::state::read_json::<crate::state::MachineState>(&e.path().join("state.json"))
+            else {
+                continue;
+            };
+            if st.status == crate::state::Status::Running
+                && let Some(a) = st.joined
+                && subnet.usable(a)
+                && !machines.values().any(|b| *b == a)
+            {
+                machines.insert(name, a);
+            }
+        }
+        let r = Record {
+            version: RECORD_VERSION,
+            subnet,
+            machines,
+            names: 1,
+            names_written: 0,
+        };
+        set_aside()?;
+        r.save(&self.state_dir)?;
+        Ok(Some(r))
     }
 
     /// The version of the project's names, when running machines may not
