@@ -7,6 +7,9 @@
 //! run no process of the attacker's, and either do what the Envfile and
 //! the store say or refuse, naming the file.
 //!
+//! And each record file emptied, as a full disk or a kill can leave it:
+//! `status` and `up` work or name the file, `destroy --force` leaves nothing.
+//!
 //! A backend that cannot run here is reported as ignored, with the reason.
 
 mod common;
@@ -252,6 +255,58 @@ fn records_are_not_commands(case: &Case) -> Result<(), Failed> {
     check(problems.is_empty(), problems.join("\n"))
 }
 
+/// Each record file emptied in turn (as a full disk or a kill can leave
+/// it), the machine running: `status` and `up` work or name the file, and
+/// `destroy --force` works and leaves nothing of the machine running or on
+/// the host.
+fn records_emptied(case: &Case) -> Result<(), Failed> {
+    let mut problems = Vec::new();
+    for file in case.files {
+        let p = Project::with_envfile(&format!(
+            "[machines.web]\nbox = \"tiny\"\nmemory = \"256MiB\"\n{}",
+            case.table
+        ));
+        envup(&p, case, &["up"]).status(0);
+        let mut names = common::jail_ids(&p);
+        names.extend(common::containers(&p));
+        let path = common::state(&p).join("machines/web").join(file);
+        std::fs::write(&path, "").unwrap();
+        let name = Path::new(file).file_name().unwrap().to_string_lossy();
+        for args in [&["status"][..], &["up"]] {
+            let out = envup(&p, case, args);
+            if out.code() != 0 && !out.stderr().contains(&*name) {
+                problems.push(format!(
+                    "{file} emptied: `{}` failed without naming the file: {}",
+                    args.join(" "),
+                    out.stderr().trim()
+                ));
+            }
+        }
+        let out = envup(&p, case, &["destroy", "--force"]);
+        if out.code() != 0 {
+            problems.push(format!("{file} emptied: destroy: {}", out.stderr().trim()));
+        }
+        if let Err(e) = common::nothing_left(&p, &names) {
+            problems.push(format!("{file} emptied: after destroy: {e:?}"));
+        }
+        if let Some(engine) = ["docker", "podman"]
+            .into_iter()
+            .find(|e| *e == case.backend)
+        {
+            for n in &names {
+                let o = std::process::Command::new(engine)
+                    .args(["ps", "-a", "-q", "--filter", &format!("name=^{n}$")])
+                    .output()
+                    .unwrap();
+                if !o.stdout.is_empty() {
+                    problems.push(format!("{file} emptied: {engine} container {n} left"));
+                }
+            }
+        }
+    }
+    check(problems.is_empty(), problems.join("\n"))
+}
+
 /// The qcow2 layer's header names its backing file: pointed at a host file,
 /// the VM is not started on it, and a snapshot is not applied through it.
 fn qemu_layer_backing_file() -> Result<(), Failed> {
@@ -383,6 +438,22 @@ fn main() {
                     common::libvirt::with_libvirtd()?;
                 }
                 records_are_not_commands(&CASES[i])
+            })
+            .with_ignored_flag(why.is_some())
+            .with_kind(why.unwrap_or_default()),
+        );
+    }
+    // Emptied records: the built-in backends (the plugins' own records
+    // are the plugins' to recover).
+    for (i, case) in CASES
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.plugins.is_none())
+    {
+        let why = unavailable(case.backend);
+        trials.push(
+            Trial::test(format!("records_emptied_{}", case.backend), move || {
+                records_emptied(&CASES[i])
             })
             .with_ignored_flag(why.is_some())
             .with_kind(why.unwrap_or_default()),

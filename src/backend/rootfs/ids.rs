@@ -322,6 +322,14 @@ impl Claims {
                 }
             }
         }
+        // The record lost (emptied by a full disk or a kill) while the
+        // claim stays: the block claimed for this machine, which its layer
+        // is owned by (shifted again at the start, which leaves what is).
+        if let Some(n) = self.claimed_by(machine) {
+            let ids = self.pool.block(n);
+            write_ids(&file, &ids)?;
+            return Ok(ids);
+        }
         for n in 0..self.pool.blocks() {
             if self.holder(n).is_none() {
                 let ids = self.pool.block(n);
@@ -337,14 +345,22 @@ impl Claims {
 
     /// Give up `machine`'s block (at destroy, or when it becomes privileged).
     pub fn release(&self, machine: &Path) {
-        let Some(ids) = read_ids(&machine.join("ids.json")) else {
-            return;
-        };
-        if let Some(n) = self.pool.index_of(&ids)
-            && self.holder(n).as_deref() == Some(machine)
-        {
-            let _ = std::fs::remove_file(self.dir.join(n.to_string()));
+        while let Some(n) = self.claimed_by(machine) {
+            if std::fs::remove_file(self.dir.join(n.to_string())).is_err() {
+                break;
+            }
         }
+    }
+
+    /// The block whose claim names `machine`, whatever its record says
+    /// (found by the claim, so that a lost record loses no block).
+    fn claimed_by(&self, machine: &Path) -> Option<u32> {
+        let entries = std::fs::read_dir(&self.dir).ok()?;
+        entries.filter_map(Result::ok).find_map(|e| {
+            let n: u32 = e.file_name().to_str()?.parse().ok()?;
+            let text = std::fs::read(e.path()).ok()?;
+            (n < self.pool.blocks() && text == machine.as_os_str().as_bytes()).then_some(n)
+        })
     }
 
     /// Claims that name a directory under `from` name the same directory
