@@ -152,6 +152,64 @@ fn untrusted_plugins_not_run() -> Result<(), Failed> {
     check(problems.is_empty(), problems.join("\n"))
 }
 
+/// envup killed in the middle of a plugin request: the plugin dies with
+/// it, and what the plugin started in its process group is ended by the
+/// next envup that asks a plugin anything.
+fn killed_envup_ends_its_request() -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = strict_dir().join("orphans");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let plugin = dir.join("envup-backend-orphans");
+    std::fs::write(&plugin, "#!/bin/sh\nsleep 4747 &\nwait\n").unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let p = Project::new();
+    let mut running = std::process::Command::new(env!("CARGO_BIN_EXE_envup"))
+        .args(["plugin", "list"])
+        .current_dir(p.path())
+        .env("ENVUP_HOME", home().path())
+        .env("ENVUP_PLUGIN_PATH", &dir)
+        .env("ENVUP_PLUGIN_TIMEOUT", "60")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once the plugin has started what it starts.
+    let since = Instant::now();
+    while common::processes_naming(b"sleep\x004747").is_empty() {
+        check(
+            since.elapsed() < Duration::from_secs(10),
+            "the plugin never started its sleep",
+        )?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    running.kill().unwrap();
+    let status = running.wait().unwrap();
+    check(
+        status.signal() == Some(9),
+        format!("envup was not killed: {status}"),
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    check(
+        common::processes_naming(plugin.as_os_str().as_encoded_bytes()).is_empty(),
+        "the plugin outlived the envup that ran it",
+    )?;
+    check(
+        !common::processes_naming(b"sleep\x004747").is_empty(),
+        "what the plugin started did not outlive envup (the test proves nothing)",
+    )?;
+    envup(&p, &dir, &["plugin", "list"]);
+    let left = common::processes_naming(b"sleep\x004747");
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", "sleep 4747"])
+        .status();
+    check(
+        left.is_empty(),
+        format!("the next envup left the killed request's processes: {left:?}"),
+    )
+}
+
 fn broken_plugins_named() -> Result<(), Failed> {
     let p = Project::new();
     home();
@@ -404,6 +462,11 @@ fn main() {
     let libvirt = libvirt_unavailable();
     let tests: Vec<(&str, Option<String>, TestFn)> = vec![
         ("broken_plugins_named", None, Box::new(broken_plugins_named)),
+        (
+            "killed_envup_ends_its_request",
+            None,
+            Box::new(killed_envup_ends_its_request),
+        ),
         (
             "untrusted_plugins_not_run",
             None,

@@ -261,13 +261,29 @@ pub fn call(
     request.insert("protocol".into(), protocol.into());
     request.insert("op".into(), op.into());
     let body = serde_json::to_vec(&Value::Object(request)).expect("JSON encodes");
-    let mut child = Command::new(path)
-        .stdin(Stdio::piped())
+    end_orphaned_requests();
+    let parent = nix::unistd::getpid();
+    let mut cmd = Command::new(path);
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
+        .process_group(0);
+    // SAFETY: prctl, getppid and _exit are async-signal-safe. The plugin
+    // dies with envup (what it started in its group is ended by the next
+    // envup, below); a parent already gone before the prctl is seen.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                nix::libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .spawn()
         .map_err(|e| CallError::Spawn(path.to_owned(), e))?;
+    let _noted = Noted::new(child.id() as i32);
     let started = Instant::now();
     // A request is small; a plugin that does not read it gets EPIPE, not us
     // a hang (the write fails, and the reply says what it did).
@@ -435,6 +451,82 @@ fn set_nonblocking(fd: &impl AsFd) {
 }
 
 /// Kill the plugin and everything in its process group, and reap it.
+/// Where the requests running now are noted, one file per request named
+/// after its process group: `$ENVUP_HOME/requests/PGID`, holding the pid
+/// and start time of the envup that made it and its leader's start time.
+/// A request whose envup was killed is ended by the next request's envup.
+fn requests_dir() -> Option<PathBuf> {
+    crate::state::envup_home().ok().map(|h| h.join("requests"))
+}
+
+/// A request noted as running, until it is dropped.
+struct Noted(Option<PathBuf>);
+
+impl Noted {
+    fn new(leader: i32) -> Noted {
+        let start = crate::backend::start_time;
+        let me = std::process::id() as i32;
+        let noted = (|| {
+            let dir = requests_dir()?;
+            std::fs::create_dir_all(&dir).ok()?;
+            let path = dir.join(leader.to_string());
+            let text = format!("{me} {} {}", start(me)?, start(leader)?);
+            std::fs::write(&path, text).ok()?;
+            Some(path)
+        })();
+        Noted(noted)
+    }
+}
+
+impl Drop for Noted {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// End the requests whose envup is gone: the plugin's process group, as
+/// long as it is that request's (its leader runs with the noted start
+/// time, or is gone: Linux gives no process a group's number while the
+/// group has members).
+fn end_orphaned_requests() {
+    let Some(dir) = requests_dir() else { return };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let start = crate::backend::start_time;
+    for e in entries.filter_map(Result::ok) {
+        let Some(pgid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let f: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let [envup, envup_start, leader_start] = f[..] else {
+            let _ = std::fs::remove_file(e.path());
+            continue;
+        };
+        let Ok(envup) = i32::try_from(envup) else {
+            continue;
+        };
+        if start(envup) == Some(envup_start) || pgid <= 1 {
+            continue;
+        }
+        if start(pgid).is_none_or(|s| s == leader_start) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = std::fs::remove_file(e.path());
+    }
+}
+
 fn kill_group(child: &mut std::process::Child) {
     let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
