@@ -268,14 +268,15 @@ pub fn call(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: prctl, getppid and _exit are async-signal-safe. The plugin
-    // dies with envup (what it started in its group is ended by the next
-    // envup, below); a parent already gone before the prctl is seen.
+    // SAFETY: prctl and getppid are async-signal-safe. The plugin dies
+    // with envup (what it started in its group is ended by the next envup,
+    // below); a parent already gone before the prctl is seen, and the
+    // plugin not run.
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             if nix::unistd::getppid() != parent {
-                nix::libc::_exit(1);
+                return Err(std::io::Error::other("envup is gone"));
             }
             Ok(())
         });
