@@ -85,14 +85,44 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let err = |e| StateError::Write(path.to_owned(), e);
     create_private_dir(dir).map_err(err)?;
+    remove_stale_temps(dir);
     let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(&format!("{TEMP}{}-", std::process::id()))
         .tempfile_in(dir)
         .map_err(err)?;
     tmp.write_all(bytes).map_err(err)?;
     tmp.as_file().sync_all().map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;
     Ok(())
+}
+
+/// What a file being written is called until it is whole: `.tmp-PID-…`,
+/// after the process that writes it.
+const TEMP: &str = ".tmp-";
+
+/// Remove the files that writers killed midway left in `dir` (their
+/// process is gone); a live writer's stay.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = pid > 0
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                == Err(nix::errno::Errno::ESRCH);
+        if gone {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
@@ -311,6 +341,22 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn a_killed_writers_file_goes_a_live_ones_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        // No process has this number (above the kernel's largest).
+        let dead = dir.path().join(".tmp-999999999-x1");
+        let live = dir.path().join(format!(".tmp-{}-x2", std::process::id()));
+        let other = dir.path().join(".tmp-notapid");
+        for f in [&dead, &live, &other] {
+            std::fs::write(f, b"half").unwrap();
+        }
+        write_atomic(&dir.path().join("state.json"), b"whole").unwrap();
+        assert!(!dead.exists());
+        assert!(live.exists());
+        assert!(other.exists());
     }
 
     #[test]
