@@ -758,12 +758,19 @@ impl Backend for ContainerBackend {
         for e in &engines {
             if engine_status(e, &name).is_some() {
                 let _ = e.remove_container(&name);
-                if engine_status(e, &name).is_some() {
-                    return Err(ContainerError::NotRemoved {
-                        container: name,
-                        engine: e.kind.name(),
+                // An engine still at an earlier removal (a destroy killed
+                // midway) refuses this one for a moment: asked again.
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while engine_status(e, &name).is_some() {
+                    if std::time::Instant::now() > until {
+                        return Err(ContainerError::NotRemoved {
+                            container: name,
+                            engine: e.kind.name(),
+                        }
+                        .into());
                     }
-                    .into());
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    let _ = e.remove_container(&name);
                 }
             }
             for s in snapshot_tags(e, &name)? {
