@@ -328,6 +328,41 @@ fn options_checked_by_schema() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The nspawn plugin killed after it started a machine and before it
+/// recorded it (its pid file gone): `destroy --force` still ends the
+/// machine, found by its root on nspawn's command line.
+fn nspawn_unrecorded_machine_destroyed() -> Result<(), Failed> {
+    let p = Project::new();
+    p.write(
+        "Envfile",
+        "[machines.web]\nbox = \"tiny\"\nbackend = \"nspawn\"\n",
+    );
+    let dir = shipped("nspawn");
+    let run = |args: &[&str]| {
+        cmd(&p, &dir, args)
+            .env("ENVUP_PLUGIN_TIMEOUT", "600")
+            .out()
+    };
+    let up = run(&["up"]);
+    check(up.code() == 0, format!("up: {}", up.stderr()))?;
+    let plugin_dir = common::state(&p).join("machines/web/plugin");
+    let root = plugin_dir.join("root");
+    check(
+        !common::processes_naming(root.as_os_str().as_encoded_bytes()).is_empty(),
+        "no nspawn process names the machine's root",
+    )?;
+    std::fs::remove_file(plugin_dir.join("pid")).unwrap();
+    let out = run(&["destroy", "--force"]);
+    let left = common::processes_naming(root.as_os_str().as_encoded_bytes());
+    for l in &left {
+        if let Some(pid) = l.split(':').next() {
+            let _ = std::process::Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    check(out.code() == 0, format!("destroy: {}", out.stderr()))?;
+    check(left.is_empty(), format!("left running: {left:?}"))
+}
+
 /// The conformance kit on a plugin in `dir`, from `box_`: every step
 /// passes.
 fn kit(dir: &Path, plugin: &str, box_: &str) -> Result<(), Failed> {
@@ -489,6 +524,11 @@ fn main() {
             "nspawn_kit_tiny",
             nspawn.clone(),
             Box::new(|| kit(&shipped("nspawn"), "nspawn", "tiny")),
+        ),
+        (
+            "nspawn_unrecorded_machine_destroyed",
+            nspawn.clone(),
+            Box::new(nspawn_unrecorded_machine_destroyed),
         ),
         (
             "nspawn_kit_debian",
