@@ -338,11 +338,7 @@ fn nspawn_unrecorded_machine_destroyed() -> Result<(), Failed> {
         "[machines.web]\nbox = \"tiny\"\nbackend = \"nspawn\"\n",
     );
     let dir = shipped("nspawn");
-    let run = |args: &[&str]| {
-        cmd(&p, &dir, args)
-            .env("ENVUP_PLUGIN_TIMEOUT", "600")
-            .out()
-    };
+    let run = |args: &[&str]| cmd(&p, &dir, args).env("ENVUP_PLUGIN_TIMEOUT", "600").out();
     let up = run(&["up"]);
     check(up.code() == 0, format!("up: {}", up.stderr()))?;
     let plugin_dir = common::state(&p).join("machines/web/plugin");
@@ -356,7 +352,9 @@ fn nspawn_unrecorded_machine_destroyed() -> Result<(), Failed> {
     let left = common::processes_naming(root.as_os_str().as_encoded_bytes());
     for l in &left {
         if let Some(pid) = l.split(':').next() {
-            let _ = std::process::Command::new("kill").args(["-9", pid]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid])
+                .status();
         }
     }
     check(out.code() == 0, format!("destroy: {}", out.stderr()))?;
