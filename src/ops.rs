@@ -158,7 +158,6 @@ impl Ops<'_> {
                 b
             }
         };
-        backend.check(m)?;
         let joins = if self.net.enabled() {
             backend.joins(m)
         } else {
@@ -170,6 +169,7 @@ impl Ops<'_> {
         if plan.is_noop() && !keys_pending && !join_pending {
             return Ok("already up; nothing to do".into());
         }
+        backend.check(m)?;
         // The machine's place on the project network, taken before it is
         // made or started; whether the project's names changed with it.
         let mut attached: Option<Attachment> = None;
