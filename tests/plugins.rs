@@ -347,8 +347,15 @@ fn nspawn_unrecorded_machine_destroyed() -> Result<(), Failed> {
         !common::processes_naming(root.as_os_str().as_encoded_bytes()).is_empty(),
         "no nspawn process names the machine's root",
     )?;
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(common::state(&p).join("machines/web/state.json")).unwrap(),
+    )
+    .unwrap();
+    let port = state["ssh"]["port"].as_u64().unwrap_or_default() as u16;
     std::fs::remove_file(plugin_dir.join("pid")).unwrap();
     let out = run(&["destroy", "--force"]);
+    // The machine itself too, not only nspawn: its SSH server is gone.
+    let answers = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
     let left = common::processes_naming(root.as_os_str().as_encoded_bytes());
     for l in &left {
         if let Some(pid) = l.split(':').next() {
@@ -358,7 +365,11 @@ fn nspawn_unrecorded_machine_destroyed() -> Result<(), Failed> {
         }
     }
     check(out.code() == 0, format!("destroy: {}", out.stderr()))?;
-    check(left.is_empty(), format!("left running: {left:?}"))
+    check(left.is_empty(), format!("left running: {left:?}"))?;
+    check(
+        !answers,
+        format!("the machine's SSH server still answers on port {port}"),
+    )
 }
 
 /// The conformance kit on a plugin in `dir`, from `box_`: every step
