@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::state::index::Index;
-use crate::state::{MachineState, ProjectState, StateError, Status, read_json};
+use crate::state::{ProjectState, StateError, Status};
 
 /// What became of a project's `.envup/`.
 #[derive(Debug)]
@@ -71,7 +71,7 @@ pub fn relocate(project: &ProjectState, index: &Index) -> Result<Relocated, Stat
             waited_secs: waited.as_secs(),
         },
     })?;
-    let running = running_machines(&legacy.join("machines"));
+    let running = running_machines(&legacy);
     if !running.is_empty() {
         return Ok(Relocated::Stays(format!(
             "machine{} {} still run{} with {} state in {}, where a share of the project \
@@ -121,17 +121,12 @@ pub fn relocate(project: &ProjectState, index: &Index) -> Result<Relocated, Stat
     Ok(Relocated::Moved(legacy, project.dir().to_owned()))
 }
 
-/// The machines under `machines` whose state says they run.
-fn running_machines(machines: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(machines) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let st = read_json::<MachineState>(&e.path().join("state.json")).ok()??;
-            (st.status == Status::Running).then(|| e.file_name().to_string_lossy().into_owned())
-        })
+/// The machines of the state in `state_dir` whose state says they run.
+fn running_machines(state_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = crate::state::machine_states(state_dir)
+        .into_iter()
+        .filter(|st| st.status == Status::Running)
+        .map(|st| st.name)
         .collect();
     names.sort();
     names

@@ -88,13 +88,11 @@ fn converges(home: &Path, p: &Project, engine: Option<&str>) -> Result<(), Faile
     )?;
     common::nothing_left(p, &names)?;
     if let Some(engine) = engine {
-        for n in &names {
-            let o = std::process::Command::new(engine)
-                .args(["ps", "-a", "-q", "--filter", &format!("name=^{n}$")])
-                .output()
-                .unwrap();
-            check(o.stdout.is_empty(), format!("{engine} container {n} left"))?;
-        }
+        let left = common::engine_containers_left(engine, &names);
+        check(
+            left.is_empty(),
+            format!("{engine} containers {left:?} left"),
+        )?;
     }
     Ok(())
 }
@@ -232,16 +230,11 @@ fn deleted_project(backend: &'static str) -> Result<(), Failed> {
         format!("global-status after --prune: {}", shown.stdout()),
     )?;
     common::nothing_left(&p, &names)?;
-    if matches!(backend, "docker" | "podman") {
-        for n in &names {
-            let o = std::process::Command::new(backend)
-                .args(["ps", "-a", "-q", "--filter", &format!("name=^{n}$")])
-                .output()
-                .unwrap();
-            check(o.stdout.is_empty(), format!("{backend} container {n} left"))?;
-        }
-    }
-    Ok(())
+    let left = common::engine_containers_left(backend, &names);
+    check(
+        left.is_empty(),
+        format!("{backend} containers {left:?} left"),
+    )
 }
 
 /// A halted machine's bridge gone (as after a reboot), and the `up` that

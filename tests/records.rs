@@ -289,19 +289,12 @@ fn records_emptied(case: &Case) -> Result<(), Failed> {
         if let Err(e) = common::nothing_left(&p, &names) {
             problems.push(format!("{file} emptied: after destroy: {e:?}"));
         }
-        if let Some(engine) = ["docker", "podman"]
-            .into_iter()
-            .find(|e| *e == case.backend)
-        {
-            for n in &names {
-                let o = std::process::Command::new(engine)
-                    .args(["ps", "-a", "-q", "--filter", &format!("name=^{n}$")])
-                    .output()
-                    .unwrap();
-                if !o.stdout.is_empty() {
-                    problems.push(format!("{file} emptied: {engine} container {n} left"));
-                }
-            }
+        let left = common::engine_containers_left(case.backend, &names);
+        if !left.is_empty() {
+            problems.push(format!(
+                "{file} emptied: {} containers {left:?} left",
+                case.backend
+            ));
         }
     }
     check(problems.is_empty(), problems.join("\n"))

@@ -495,26 +495,24 @@ impl Drop for Net {
 
 impl Net {
     pub fn new(config: &crate::envfile::Config, state_dir: &Path) -> Net {
-        Net {
-            state_dir: state_dir.to_owned(),
-            bridge: bridge_of(state_dir),
-            wanted: match config.network {
-                ProjectNetwork::Subnet(s) => Some(s),
-                _ => None,
-            },
-            fixed: config
-                .machines
-                .values()
-                .filter_map(|m| m.address.map(|a| (m.name.clone(), a)))
-                .collect(),
-            enabled: config.network != ProjectNetwork::None && nix::unistd::geteuid().is_root(),
-            lock: Mutex::new(Bridge::Unchecked),
-            names: Mutex::new(()),
-        }
+        let mut net = Net::orphaned(state_dir);
+        net.wanted = match config.network {
+            ProjectNetwork::Subnet(s) => Some(s),
+            _ => None,
+        };
+        net.fixed = config
+            .machines
+            .values()
+            .filter_map(|m| m.address.map(|a| (m.name.clone(), a)))
+            .collect();
+        net.enabled &= config.network != ProjectNetwork::None;
+        net
     }
 
-    /// The network of a project whose Envfile is gone, to take its
-    /// machines off it ([`Net::detach`]).
+    /// The network of the project whose state is `state_dir`, as far as it
+    /// is known without its Envfile (no wanted subnet, no fixed addresses):
+    /// enough to take the machines of a project whose Envfile is gone off
+    /// it ([`Net::detach`]).
     pub fn orphaned(state_dir: &Path) -> Net {
         Net {
             state_dir: state_dir.to_owned(),
@@ -744,25 +742,14 @@ impl Net {
             _ => return Err(damaged),
         };
         let mut machines = BTreeMap::new();
-        let dirs = std::fs::read_dir(self.state_dir.join("machines"));
-        for e in dirs.into_iter().flatten().filter_map(Result::ok) {
-            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            if !crate::envfile::validate::valid_machine_name(&name) {
-                continue;
-            }
-            let Ok(Some(st)) =
-                crate::state::read_json::<crate::state::MachineState>(&e.path().join("state.json"))
-            else {
-                continue;
-            };
-            if st.status == crate::state::Status::Running
+        for st in crate::state::machine_states(&self.state_dir) {
+            if crate::envfile::validate::valid_machine_name(&st.name)
+                && st.status == crate::state::Status::Running
                 && let Some(a) = st.joined
                 && subnet.usable(a)
                 && !machines.values().any(|b| *b == a)
             {
-                machines.insert(name, a);
+                machines.insert(st.name, a);
             }
         }
         let r = Record {

@@ -73,19 +73,8 @@ impl Index {
             let Some(root) = super::ProjectState::recorded_root(&dir) else {
                 continue;
             };
-            let Ok(machines) = std::fs::read_dir(dir.join("machines")) else {
-                continue;
-            };
-            for m in machines.filter_map(Result::ok) {
-                let state_dir = m.path();
-                let Ok(Some(state)) =
-                    read_json::<super::MachineState>(&state_dir.join("state.json"))
-                else {
-                    continue;
-                };
-                if m.file_name().to_str() != Some(state.name.as_str()) {
-                    continue;
-                }
+            for state in super::machine_states(&dir) {
+                let state_dir = dir.join("machines").join(&state.name);
                 out.push(Entry {
                     project: root
                         .file_name()

@@ -125,6 +125,24 @@ fn remove_stale_temps(dir: &Path) {
     }
 }
 
+/// The recorded states of the machines a project state directory holds
+/// (`state_dir/machines/NAME/state.json`, where readable), each named
+/// after its directory (the record's own name is evidence only).
+pub fn machine_states(state_dir: &Path) -> Vec<MachineState> {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("machines")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let mut st = read_json::<MachineState>(&e.path().join("state.json")).ok()??;
+            st.name = name;
+            Some(st)
+        })
+        .collect()
+}
+
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     let mut bytes = serde_json::to_vec_pretty(value).expect("state serializes");
     bytes.push(b'\n');

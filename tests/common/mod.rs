@@ -301,6 +301,25 @@ pub fn containers(p: &Project) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Which of the containers `names` engine `engine` (`docker`, `podman`)
+/// still has; none for any other backend.
+pub fn engine_containers_left(engine: &str, names: &[String]) -> Vec<String> {
+    if !matches!(engine, "docker" | "podman") {
+        return Vec::new();
+    }
+    names
+        .iter()
+        .filter(|n| {
+            let o = std::process::Command::new(engine)
+                .args(["ps", "-a", "-q", "--filter", &format!("name=^{n}$")])
+                .output()
+                .unwrap();
+            !o.stdout.is_empty()
+        })
+        .cloned()
+        .collect()
+}
+
 /// The host names (cgroup, netns) of the project's jails and LXC
 /// containers.
 pub fn jail_ids(p: &Project) -> Vec<String> {

@@ -304,7 +304,6 @@ impl Backend for JailBackend {
             return Ok(());
         }
         let cfg = refresh_config(m, state)?;
-        snapshots::recover_layer(&jail_dir(&super::machine_dir(state)?))?;
         launch(state, &cfg)
     }
 
@@ -461,6 +460,8 @@ fn refresh_config(m: &Machine, state: &mut MachineState) -> Result<JailConfig, B
 /// Start the jail's supervisor with `cfg` and record it in `state`.
 fn launch(state: &mut MachineState, cfg: &JailConfig) -> Result<(), BackendError> {
     let dir = jail_dir(&super::machine_dir(state)?);
+    // A restore cut short is finished before the layer is used.
+    snapshots::recover_layer(&dir)?;
     // Rootless, the layer is the user's and its ids the user's map.
     if !crate::userns::rootless() {
         Claims::host().settle(&dir, &cfg.upper, cfg.privileged)?;
