@@ -722,20 +722,27 @@ impl Net {
             .filter(|(p, _)| holder(p).as_deref() == Some(self.state_dir.as_path()))
             .map(|(_, s)| s)
             .collect();
+        // The damaged file is copied aside, and replaced only by a whole
+        // record: a kill between the two loses nothing.
         let set_aside = || {
-            std::fs::rename(&path, path.with_extension("json.damaged")).map_err(|source| {
-                NetworkError::Io {
-                    op: "move aside",
+            std::fs::copy(&path, path.with_extension("json.damaged"))
+                .map(drop)
+                .map_err(|source| NetworkError::Io {
+                    op: "copy aside",
                     path: path.clone(),
                     source,
-                }
-            })
+                })
         };
         let subnet = match ours[..] {
             [s] => s,
             // Nothing is claimed for the project: it starts afresh.
             [] => {
                 set_aside()?;
+                std::fs::remove_file(&path).map_err(|source| NetworkError::Io {
+                    op: "remove",
+                    path: path.clone(),
+                    source,
+                })?;
                 return Ok(None);
             }
             // Claims of several subnets: which one was the record's?

@@ -107,9 +107,10 @@ impl Index {
         )?;
         let (mut file, rebuilt) = self.load()?;
         if rebuilt {
-            // The damaged file is kept beside, for whoever wants to see it.
+            // The damaged file is kept beside, for whoever wants to see it
+            // (copied: the new index replaces it whole below).
             let aside = self.path.with_extension("json.damaged");
-            let _ = std::fs::rename(&self.path, aside);
+            let _ = std::fs::copy(&self.path, aside);
         }
         let out = f(&mut file.machines);
         write_json(&self.path, &file)?;

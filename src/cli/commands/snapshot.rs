@@ -55,8 +55,9 @@ pub fn run(app: &App, cmd: &SnapshotCommand) -> Result<ExitCode, CliError> {
         SnapshotCommand::Restore { name, .. } => {
             check_name(name)?;
             // It joins its network again once it answers (below); until
-            // then, for an `up` after a kill, it has not.
+            // then, for an `up` after a kill, it has not: recorded first.
             state.joined = None;
+            project.save(&state)?;
             backend.snapshot_restore(&config.machines[machine.as_str()], &mut state, name)?;
             project.save(&state)?;
             // A running machine is back when it answers SSH again.
